@@ -1,0 +1,1 @@
+"""Cluster backups, service backups and ZFS replication live here."""

@@ -1,0 +1,28 @@
+"""Top-level routes: system-facing endpoints, the staff API, dashboards and the admin."""
+
+from django.contrib import admin
+from django.http import HttpResponse
+from django.urls import include, path, re_path
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from fleet_app.api import collect
+
+
+def healthz(request):
+    """Liveness for load balancers: touches nothing, so it also serves as the bare
+    baseline the ingest benchmark compares against."""
+    return HttpResponse(b"ok", content_type="text/plain")
+
+
+urlpatterns = [
+    path("healthz", healthz, name="healthz"),
+    re_path(r"^backend/api/systems/register/?$", collect.register, name="collect-register"),
+    path("collect/api/systems/", include("fleet_app.api.collect_urls")),
+    path("api/", include("fleet_app.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("dashboard/", include("fleet_app.urls")),
+    path("admin/", admin.site.urls),
+    path("", RedirectView.as_view(pattern_name="fleet-dashboard", permanent=False)),
+]

@@ -1,0 +1,18 @@
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+class FleetConfig(AppConfig):
+    name = "fleet_app"
+    verbose_name = "Fleet"
+
+    def ready(self) -> None:
+        # Permissions exist only after every app has migrated; keep the role groups in
+        # step with them after each migrate (idempotent).
+        post_migrate.connect(_sync_roles, dispatch_uid="fleet_roles_sync")
+
+
+def _sync_roles(sender, using="default", **kwargs) -> None:
+    from .roles import roles_sync
+
+    roles_sync(using=using)

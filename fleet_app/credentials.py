@@ -1,0 +1,49 @@
+"""Machine credentials: generation, keyed digests and constant-time verification.
+
+A system secret looks like ``my_<public>.<secret>``. The public part is stored in clear
+and indexed, so finding the system a secret belongs to is one indexed lookup; the whole
+secret is stored only as an HMAC-SHA256 digest under ``CREDENTIAL_DIGEST_KEY``. Machine
+secrets are random and high-entropy, so a slow password hash would add nothing but
+latency to the ingest path.
+"""
+
+import hashlib
+import hmac
+import secrets
+
+from django.conf import settings
+
+SECRET_PREFIX = "my_"
+
+
+def digest(value: str) -> str:
+    """Keyed digest of a credential (hex HMAC-SHA256)."""
+    key = settings.CREDENTIAL_DIGEST_KEY.encode()
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
+
+def verify(value: str, stored_digest: str) -> bool:
+    """Constant-time comparison of a presented credential with a stored digest."""
+    return hmac.compare_digest(digest(value), stored_digest)
+
+
+def system_key_generate() -> str:
+    """Public system key: ``NETH-`` and eight groups of four upper-case hex digits."""
+    raw = secrets.token_hex(16).upper()
+    return "NETH-" + "-".join(raw[i : i + 4] for i in range(0, 32, 4))
+
+
+def system_secret_generate() -> tuple[str, str]:
+    """Return ``(public_part, full_secret)`` for a new system secret."""
+    public = secrets.token_hex(10)
+    return public, f"{SECRET_PREFIX}{public}.{secrets.token_urlsafe(32)}"
+
+
+def system_secret_public_part(secret: str) -> str | None:
+    """The lookup part of a ``my_<public>.<secret>`` secret, or None if malformed."""
+    if not secret.startswith(SECRET_PREFIX):
+        return None
+    public, sep, rest = secret[len(SECRET_PREFIX) :].partition(".")
+    if not sep or not public or not rest or len(public) > 32:
+        return None
+    return public

@@ -1,0 +1,95 @@
+"""What changed between two ns8 inventories: field path, old, new, severity.
+
+Lists of objects that carry an ``id`` (``facts.modules``) are compared by id, so a
+reordered list is not a change. Fields that change on every inventory (uptime, byte and
+packet counters, load) are ignored; the patterns are in ``VOLATILE_KEY``.
+"""
+
+import json
+import re
+from typing import Any
+
+VOLATILE_KEY = re.compile(
+    r"(uptime|_bytes$|^bytes|_packets$|^packets|load_?avg|^load\d*$|_free$|^free$|"
+    r"_available$|^available$|_used$|^used$|timestamp|^last_|_at$|^now$|temperature)",
+    re.IGNORECASE,
+)
+# Facts whose change an operator must look at first.
+CRITICAL_KEY = re.compile(r"(^|\.)(version|cluster_leader|installation|uuid)$")
+WARNING_KEY = re.compile(r"(fqdn|hostname|ipv4|ipv6|address|subscription|ui_name)", re.I)
+MAX_CHANGES = 500
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        if not value and prefix:
+            out[prefix] = value
+        for key, item in value.items():
+            key = str(key)
+            if VOLATILE_KEY.search(key):
+                continue
+            _flatten(item, f"{prefix}.{key}" if prefix else key, out)
+    elif isinstance(value, list) and value and all(
+        isinstance(item, dict) and "id" in item for item in value
+    ):
+        for item in value:
+            _flatten(item, f"{prefix}[{item['id']}]", out)
+    elif isinstance(value, list):
+        # Plain lists are compared whole, order-insensitively where the items allow it.
+        try:
+            out[prefix] = sorted(value, key=lambda v: json.dumps(v, sort_keys=True))
+        except TypeError:
+            out[prefix] = value
+    else:
+        out[prefix] = value
+
+
+def flatten(document: dict) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    _flatten(document, "", out)
+    return out
+
+
+def severity_of(path: str) -> str:
+    if CRITICAL_KEY.search(path):
+        return "critical"
+    if path.count("[") and path.endswith("]"):
+        return "warning"  # a module appeared or went away
+    if WARNING_KEY.search(path):
+        return "warning"
+    return "info"
+
+
+def diff(previous: dict, current: dict) -> list[tuple[str, Any, Any, str]]:
+    """Return ``(path, old, new, severity)`` for each changed leaf, at most MAX_CHANGES.
+
+    A module (an item of a list keyed by id) that appears or disappears is reported
+    once at its own path rather than once per field.
+    """
+    old_flat, new_flat = flatten(previous), flatten(current)
+    changes: list[tuple[str, Any, Any, str]] = []
+    old_items = {_item_root(p) for p in old_flat if _item_root(p)}
+    new_items = {_item_root(p) for p in new_flat if _item_root(p)}
+    for item in sorted(old_items ^ new_items):
+        present_before = item in old_items
+        changes.append(
+            (item, "present" if present_before else None, None if present_before else "present",
+             "warning")
+        )
+    gone_or_new = old_items ^ new_items
+    for path in sorted(old_flat.keys() | new_flat.keys()):
+        root = _item_root(path)
+        if root and root in gone_or_new:
+            continue
+        old, new = old_flat.get(path), new_flat.get(path)
+        if old != new:
+            changes.append((path, old, new, severity_of(path)))
+        if len(changes) >= MAX_CHANGES:
+            break
+    return changes[:MAX_CHANGES]
+
+
+def _item_root(path: str) -> str | None:
+    """``facts.modules[traefik1].version`` → ``facts.modules[traefik1]``."""
+    end = path.find("]")
+    return path[: end + 1] if end != -1 else None

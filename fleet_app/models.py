@@ -1,0 +1,321 @@
+"""Fleet registry: organizations, staff accounts, systems, inventories and the audit log."""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.models import PermissionsMixin
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+from django.db.models import Case, Q, Value, When
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+
+class Organization(models.Model):
+    """A node of the commercial tree: owner → distributor → reseller → customer.
+
+    ``path`` is the materialized chain of ancestor ids (``/1/7/42/``) so that "this
+    organization and everything below it" is one indexed prefix match.
+    """
+
+    class Kind(models.TextChoices):
+        OWNER = "owner", "Owner"
+        DISTRIBUTOR = "distributor", "Distributor"
+        RESELLER = "reseller", "Reseller"
+        CUSTOMER = "customer", "Customer"
+
+    # Which kinds may sit directly under which: a customer can be served by a reseller,
+    # a distributor or the owner directly, never the other way round.
+    ALLOWED_PARENTS = {
+        Kind.OWNER: (),
+        Kind.DISTRIBUTOR: (Kind.OWNER,),
+        Kind.RESELLER: (Kind.OWNER, Kind.DISTRIBUTOR),
+        Kind.CUSTOMER: (Kind.OWNER, Kind.DISTRIBUTOR, Kind.RESELLER),
+    }
+
+    name = models.CharField(max_length=255)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    # db_index gives PostgreSQL a varchar_pattern_ops index too: scoping is a LIKE 'x%'.
+    path = models.CharField(max_length=255, db_index=True, editable=False, default="")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["path"]
+        constraints = [
+            models.CheckConstraint(
+                name="fleet_org_owner_is_root",
+                condition=(Q(kind="owner") & Q(parent__isnull=True))
+                | (~Q(kind="owner") & Q(parent__isnull=False)),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+
+class UserManager(BaseUserManager):
+    use_in_migrations = True
+
+    def _create_user(self, email: str, password: str | None, **extra):
+        if not email:
+            raise ValueError("An e-mail address is required.")
+        # Stored as typed: only the domain is normalized, the local part may be
+        # case-sensitive on the legacy side.
+        user = self.model(email=self.normalize_email(email), **extra)
+        user.set_password(password)
+        user.save(using=self._db)
+        return user
+
+    def create_user(self, email: str, password: str | None = None, **extra):
+        extra.setdefault("is_staff", False)
+        extra.setdefault("is_superuser", False)
+        return self._create_user(email, password, **extra)
+
+    def create_superuser(self, email: str, password: str | None = None, **extra):
+        extra.setdefault("is_staff", True)
+        extra.setdefault("is_superuser", True)
+        return self._create_user(email, password, **extra)
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    """A staff or customer account, logged in by e-mail.
+
+    Roles are Django groups (reader, support, admin); what a role may see is scoped to
+    ``organization`` and everything below it.
+    """
+
+    email = models.EmailField(max_length=254)
+    full_name = models.CharField(max_length=255, blank=True)
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.PROTECT, related_name="users"
+    )
+    is_staff = models.BooleanField(default=False)
+    is_active = models.BooleanField(default=True)
+    date_joined = models.DateTimeField(default=timezone.now)
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    class Meta:
+        constraints = [
+            # Legacy platforms had case-sensitive e-mails: colliding accounts may be
+            # imported inactive and deduped later, but two active ones never coexist.
+            models.UniqueConstraint(
+                Lower("email"),
+                condition=Q(is_active=True),
+                name="fleet_user_email_ci_unique_active",
+                violation_error_message="An active account with this e-mail already exists.",
+            ),
+        ]
+        indexes = [
+            # Login and dedupe look accounts up by lower(email), active or not.
+            models.Index(Lower("email"), name="fleet_user_email_lower_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class SystemQuerySet(models.QuerySet):
+    def with_status(self) -> "SystemQuerySet":
+        """Annotate ``status_value`` the same way ``System.status`` computes it."""
+        cutoff = timezone.now() - System.heartbeat_timeout()
+        return self.annotate(
+            status_value=Case(
+                When(last_heartbeat_at__isnull=True, then=Value(System.Status.UNKNOWN)),
+                When(last_heartbeat_at__gte=cutoff, then=Value(System.Status.ACTIVE)),
+                default=Value(System.Status.INACTIVE),
+                output_field=models.CharField(),
+            )
+        )
+
+    def with_status_filter(self, status: str) -> "SystemQuerySet":
+        cutoff = timezone.now() - System.heartbeat_timeout()
+        if status == System.Status.UNKNOWN:
+            return self.filter(last_heartbeat_at__isnull=True)
+        if status == System.Status.ACTIVE:
+            return self.filter(last_heartbeat_at__gte=cutoff)
+        if status == System.Status.INACTIVE:
+            return self.filter(last_heartbeat_at__lt=cutoff)
+        return self.none()
+
+    def not_deleted(self) -> "SystemQuerySet":
+        return self.filter(deleted_at__isnull=True)
+
+
+class System(models.Model):
+    """A managed system (an ns8 cluster, a firewall, a storage host).
+
+    Staff create it and receive its secret once; the system registers with that secret
+    and then calls the collect API with ``system_key:system_secret``. Status is derived
+    from the heartbeat age at read time, so there is nothing to flap or to keep in step.
+    """
+
+    class Status(models.TextChoices):
+        UNKNOWN = "unknown", "Unknown"
+        ACTIVE = "active", "Active"
+        INACTIVE = "inactive", "Inactive"
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="systems"
+    )
+    name = models.CharField(max_length=255)
+    type = models.CharField(max_length=64, blank=True, db_index=True)
+    fqdn = models.CharField(max_length=255, blank=True)
+    ipv4_address = models.GenericIPAddressField(protocol="IPv4", null=True, blank=True)
+    ipv6_address = models.GenericIPAddressField(protocol="IPv6", null=True, blank=True)
+    version = models.CharField(max_length=64, blank=True)
+    system_key = models.CharField(max_length=64, unique=True, editable=False)
+    # Lookup part of the secret (my_<public>.<secret>): register finds the system by it.
+    secret_public = models.CharField(max_length=32, unique=True, editable=False)
+    secret_digest = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    registered_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    last_inventory_at = models.DateTimeField(null=True, blank=True)
+    suspended_at = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = SystemQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            # Status counts and "silent longer than the timeout" are ranges on this.
+            models.Index(fields=["last_heartbeat_at"], name="fleet_sys_heartbeat_idx"),
+            # "Never sent an inventory" lists, newest systems first.
+            models.Index(
+                fields=["-created_at"],
+                condition=Q(last_inventory_at__isnull=True),
+                name="fleet_sys_no_inventory_idx",
+            ),
+            models.Index(fields=["organization", "name"], name="fleet_sys_org_name_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.system_key})"
+
+    @staticmethod
+    def heartbeat_timeout() -> timedelta:
+        return timedelta(minutes=settings.FLEET_HEARTBEAT_TIMEOUT_MINUTES)
+
+    @property
+    def status(self) -> str:
+        if self.last_heartbeat_at is None:
+            return self.Status.UNKNOWN
+        if timezone.now() - self.last_heartbeat_at <= self.heartbeat_timeout():
+            return self.Status.ACTIVE
+        return self.Status.INACTIVE
+
+
+class SystemActivityDay(models.Model):
+    """One row per system per UTC day it sent a heartbeat: the fleet's 30-day chart.
+
+    Written once a day per system (the first heartbeat of the day), so the chart is a
+    count per day over a small table instead of a scan of every heartbeat.
+    """
+
+    system = models.ForeignKey(System, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["day", "system"], name="fleet_activity_day_uniq"),
+        ]
+
+
+class Inventory(models.Model):
+    """One inventory as the system sent it (the ns8 phonehome JSON), kept as history."""
+
+    system = models.ForeignKey(System, on_delete=models.CASCADE, related_name="inventories")
+    received_at = models.DateTimeField(default=timezone.now)
+    data = models.JSONField()
+    size = models.PositiveIntegerField()
+
+    class Meta:
+        verbose_name_plural = "inventories"
+        indexes = [
+            # The previous inventory of a system, and a system's history newest first.
+            models.Index(fields=["system", "-received_at"], name="fleet_inv_sys_recv_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"inventory {self.pk} of system {self.system_id}"
+
+
+class InventoryChange(models.Model):
+    """One field that differs between an inventory and the previous one."""
+
+    class Severity(models.TextChoices):
+        INFO = "info", "Info"
+        WARNING = "warning", "Warning"
+        CRITICAL = "critical", "Critical"
+
+    system = models.ForeignKey(System, on_delete=models.CASCADE, related_name="changes")
+    inventory = models.ForeignKey(Inventory, on_delete=models.CASCADE, related_name="changes")
+    detected_at = models.DateTimeField(default=timezone.now)
+    path = models.CharField(max_length=512)
+    old = models.JSONField(null=True, blank=True)
+    new = models.JSONField(null=True, blank=True)
+    severity = models.CharField(max_length=8, choices=Severity.choices)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["system", "-detected_at"], name="fleet_chg_sys_det_idx"),
+            models.Index(fields=["severity", "-detected_at"], name="fleet_chg_sev_det_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.old!r} → {self.new!r}"
+
+
+class AuditEntry(models.Model):
+    """Who changed what, when, with the state before and after (secrets masked).
+
+    Written by ``fleet_app.services.audit_record`` in the same transaction as the change.
+    """
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="audit_entries",
+    )
+    # Kept as text so the entry still says who it was after the account is gone.
+    actor_repr = models.CharField(max_length=254, blank=True)
+    action = models.CharField(max_length=64)
+    content_type = models.ForeignKey(
+        ContentType, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    object_id = models.CharField(max_length=64, blank=True)
+    object_repr = models.CharField(max_length=255, blank=True)
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "audit entries"
+        ordering = ["-at", "-id"]
+        indexes = [
+            models.Index(fields=["content_type", "object_id"], name="fleet_audit_object_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor_repr} {self.action} {self.object_repr}"

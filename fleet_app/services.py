@@ -1,0 +1,367 @@
+"""Everything in the fleet that writes: one function per use case, transactional."""
+
+import datetime as dt
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.contenttypes.models import ContentType
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models, transaction
+from django.forms.models import model_to_dict
+from django.utils import timezone
+
+from . import credentials, inventory_diff
+from .errors import Conflict, Forbidden, InvalidInput, NotAuthenticated
+from .models import (
+    AuditEntry,
+    Inventory,
+    InventoryChange,
+    Organization,
+    System,
+    SystemActivityDay,
+    User,
+)
+from .signals import inventory_received
+
+# Fields never copied into an audit entry in clear.
+_MASKED_FIELDS = ("password", "secret", "digest", "token")
+
+# --- Audit --------------------------------------------------------------------------------
+
+
+def audit_snapshot(obj: models.Model) -> dict[str, Any]:
+    """A JSON-safe copy of a row's concrete fields, with credentials masked."""
+    data = model_to_dict(obj, fields=[f.name for f in obj._meta.concrete_fields])
+    for key in list(data):
+        if any(marker in key for marker in _MASKED_FIELDS):
+            data[key] = "***" if data[key] else data[key]
+    return json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+
+
+def audit_record(
+    *,
+    actor: User | None,
+    action: str,
+    obj: models.Model | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    organization: Organization | None = None,
+) -> AuditEntry:
+    """Write one audit entry. Call it inside the transaction that makes the change."""
+    if organization is None and obj is not None:
+        if isinstance(obj, Organization):
+            organization = obj
+        else:
+            organization = getattr(obj, "organization", None)
+    return AuditEntry.objects.create(
+        actor=actor if actor is not None and actor.pk else None,
+        actor_repr=str(actor) if actor is not None else "system",
+        action=action,
+        content_type=ContentType.objects.get_for_model(obj) if obj is not None else None,
+        object_id=str(obj.pk) if obj is not None else "",
+        object_repr=str(obj)[:255] if obj is not None else "",
+        organization=organization,
+        before=before,
+        after=after,
+    )
+
+
+# --- Organizations ----------------------------------------------------------------------
+
+
+@transaction.atomic
+def organization_create(
+    *, actor: User | None, name: str, kind: str, parent: Organization | None = None
+) -> Organization:
+    if kind not in Organization.Kind.values:
+        raise InvalidInput(f"Unknown organization kind {kind!r}.")
+    allowed = Organization.ALLOWED_PARENTS[Organization.Kind(kind)]
+    if parent is None and allowed:
+        raise InvalidInput(f"A {kind} must have a parent organization.")
+    if parent is not None and parent.kind not in allowed:
+        raise InvalidInput(f"A {kind} cannot be placed under a {parent.kind}.")
+    organization = Organization.objects.create(name=name, kind=kind, parent=parent)
+    organization.path = f"{parent.path if parent else '/'}{organization.pk}/"
+    organization.save(update_fields=["path"])
+    audit_record(
+        actor=actor, action="organization.create", obj=organization,
+        after=audit_snapshot(organization),
+    )
+    return organization
+
+
+# --- Systems ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssuedSecret:
+    """A system and its secret in clear, which exists only in this return value."""
+
+    system: System
+    system_secret: str
+
+
+@transaction.atomic
+def system_create(
+    *, actor: User | None, organization: Organization, name: str, type: str = ""
+) -> IssuedSecret:
+    """Create a system and issue its secret; the secret is shown once and never stored."""
+    name = name.strip()
+    if not name:
+        raise InvalidInput("A system needs a name.")
+    public, secret = credentials.system_secret_generate()
+    system = System.objects.create(
+        organization=organization,
+        name=name,
+        type=type,
+        system_key=credentials.system_key_generate(),
+        secret_public=public,
+        secret_digest=credentials.digest(secret),
+        created_by=actor if actor is not None and actor.pk else None,
+    )
+    audit_record(actor=actor, action="system.create", obj=system, after=audit_snapshot(system))
+    return IssuedSecret(system=system, system_secret=secret)
+
+
+@transaction.atomic
+def system_secret_reissue(*, actor: User | None, system: System) -> IssuedSecret:
+    """Issue a new secret; the previous one stops working at once."""
+    system = System.objects.select_for_update().get(pk=system.pk)
+    before = audit_snapshot(system)
+    public, secret = credentials.system_secret_generate()
+    system.secret_public = public
+    system.secret_digest = credentials.digest(secret)
+    system.save(update_fields=["secret_public", "secret_digest"])
+    audit_record(
+        actor=actor, action="system.secret_reissue", obj=system, before=before,
+        after=audit_snapshot(system),
+    )
+    return IssuedSecret(system=system, system_secret=secret)
+
+
+def _system_set(*, actor: User | None, system: System, action: str, **fields: Any) -> System:
+    with transaction.atomic():
+        system = System.objects.select_for_update().get(pk=system.pk)
+        before = audit_snapshot(system)
+        for name, value in fields.items():
+            setattr(system, name, value)
+        system.save(update_fields=list(fields))
+        audit_record(
+            actor=actor, action=action, obj=system, before=before, after=audit_snapshot(system)
+        )
+    return system
+
+
+def system_suspend(*, actor: User | None, system: System) -> System:
+    return _system_set(actor=actor, system=system, action="system.suspend",
+                       suspended_at=timezone.now())
+
+
+def system_reactivate(*, actor: User | None, system: System) -> System:
+    return _system_set(actor=actor, system=system, action="system.reactivate",
+                       suspended_at=None)
+
+
+def system_delete(*, actor: User | None, system: System) -> System:
+    """Soft delete: the system can no longer authenticate; its history stays."""
+    return _system_set(actor=actor, system=system, action="system.delete",
+                       deleted_at=timezone.now())
+
+
+def _refuse_if_disabled(system: System) -> None:
+    if system.deleted_at is not None:
+        raise Forbidden("This system has been deleted.")
+    if system.suspended_at is not None:
+        raise Forbidden("This system is suspended.")
+
+
+def system_register(*, system_secret: Any) -> System:
+    """Register a system that staff created, by its secret: one indexed lookup."""
+    if not isinstance(system_secret, str) or not system_secret:
+        raise InvalidInput("system_secret is required and must be a string.")
+    public = credentials.system_secret_public_part(system_secret)
+    system = (
+        System.objects.filter(secret_public=public).first() if public is not None else None
+    )
+    if system is None or not credentials.verify(system_secret, system.secret_digest):
+        raise NotAuthenticated("Unknown system secret.")
+    _refuse_if_disabled(system)
+    now = timezone.now()
+    # Claim the registration atomically: two concurrent calls cannot both succeed.
+    claimed = System.objects.filter(pk=system.pk, registered_at__isnull=True).update(
+        registered_at=now
+    )
+    if not claimed:
+        raise Conflict("This system is already registered.")
+    system.registered_at = now
+    return system
+
+
+# Only what authentication and the hot path need; the inventory row is never loaded.
+_AUTH_FIELDS = (
+    "id", "organization_id", "name", "type", "system_key", "secret_digest", "registered_at",
+    "suspended_at", "deleted_at", "last_heartbeat_at", "last_inventory_at", "fqdn",
+    "ipv4_address", "ipv6_address", "version",
+)
+
+
+def system_authenticate(*, system_key: str, system_secret: str) -> System:
+    """Find and verify a system by its Basic credentials: one indexed query."""
+    system = System.objects.only(*_AUTH_FIELDS).filter(system_key=system_key).first()
+    if system is None or not credentials.verify(system_secret, system.secret_digest):
+        raise NotAuthenticated("Invalid system credentials.")
+    _refuse_if_disabled(system)
+    if system.registered_at is None:
+        raise Forbidden("This system is not registered yet: call register first.")
+    return system
+
+
+def system_heartbeat(*, system: System) -> dt.datetime:
+    """Record liveness: one UPDATE, plus one INSERT on the first heartbeat of a day."""
+    now = timezone.now()
+    previous = system.last_heartbeat_at
+    System.objects.filter(pk=system.pk).update(last_heartbeat_at=now)
+    if previous is None or previous.date() != now.date():
+        SystemActivityDay.objects.bulk_create(
+            [SystemActivityDay(system_id=system.pk, day=now.date())], ignore_conflicts=True
+        )
+    system.last_heartbeat_at = now
+    return now
+
+
+# --- Inventories ----------------------------------------------------------------------------
+
+
+def _leader_node(facts: dict) -> dict:
+    nodes = facts.get("nodes")
+    if isinstance(nodes, dict):
+        candidates = [n for n in nodes.values() if isinstance(n, dict)]
+    elif isinstance(nodes, list):
+        candidates = [n for n in nodes if isinstance(n, dict)]
+    else:
+        candidates = []
+    for node in candidates:
+        if node.get("cluster_leader") is True or node.get("leader") is True:
+            return node
+    if isinstance(nodes, dict) and isinstance(nodes.get("1"), dict):
+        return nodes["1"]
+    return candidates[0] if candidates else {}
+
+
+def _text(value: Any, limit: int) -> str:
+    return value.strip()[:limit] if isinstance(value, str) else ""
+
+
+def _address(value: Any, version: int) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        address = ipaddress.ip_address(value.split("/")[0])
+    except ValueError:
+        return None
+    return str(address) if address.version == version else None
+
+
+def inventory_validate(payload: Any) -> dict:
+    """Refuse what is not an ns8 phonehome document, with one sentence saying why."""
+    if not isinstance(payload, dict):
+        raise InvalidInput("The inventory must be a JSON object.")
+    facts = payload.get("facts")
+    if not isinstance(facts, dict):
+        raise InvalidInput("The inventory must carry a 'facts' object.")
+    for key in ("cluster", "nodes"):
+        if key in facts and facts[key] is not None and not isinstance(facts[key], dict | list):
+            raise InvalidInput(f"facts.{key} must be an object.")
+    migration = facts.get("migration")
+    if migration is not None and not isinstance(migration, dict):
+        raise InvalidInput("facts.migration must be an object or null.")
+    return payload
+
+
+def _system_fields_from(payload: dict) -> dict[str, Any]:
+    """Fields copied onto the system from the leader node; empty values never overwrite."""
+    facts = payload["facts"]
+    leader = _leader_node(facts)
+    cluster = facts.get("cluster") if isinstance(facts.get("cluster"), dict) else {}
+    fields = {
+        "type": _text(payload.get("installation"), 64),
+        "name": _text(cluster.get("ui_name"), 255) or _text(leader.get("ui_name"), 255),
+        "fqdn": _text(leader.get("fqdn"), 255),
+        "version": _text(leader.get("version"), 64) or _text(cluster.get("version"), 64),
+        "ipv4_address": _address(
+            leader.get("default_ipv4") or leader.get("public_ip") or leader.get("ipv4"), 4
+        ),
+        "ipv6_address": _address(leader.get("default_ipv6") or leader.get("ipv6"), 6),
+    }
+    return {k: v for k, v in fields.items() if v}
+
+
+def inventory_ingest(*, system: System, payload: Any, size: int) -> Inventory:
+    """Store an inventory, copy the leader's facts onto the system, record the changes."""
+    payload = inventory_validate(payload)
+    now = timezone.now()
+    copied = _system_fields_from(payload)
+    with transaction.atomic():
+        previous = (
+            Inventory.objects.filter(system_id=system.pk)
+            .order_by("-received_at")
+            .values_list("data", flat=True)
+            .first()
+        )
+        inventory = Inventory.objects.create(
+            system_id=system.pk, received_at=now, data=payload, size=size
+        )
+        if previous is not None:
+            InventoryChange.objects.bulk_create(
+                InventoryChange(
+                    system_id=system.pk, inventory=inventory, detected_at=now, path=path[:512],
+                    old=old, new=new, severity=severity,
+                )
+                for path, old, new, severity in inventory_diff.diff(previous, payload)
+            )
+        System.objects.filter(pk=system.pk).update(last_inventory_at=now, **copied)
+        for name, value in copied.items():
+            setattr(system, name, value)
+        system.last_inventory_at = now
+        inventory_received.send(sender=System, system=system, inventory=inventory)
+    return inventory
+
+
+# --- Housekeeping ----------------------------------------------------------------------------
+
+
+def fleet_prune_history(*, days: int, batch: int = 5000) -> dict[str, int]:
+    """Delete inventories and activity days older than ``days``, in batches.
+
+    The newest inventory of each system is kept whatever its age: it is what the next
+    inventory is compared with.
+    """
+    cutoff = timezone.now() - dt.timedelta(days=days)
+    removed = {"inventories": 0, "activity_days": 0}
+    latest = Inventory.objects.filter(system_id=models.OuterRef("system_id")).order_by(
+        "-received_at"
+    )
+    while True:
+        ids = list(
+            Inventory.objects.filter(received_at__lt=cutoff)
+            .exclude(pk=models.Subquery(latest.values("pk")[:1]))
+            .values_list("pk", flat=True)[:batch]
+        )
+        if not ids:
+            break
+        removed["inventories"] += Inventory.objects.filter(pk__in=ids).delete()[1].get(
+            Inventory._meta.label, 0
+        )
+    while True:
+        ids = list(
+            SystemActivityDay.objects.filter(day__lt=cutoff.date()).values_list("pk", flat=True)[
+                :batch
+            ]
+        )
+        if not ids:
+            break
+        removed["activity_days"] += SystemActivityDay.objects.filter(pk__in=ids).delete()[0]
+    return removed
+

@@ -1,0 +1,11 @@
+"""Signals other apps listen to; fleet_app imports none of them.
+
+``inventory_received`` is sent inside the ingest transaction, after the inventory row
+and the system's copied fields are written, with ``system`` and ``inventory``. A
+receiver that raises rolls the inventory back, so receivers must only record facts,
+never call out.
+"""
+
+from django.dispatch import Signal
+
+inventory_received = Signal()

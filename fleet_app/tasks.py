@@ -1,0 +1,11 @@
+"""Fleet housekeeping tasks (thin wrappers around services)."""
+
+from celery import shared_task
+from django.conf import settings
+
+from . import services
+
+
+@shared_task(acks_late=True)
+def fleet_prune_history() -> dict[str, int]:
+    return services.fleet_prune_history(days=settings.FLEET_HISTORY_DAYS)

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class MigrationsConfig(AppConfig):
+    name = "migrations_app"
+    verbose_name = "Migrations"

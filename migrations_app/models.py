@@ -1,0 +1,1 @@
+"""Legacy credential mappings, rotation and the cutover dashboard live here."""
