@@ -11,9 +11,26 @@ import uuid as uuidlib
 from typing import Any
 
 MODULE_NAMES = (
-    "traefik", "loki", "samba", "mail", "webtop", "nextcloud", "nethvoice", "mattermost",
-    "ejabberd", "roundcubemail", "collabora", "dokuwiki", "crowdsec", "metrics", "openldap",
-    "imapsync", "wordpress", "n8n", "zammad", "nethvoice-proxy",
+    "traefik",
+    "loki",
+    "samba",
+    "mail",
+    "webtop",
+    "nextcloud",
+    "nethvoice",
+    "mattermost",
+    "ejabberd",
+    "roundcubemail",
+    "collabora",
+    "dokuwiki",
+    "crowdsec",
+    "metrics",
+    "openldap",
+    "imapsync",
+    "wordpress",
+    "n8n",
+    "zammad",
+    "nethvoice-proxy",
 )
 
 
@@ -28,7 +45,7 @@ def ns8_inventory(
     uptime: int | None = None,
 ) -> dict[str, Any]:
     """A phonehome document; ``modules=60`` with three nodes is about 50 KB of JSON."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - demo data, deterministic on purpose
     cluster_uuid = str(uuidlib.UUID(int=rng.getrandbits(128)))
     domain = f"c{seed}.example.org"
     node_facts = {}

@@ -29,8 +29,10 @@ def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
             if VOLATILE_KEY.search(key):
                 continue
             _flatten(item, f"{prefix}.{key}" if prefix else key, out)
-    elif isinstance(value, list) and value and all(
-        isinstance(item, dict) and "id" in item for item in value
+    elif (
+        isinstance(value, list)
+        and value
+        and all(isinstance(item, dict) and "id" in item for item in value)
     ):
         for item in value:
             _flatten(item, f"{prefix}[{item['id']}]", out)
@@ -73,8 +75,12 @@ def diff(previous: dict, current: dict) -> list[tuple[str, Any, Any, str]]:
     for item in sorted(old_items ^ new_items):
         present_before = item in old_items
         changes.append(
-            (item, "present" if present_before else None, None if present_before else "present",
-             "warning")
+            (
+                item,
+                "present" if present_before else None,
+                None if present_before else "present",
+                "warning",
+            )
         )
     gone_or_new = old_items ^ new_items
     for path in sorted(old_flat.keys() | new_flat.keys()):

@@ -163,9 +163,7 @@ class System(models.Model):
         ACTIVE = "active", "Active"
         INACTIVE = "inactive", "Inactive"
 
-    organization = models.ForeignKey(
-        Organization, on_delete=models.PROTECT, related_name="systems"
-    )
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="systems")
     name = models.CharField(max_length=255)
     type = models.CharField(max_length=64, blank=True, db_index=True)
     fqdn = models.CharField(max_length=255, blank=True)
@@ -235,6 +233,9 @@ class SystemActivityDay(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["day", "system"], name="fleet_activity_day_uniq"),
         ]
+
+    def __str__(self) -> str:
+        return f"system {self.system_id} seen on {self.day}"
 
 
 class Inventory(models.Model):

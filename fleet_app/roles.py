@@ -30,9 +30,7 @@ def roles_sync(*, using: str = "default") -> None:
         .select_related("content_type")
     )
     admin_extra = list(
-        Permission.objects.using(using).filter(
-            content_type__app_label__in=("auth", "authtoken")
-        )
+        Permission.objects.using(using).filter(content_type__app_label__in=("auth", "authtoken"))
     )
     for role in ROLES:
         group, _ = Group.objects.using(using).get_or_create(name=role)

@@ -5,7 +5,15 @@ import datetime as dt
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from .models import AuditEntry, Inventory, InventoryChange, Organization, System, SystemActivityDay, User
+from .models import (
+    AuditEntry,
+    Inventory,
+    InventoryChange,
+    Organization,
+    System,
+    SystemActivityDay,
+    User,
+)
 
 
 def organizations_visible_to(user: User) -> QuerySet[Organization]:
@@ -96,5 +104,7 @@ def fleet_activity_by_day(systems: QuerySet[System], days: int = 30) -> list[tup
         .annotate(count=Count("pk"))
     )
     seen = {row["day"]: row["count"] for row in rows}
-    return [(start + dt.timedelta(days=i), seen.get(start + dt.timedelta(days=i), 0))
-            for i in range(days)]
+    return [
+        (start + dt.timedelta(days=i), seen.get(start + dt.timedelta(days=i), 0))
+        for i in range(days)
+    ]

@@ -51,10 +51,7 @@ def audit_record(
 ) -> AuditEntry:
     """Write one audit entry. Call it inside the transaction that makes the change."""
     if organization is None and obj is not None:
-        if isinstance(obj, Organization):
-            organization = obj
-        else:
-            organization = getattr(obj, "organization", None)
+        organization = obj if isinstance(obj, Organization) else getattr(obj, "organization", None)
     return AuditEntry.objects.create(
         actor=actor if actor is not None and actor.pk else None,
         actor_repr=str(actor) if actor is not None else "system",
@@ -86,7 +83,9 @@ def organization_create(
     organization.path = f"{parent.path if parent else '/'}{organization.pk}/"
     organization.save(update_fields=["path"])
     audit_record(
-        actor=actor, action="organization.create", obj=organization,
+        actor=actor,
+        action="organization.create",
+        obj=organization,
         after=audit_snapshot(organization),
     )
     return organization
@@ -135,7 +134,10 @@ def system_secret_reissue(*, actor: User | None, system: System) -> IssuedSecret
     system.secret_digest = credentials.digest(secret)
     system.save(update_fields=["secret_public", "secret_digest"])
     audit_record(
-        actor=actor, action="system.secret_reissue", obj=system, before=before,
+        actor=actor,
+        action="system.secret_reissue",
+        obj=system,
+        before=before,
         after=audit_snapshot(system),
     )
     return IssuedSecret(system=system, system_secret=secret)
@@ -155,19 +157,20 @@ def _system_set(*, actor: User | None, system: System, action: str, **fields: An
 
 
 def system_suspend(*, actor: User | None, system: System) -> System:
-    return _system_set(actor=actor, system=system, action="system.suspend",
-                       suspended_at=timezone.now())
+    return _system_set(
+        actor=actor, system=system, action="system.suspend", suspended_at=timezone.now()
+    )
 
 
 def system_reactivate(*, actor: User | None, system: System) -> System:
-    return _system_set(actor=actor, system=system, action="system.reactivate",
-                       suspended_at=None)
+    return _system_set(actor=actor, system=system, action="system.reactivate", suspended_at=None)
 
 
 def system_delete(*, actor: User | None, system: System) -> System:
     """Soft delete: the system can no longer authenticate; its history stays."""
-    return _system_set(actor=actor, system=system, action="system.delete",
-                       deleted_at=timezone.now())
+    return _system_set(
+        actor=actor, system=system, action="system.delete", deleted_at=timezone.now()
+    )
 
 
 def _refuse_if_disabled(system: System) -> None:
@@ -182,9 +185,7 @@ def system_register(*, system_secret: Any) -> System:
     if not isinstance(system_secret, str) or not system_secret:
         raise InvalidInput("system_secret is required and must be a string.")
     public = credentials.system_secret_public_part(system_secret)
-    system = (
-        System.objects.filter(secret_public=public).first() if public is not None else None
-    )
+    system = System.objects.filter(secret_public=public).first() if public is not None else None
     if system is None or not credentials.verify(system_secret, system.secret_digest):
         raise NotAuthenticated("Unknown system secret.")
     _refuse_if_disabled(system)
@@ -201,9 +202,21 @@ def system_register(*, system_secret: Any) -> System:
 
 # Only what authentication and the hot path need; the inventory row is never loaded.
 _AUTH_FIELDS = (
-    "id", "organization_id", "name", "type", "system_key", "secret_digest", "registered_at",
-    "suspended_at", "deleted_at", "last_heartbeat_at", "last_inventory_at", "fqdn",
-    "ipv4_address", "ipv6_address", "version",
+    "id",
+    "organization_id",
+    "name",
+    "type",
+    "system_key",
+    "secret_digest",
+    "registered_at",
+    "suspended_at",
+    "deleted_at",
+    "last_heartbeat_at",
+    "last_inventory_at",
+    "fqdn",
+    "ipv4_address",
+    "ipv6_address",
+    "version",
 )
 
 
@@ -316,8 +329,13 @@ def inventory_ingest(*, system: System, payload: Any, size: int) -> Inventory:
         if previous is not None:
             InventoryChange.objects.bulk_create(
                 InventoryChange(
-                    system_id=system.pk, inventory=inventory, detected_at=now, path=path[:512],
-                    old=old, new=new, severity=severity,
+                    system_id=system.pk,
+                    inventory=inventory,
+                    detected_at=now,
+                    path=path[:512],
+                    old=old,
+                    new=new,
+                    severity=severity,
                 )
                 for path, old, new, severity in inventory_diff.diff(previous, payload)
             )
@@ -351,8 +369,8 @@ def fleet_prune_history(*, days: int, batch: int = 5000) -> dict[str, int]:
         )
         if not ids:
             break
-        removed["inventories"] += Inventory.objects.filter(pk__in=ids).delete()[1].get(
-            Inventory._meta.label, 0
+        removed["inventories"] += (
+            Inventory.objects.filter(pk__in=ids).delete()[1].get(Inventory._meta.label, 0)
         )
     while True:
         ids = list(
@@ -364,4 +382,3 @@ def fleet_prune_history(*, days: int, batch: int = 5000) -> dict[str, int]:
             break
         removed["activity_days"] += SystemActivityDay.objects.filter(pk__in=ids).delete()[0]
     return removed
-

@@ -107,8 +107,11 @@ def inventory(request: HttpRequest, system: System) -> JsonResponse:
     return envelope(
         202,
         "inventory received",
-        {"system_key": system.system_key, "inventory_id": stored.pk,
-         "received_at": stored.received_at},
+        {
+            "system_key": system.system_key,
+            "inventory_id": stored.pk,
+            "received_at": stored.received_at,
+        },
     )
 
 
@@ -143,9 +146,9 @@ def register(request: HttpRequest) -> JsonResponse:
         try:
             payload = json.loads(request.read(64 * 1024) or b"null")
         except (ValueError, UnicodeDecodeError):
-            raise InvalidInput("The body must be JSON: {\"system_secret\": \"…\"}.") from None
+            raise InvalidInput('The body must be JSON: {"system_secret": "…"}.') from None
         if not isinstance(payload, dict):
-            raise InvalidInput("The body must be JSON: {\"system_secret\": \"…\"}.")
+            raise InvalidInput('The body must be JSON: {"system_secret": "…"}.')
         system = services.system_register(system_secret=payload.get("system_secret"))
     except FleetError as error:
         return error_response(error)

@@ -15,7 +15,9 @@ class SystemFilter(django_filters.FilterSet):
     q = django_filters.CharFilter(method="filter_search", label="Name, FQDN or key contains")
     seen_before = django_filters.IsoDateTimeFilter(field_name="last_heartbeat_at", lookup_expr="lt")
     seen_after = django_filters.IsoDateTimeFilter(field_name="last_heartbeat_at", lookup_expr="gte")
-    deleted = django_filters.BooleanFilter(field_name="deleted_at", lookup_expr="isnull", exclude=True)
+    deleted = django_filters.BooleanFilter(
+        field_name="deleted_at", lookup_expr="isnull", exclude=True
+    )
 
     class Meta:
         model = System

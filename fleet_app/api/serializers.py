@@ -18,9 +18,22 @@ class SystemSerializer(serializers.ModelSerializer):
     class Meta:
         model = System
         fields = [
-            "id", "system_key", "name", "type", "fqdn", "ipv4_address", "ipv6_address",
-            "version", "status", "organization", "created_at", "registered_at",
-            "last_heartbeat_at", "last_inventory_at", "suspended_at", "deleted_at",
+            "id",
+            "system_key",
+            "name",
+            "type",
+            "fqdn",
+            "ipv4_address",
+            "ipv6_address",
+            "version",
+            "status",
+            "organization",
+            "created_at",
+            "registered_at",
+            "last_heartbeat_at",
+            "last_inventory_at",
+            "suspended_at",
+            "deleted_at",
         ]
 
 

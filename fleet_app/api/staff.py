@@ -32,9 +32,7 @@ class SystemViewSet(viewsets.ReadOnlyModelViewSet):
     def inventories(self, request, pk=None):
         system = self.get_object()
         page = self.paginate_queryset(
-            selectors.inventories_visible_to(request.user)
-            .filter(system=system)
-            .defer("data")
+            selectors.inventories_visible_to(request.user).filter(system=system).defer("data")
         )
         return self.get_paginated_response(
             serializers.InventorySummarySerializer(page, many=True).data

@@ -1,0 +1,136 @@
+"""POST {collect_url}/heartbeat."""
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+
+from fleet_app.models import System, SystemActivityDay
+from tests.conftest import basic_auth
+from tests.factories import make_system
+
+URL = "/collect/api/systems/heartbeat"
+
+
+def test_it_acknowledges_and_updates_liveness(client, system, auth_header):
+    # Like curl -X POST with no body and no Content-Type.
+    response = client.generic("POST", URL, b"", content_type="", **auth_header)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["code"] == 200
+    assert body["data"]["system_key"] == system.system_key
+    assert body["data"]["acknowledged"] is True
+    system.refresh_from_db()
+    assert system.last_heartbeat_at is not None
+    assert body["data"]["last_heartbeat"].startswith(system.last_heartbeat_at.strftime("%Y-%m-%d"))
+    assert system.status == System.Status.ACTIVE
+
+
+def test_it_ignores_the_body_and_a_trailing_slash(client, system, auth_header):
+    response = client.post(URL + "/", data=b"garbage{", content_type="text/plain", **auth_header)
+
+    assert response.status_code == 200
+
+
+def test_it_costs_two_queries(client, system, auth_header, django_assert_num_queries):
+    client.post(URL, **auth_header)  # first heartbeat of the day writes the activity row
+    # 1. SELECT the system by its unique system_key
+    # 2. UPDATE last_heartbeat_at
+    with django_assert_num_queries(2):
+        response = client.post(URL, **auth_header)
+    assert response.status_code == 200
+
+
+def test_the_first_heartbeat_of_a_day_records_activity(
+    client, system, auth_header, django_assert_num_queries
+):
+    System.objects.filter(pk=system.pk).update(
+        last_heartbeat_at=timezone.now() - dt.timedelta(days=1)
+    )
+    # SELECT system, UPDATE last_heartbeat_at, INSERT … ON CONFLICT DO NOTHING activity day
+    with django_assert_num_queries(3):
+        client.post(URL, **auth_header)
+    client.post(URL, **auth_header)
+
+    assert SystemActivityDay.objects.filter(system=system).count() == 1
+
+
+def _unchanged(system):
+    return System.objects.get(pk=system.pk).last_heartbeat_at is None
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "Bearer abc",
+        "Basic !!!notbase64",
+        "Basic " + "bm9jb2xvbg==",  # "nocolon"
+    ],
+)
+def test_it_rejects_missing_or_malformed_credentials(client, system, header):
+    extra = {"HTTP_AUTHORIZATION": header} if header else {}
+
+    response = client.post(URL, **extra)
+
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"].startswith("Basic")
+    assert response.json()["code"] == 401
+    assert _unchanged(system)
+
+
+def test_it_rejects_a_wrong_secret(client, system):
+    response = client.post(URL, HTTP_AUTHORIZATION=basic_auth(system.system_key, "my_x.wrong"))
+
+    assert response.status_code == 401
+    assert _unchanged(system)
+
+
+def test_it_rejects_an_unknown_key(client, system):
+    response = client.post(URL, HTTP_AUTHORIZATION=basic_auth("NETH-0000", system.issued_secret))
+
+    assert response.status_code == 401
+    assert _unchanged(system)
+
+
+def test_it_refuses_an_unregistered_system(client, customer):
+    system = make_system(customer, registered=False)
+
+    response = client.post(
+        URL, HTTP_AUTHORIZATION=basic_auth(system.system_key, system.issued_secret)
+    )
+
+    assert response.status_code == 403
+    assert "not registered" in response.json()["message"]
+    assert _unchanged(system)
+
+
+@pytest.mark.parametrize("field", ["suspended_at", "deleted_at"])
+def test_it_refuses_suspended_or_deleted_systems(client, system, auth_header, field):
+    System.objects.filter(pk=system.pk).update(**{field: timezone.now()})
+
+    response = client.post(URL, **auth_header)
+
+    assert response.status_code == 403
+    assert _unchanged(system)
+
+
+def test_it_only_allows_post(client, system, auth_header):
+    response = client.get(URL, **auth_header)
+
+    assert response.status_code == 405
+    assert _unchanged(system)
+
+
+def test_status_turns_inactive_after_the_timeout(system, settings):
+    settings.FLEET_HEARTBEAT_TIMEOUT_MINUTES = 20
+    now = timezone.now()
+    System.objects.filter(pk=system.pk).update(last_heartbeat_at=now - dt.timedelta(minutes=19))
+    system.refresh_from_db()
+    assert system.status == "active"
+    System.objects.filter(pk=system.pk).update(last_heartbeat_at=now - dt.timedelta(minutes=21))
+    system.refresh_from_db()
+    assert system.status == "inactive"
+    assert System.objects.with_status_filter("inactive").filter(pk=system.pk).exists()
+    assert System.objects.with_status().get(pk=system.pk).status_value == "inactive"

@@ -1,0 +1,151 @@
+"""The staff REST API: org-scoped lists of systems, inventories and changes."""
+
+import json
+
+import pytest
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from fleet_app import services
+from fleet_app.models import InventoryChange
+from tests.factories import UserFactory, make_system
+
+
+@pytest.fixture
+def api():
+    return APIClient()
+
+
+@pytest.fixture
+def fleet(customer, other_customer):
+    return {
+        "a1": make_system(customer, name="a1"),
+        "a2": make_system(customer, name="a2"),
+        "b1": make_system(other_customer, name="b1"),
+    }
+
+
+def names(response):
+    return sorted(s["name"] for s in response.json()["results"])
+
+
+def test_it_requires_authentication(api, fleet):
+    assert api.get("/api/systems/").status_code in (401, 403)
+
+
+def test_a_staff_account_without_a_role_is_refused(api, customer, fleet):
+    api.force_authenticate(UserFactory(organization=customer, roles=[]))
+
+    assert api.get("/api/systems/").status_code == 403
+
+
+def test_an_operator_sees_everything_below_their_organization(api, alice, fleet):
+    api.force_authenticate(alice)
+
+    response = api.get("/api/systems/")
+
+    assert response.status_code == 200
+    assert names(response) == ["a1", "a2"]
+
+
+def test_an_outsider_sees_only_their_own(api, charlie, fleet):
+    api.force_authenticate(charlie)
+
+    assert names(api.get("/api/systems/")) == ["b1"]
+    assert api.get(f"/api/systems/{fleet['a1'].pk}/").status_code == 404
+
+
+def test_token_authentication_works(api, bob, fleet):
+    token = Token.objects.create(user=bob)
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+
+    assert names(api.get("/api/systems/")) == ["a1", "a2"]
+
+
+def test_it_filters_by_status_and_search(api, alice, fleet, client):
+    from django.utils import timezone
+
+    fleet["a1"].__class__.objects.filter(pk=fleet["a1"].pk).update(last_heartbeat_at=timezone.now())
+    api.force_authenticate(alice)
+
+    assert names(api.get("/api/systems/?status=active")) == ["a1"]
+    assert names(api.get("/api/systems/?status=unknown")) == ["a2"]
+    assert names(api.get("/api/systems/?q=A2")) == ["a2"]
+    assert names(api.get(f"/api/systems/?q={fleet['a1'].system_key}")) == ["a1"]
+    assert api.get("/api/systems/?status=bogus").status_code == 400
+
+
+def test_the_system_list_never_exposes_secrets(api, alice, fleet):
+    api.force_authenticate(alice)
+
+    body = api.get("/api/systems/").content.decode()
+
+    assert "secret" not in body
+    assert fleet["a1"].issued_secret not in body
+
+
+def test_the_system_list_costs_a_constant_number_of_queries(
+    api, alice, customer, django_assert_num_queries
+):
+    api.force_login(alice)
+    for i in range(3):
+        make_system(customer, name=f"s{i}")
+    # 1. the session            3. the caller's roles
+    # 2. the user               4. the caller's organization (scope path)
+    # 5. the page of systems joined with their organization
+    with django_assert_num_queries(5):
+        small = api.get("/api/systems/")
+    for i in range(3, 30):
+        make_system(customer, name=f"s{i}")
+    with django_assert_num_queries(5):
+        large = api.get("/api/systems/")
+    assert len(small.json()["results"]) == 3
+    assert len(large.json()["results"]) == 30
+
+
+def test_inventories_and_changes_of_a_system(api, alice, fleet, inventory_payload):
+    system = fleet["a1"]
+    services.inventory_ingest(system=system, payload=inventory_payload, size=1)
+    inventory_payload["facts"]["nodes"]["1"]["version"] = "4.0.0"
+    latest = services.inventory_ingest(system=system, payload=inventory_payload, size=1)
+    api.force_authenticate(alice)
+
+    inventories = api.get(f"/api/systems/{system.pk}/inventories/").json()["results"]
+    changes = api.get(f"/api/systems/{system.pk}/changes/").json()["results"]
+    document = api.get(f"/api/inventories/{latest.pk}/").json()
+
+    assert len(inventories) == 2 and "data" not in inventories[0]
+    assert [c["path"] for c in changes] == ["facts.nodes.1.version"]
+    assert document["data"]["facts"]["nodes"]["1"]["version"] == "4.0.0"
+    assert InventoryChange.objects.count() == 1
+
+
+def test_an_outsider_cannot_read_another_organizations_inventory(
+    api, charlie, fleet, inventory_payload
+):
+    inventory = services.inventory_ingest(system=fleet["a1"], payload=inventory_payload, size=1)
+    api.force_authenticate(charlie)
+
+    assert api.get(f"/api/inventories/{inventory.pk}/").status_code == 404
+    assert api.get("/api/changes/").json()["results"] == []
+
+
+def test_fleet_summary_counts(api, alice, fleet):
+    api.force_authenticate(alice)
+
+    body = api.get("/api/fleet-summary/").json()
+
+    assert body["status"]["total"] == 2
+    assert body["status"]["unknown"] == 2
+
+
+def test_the_openapi_schema_and_docs_are_served(api, alice, client):
+    api.force_authenticate(alice)
+
+    schema = api.get("/api/schema/?format=json")
+    client.force_login(alice)
+    docs = client.get("/api/docs/")
+
+    assert schema.status_code == 200
+    assert "/api/systems/" in json.loads(schema.content)["paths"]
+    assert docs.status_code == 200
