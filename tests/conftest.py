@@ -78,3 +78,71 @@ def auth_header(system):
 def inventory_payload():
     """A realistic ns8 phonehome document (about 50 KB)."""
     return ns8_inventory(seed=7)
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db, settings, tmp_path):
+    """A real Celery worker process on the real Redis broker and the test database.
+
+    Yields the queue name to send to; tasks sent there run in the worker, which sees
+    what the test has committed (hence ``transactional_db``). Needs PostgreSQL and
+    Redis, which CI always provides.
+    """
+    import os
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    from django.db import connection
+
+    from controlplane.celery import app
+
+    if connection.vendor != "postgresql" or not settings.REDIS_URL:
+        message = "a real worker needs DATABASE_URL (PostgreSQL) and REDIS_URL"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    db = connection.settings_dict
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": (
+            f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        ),
+        "REDIS_URL": settings.REDIS_URL,
+        "CONN_MAX_AGE": "0",
+    }
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "controlplane", "worker", "--pool", "solo",
+         "-Q", queue, "--without-gossip", "--without-mingle", "--without-heartbeat",
+         "--loglevel", "INFO", "--logfile", str(log)],
+        env=env, cwd=settings.BASE_DIR,
+    )  # fmt: skip
+    previous = (app.conf.broker_url, app.conf.task_always_eager)
+    app.conf.broker_url, app.conf.task_always_eager = settings.REDIS_URL, False
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    try:
+        deadline = time.monotonic() + 60
+        while "ready" not in (log.read_text() if log.exists() else ""):
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Celery worker did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield queue
+    finally:
+        app.conf.broker_url, app.conf.task_always_eager = previous
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def wait_for(predicate, timeout: float = 30.0) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
