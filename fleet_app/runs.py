@@ -1,0 +1,124 @@
+"""Run rows: the state of long work, shared by every app.
+
+A view or command writes a run row in ``pending``, enqueues a task with the run's id after
+the transaction commits, and answers with the id. The task claims the row, writes its
+progress to it and finishes it; the admin, the API and the dashboards read only the row.
+A concrete run model subclasses ``Run`` and adds what its job needs.
+
+Phases follow Velero's: ``pending → running → succeeded | partially_failed | failed``.
+"""
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import F
+from django.utils import timezone
+
+
+class RunState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    PARTIALLY_FAILED = "partially_failed", "Partially failed"
+    FAILED = "failed", "Failed"
+
+
+FINISHED_STATES = (RunState.SUCCEEDED, RunState.PARTIALLY_FAILED, RunState.FAILED)
+
+
+class Run(models.Model):
+    """Abstract run row: state, phase, progress counts, error and a short log."""
+
+    state = models.CharField(
+        max_length=16, choices=RunState.choices, default=RunState.PENDING, db_index=True
+    )
+    phase = models.CharField(max_length=64, blank=True)
+    total = models.PositiveBigIntegerField(default=0)
+    done = models.PositiveBigIntegerField(default=0)
+    failed = models.PositiveBigIntegerField(default=0)
+    error = models.TextField(blank=True)
+    log = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Each write of progress touches this, so a stuck run (a dead worker) is visible.
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def percent(self) -> int:
+        return (
+            100
+            if self.state in FINISHED_STATES and not self.total
+            else (int(100 * self.done / self.total) if self.total else 0)
+        )
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+
+def run_claim(run: Run) -> bool:
+    """Move a run to ``running``; False if it already finished (a duplicate delivery).
+
+    A run found ``running`` is claimed again: with ``acks_late`` a task whose worker died
+    is delivered anew, and it must pick up where the row says it was.
+    """
+    now = timezone.now()
+    claimed = (
+        type(run)
+        .objects.filter(pk=run.pk, state__in=(RunState.PENDING, RunState.RUNNING))
+        .update(state=RunState.RUNNING, started_at=now, updated_at=now)
+    )
+    if claimed:
+        run.refresh_from_db()
+    return bool(claimed)
+
+
+def run_progress(
+    run: Run, *, done: int = 0, failed: int = 0, phase: str | None = None, total: int | None = None
+) -> None:
+    """Add to the counters with F() so concurrent chunks never overwrite each other."""
+    fields: dict = {
+        "done": F("done") + done,
+        "failed": F("failed") + failed,
+        "updated_at": timezone.now(),
+    }
+    if phase is not None:
+        fields["phase"] = phase
+    if total is not None:
+        fields["total"] = total
+    type(run).objects.filter(pk=run.pk).update(**fields)
+
+
+def run_log(run: Run, line: str) -> None:
+    """Append one line to the run's log (kept short: the last 64 KiB)."""
+    with transaction.atomic():
+        row = type(run).objects.select_for_update().only("log").get(pk=run.pk)
+        log = (row.log + f"{timezone.now():%Y-%m-%d %H:%M:%S} {line}\n")[-65536:]
+        type(run).objects.filter(pk=run.pk).update(log=log, updated_at=timezone.now())
+
+
+def run_finish(run: Run, *, error: str = "") -> str:
+    """Finish a run: failed on error, partially_failed if some items failed, else succeeded."""
+    row = type(run).objects.only("failed", "done").get(pk=run.pk)
+    if error:
+        state = RunState.FAILED
+    elif row.failed:
+        state = RunState.PARTIALLY_FAILED if row.done else RunState.FAILED
+    else:
+        state = RunState.SUCCEEDED
+    now = timezone.now()
+    type(run).objects.filter(pk=run.pk).update(
+        state=state, error=error[:10000], finished_at=now, updated_at=now
+    )
+    run.refresh_from_db()
+    return state
