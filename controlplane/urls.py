@@ -26,3 +26,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", RedirectView.as_view(pattern_name="fleet-dashboard", permanent=False)),
 ]
+
+admin.site.site_header = "Cutover"
+admin.site.site_title = "Cutover"
+admin.site.index_title = "Control plane"
