@@ -1,28 +1,127 @@
 """Staff dashboards (server-rendered, no external assets)."""
 
+import datetime as dt
+import math
+
+from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.shortcuts import render
 
 from . import selectors
 from .models import System
 
+# Chart geometry in SVG user units; the SVG scales to the width of its container.
+CHART_DAYS = 30
+CHART_WIDTH = 900
+CHART_HEIGHT = 260
+CHART_LEFT = 48  # room for the count labels
+CHART_RIGHT = 12
+CHART_TOP = 14
+CHART_BOTTOM = 30  # room for the date labels
+CHART_DATE_EVERY = 5  # one date label every five bars, counted back from today
+
+
+def _nice_step(raw: float) -> int:
+    """The smallest of 1, 2, 5 × 10ⁿ at least ``raw`` (never below 1: counts are whole)."""
+    if raw <= 1:
+        return 1
+    magnitude = 10 ** math.floor(math.log10(raw))
+    for multiple in (1, 2, 5, 10):
+        if multiple * magnitude >= raw:
+            return multiple * magnitude
+    return 10 * magnitude  # pragma: no cover - the loop always returns
+
+
+def _activity_chart(activity: list[tuple[dt.date, int]]) -> dict:
+    """Bars, gridlines and labels for the activity chart, in SVG coordinates."""
+    peak = max((count for _, count in activity), default=0)
+    step = _nice_step(peak / 4)
+    top = max(step, math.ceil(peak / step) * step)
+    plot_width = CHART_WIDTH - CHART_LEFT - CHART_RIGHT
+    plot_height = CHART_HEIGHT - CHART_TOP - CHART_BOTTOM
+    baseline = CHART_TOP + plot_height
+    slot = plot_width / max(len(activity), 1)
+    bars = []
+    for index, (day, count) in enumerate(activity):
+        height = plot_height * count / top
+        x = CHART_LEFT + index * slot
+        labelled = (len(activity) - 1 - index) % CHART_DATE_EVERY == 0
+        bars.append(
+            {
+                "day": day,
+                "count": count,
+                "x": f"{x + slot * 0.15:.1f}",
+                "y": f"{baseline - height:.1f}",
+                "width": f"{slot * 0.7:.1f}",
+                "height": f"{height:.1f}",
+                "center": f"{x + slot / 2:.1f}",
+                "labelled": labelled,
+            }
+        )
+    gridlines = [
+        {"value": value, "y": f"{baseline - plot_height * value / top:.1f}"}
+        for value in range(0, top + 1, step)
+    ]
+    return {
+        "bars": bars,
+        "gridlines": gridlines,
+        "peak": peak,
+        "total": sum(count for _, count in activity),
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "left": CHART_LEFT,
+        "right": CHART_WIDTH - CHART_RIGHT,
+        "baseline": baseline,
+        "label_y": baseline + 18,
+    }
+
+
+def _tiles(counts: dict[str, int], timeout_minutes: int) -> list[dict]:
+    specs = [
+        ("total", "Total", "systems, deleted ones excluded", ""),
+        ("active", "Active", f"heartbeat in the last {timeout_minutes} min", "ok"),
+        ("inactive", "Inactive", f"silent longer than {timeout_minutes} min", "warn"),
+        ("unknown", "Unknown", "never sent a heartbeat", "muted"),
+        ("suspended", "Suspended", "refused by the collect API", ""),
+        ("unregistered", "Unregistered", "created, secret never used", ""),
+        ("never_inventoried", "Never inventoried", "no inventory received yet", ""),
+    ]
+    return [
+        {
+            "id": "count-" + key.replace("_", "-"),
+            "label": label,
+            "hint": hint,
+            "tone": tone,
+            "value": counts[key],
+        }
+        for key, label, hint, tone in specs
+    ]
+
 
 @staff_member_required
 def fleet_dashboard(request):
+    """The fleet at a glance, scoped to the user's organization subtree.
+
+    A fixed number of queries whatever the fleet size: one aggregate for the status
+    counts, one GROUP BY for the types, two bounded lists and one GROUP BY for the chart.
+    """
     systems = selectors.systems_visible_to(request.user)
-    activity = selectors.fleet_activity_by_day(systems, days=30)
-    peak = max((count for _, count in activity), default=0) or 1
+    counts = selectors.fleet_status_counts(systems)
+    types = selectors.fleet_type_counts(systems)
+    type_peak = max((row["count"] for row in types), default=0) or 1
+    timeout_minutes = int(System.heartbeat_timeout().total_seconds() // 60)
     context = {
-        "title": "Fleet",
-        "counts": selectors.fleet_status_counts(systems),
-        "types": selectors.fleet_type_counts(systems),
+        **admin.site.each_context(request),
+        # The dashboard needs the full width; the breadcrumbs lead back to the admin.
+        "is_nav_sidebar_enabled": False,
+        "title": "Fleet dashboard",
+        "counts": counts,
+        "tiles": _tiles(counts, timeout_minutes),
+        "types": [{**row, "percent": round(100 * row["count"] / type_peak)} for row in types],
         "silent": selectors.systems_silent(systems),
         "never_inventoried": selectors.systems_never_inventoried(systems),
-        "activity": [
-            {"day": day, "count": count, "height": round(100 * count / peak)}
-            for day, count in activity
-        ],
-        "activity_peak": peak,
-        "timeout_minutes": System.heartbeat_timeout().total_seconds() // 60,
+        "chart": _activity_chart(selectors.fleet_activity_by_day(systems, days=CHART_DAYS)),
+        "chart_days": CHART_DAYS,
+        "timeout_minutes": timeout_minutes,
     }
     return render(request, "fleet_app/dashboard.html", context)
