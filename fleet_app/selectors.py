@@ -99,7 +99,9 @@ def fleet_activity_by_day(systems: QuerySet[System], days: int = 30) -> list[tup
     today = timezone.now().date()
     start = today - dt.timedelta(days=days - 1)
     rows = (
-        SystemActivityDay.objects.filter(day__gte=start, system__in=systems.values("pk"))
+        SystemActivityDay.objects.filter(
+            day__gte=start, system__in=systems.not_deleted().values("pk")
+        )
         .values("day")
         .annotate(count=Count("pk"))
     )
