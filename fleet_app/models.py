@@ -183,6 +183,9 @@ class System(models.Model):
         related_name="+",
     )
     registered_at = models.DateTimeField(null=True, blank=True)
+    # First successful call with the current secret; cleared whenever a secret is issued,
+    # so "credentials issued, never used" is a plain IS NULL.
+    secret_confirmed_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     last_inventory_at = models.DateTimeField(null=True, blank=True)
     suspended_at = models.DateTimeField(null=True, blank=True)

@@ -23,7 +23,7 @@ from .models import (
     SystemActivityDay,
     User,
 )
-from .signals import inventory_received
+from .signals import inventory_received, secret_confirmed
 
 # Fields never copied into an audit entry in clear.
 _MASKED_FIELDS = ("password", "secret", "digest", "token")
@@ -132,7 +132,8 @@ def system_secret_reissue(*, actor: User | None, system: System) -> IssuedSecret
     public, secret = credentials.system_secret_generate()
     system.secret_public = public
     system.secret_digest = credentials.digest(secret)
-    system.save(update_fields=["secret_public", "secret_digest"])
+    system.secret_confirmed_at = None
+    system.save(update_fields=["secret_public", "secret_digest", "secret_confirmed_at"])
     audit_record(
         actor=actor,
         action="system.secret_reissue",
@@ -209,6 +210,7 @@ _AUTH_FIELDS = (
     "system_key",
     "secret_digest",
     "registered_at",
+    "secret_confirmed_at",
     "suspended_at",
     "deleted_at",
     "last_heartbeat_at",
@@ -228,7 +230,21 @@ def system_authenticate(*, system_key: str, system_secret: str) -> System:
     _refuse_if_disabled(system)
     if system.registered_at is None:
         raise Forbidden("This system is not registered yet: call register first.")
+    if system.secret_confirmed_at is None:
+        _secret_confirm(system)
     return system
+
+
+def _secret_confirm(system: System) -> None:
+    """Stamp the first use of a freshly issued secret (one extra UPDATE, once per secret)."""
+    now = timezone.now()
+    with transaction.atomic():
+        confirmed = System.objects.filter(
+            pk=system.pk, secret_digest=system.secret_digest, secret_confirmed_at__isnull=True
+        ).update(secret_confirmed_at=now)
+        system.secret_confirmed_at = now
+        if confirmed:
+            secret_confirmed.send(sender=System, system=system)
 
 
 def system_heartbeat(*, system: System) -> dt.datetime:

@@ -9,3 +9,7 @@ never call out.
 from django.dispatch import Signal
 
 inventory_received = Signal()
+
+# Sent once per issued secret, the first time a system authenticates with it (inside the
+# request, after ``secret_confirmed_at`` is stamped), with ``system``.
+secret_confirmed = Signal()

@@ -45,6 +45,7 @@ def test_it_costs_two_queries(client, system, auth_header, django_assert_num_que
 def test_the_first_heartbeat_of_a_day_records_activity(
     client, system, auth_header, django_assert_num_queries
 ):
+    client.post(URL, **auth_header)
     System.objects.filter(pk=system.pk).update(
         last_heartbeat_at=timezone.now() - dt.timedelta(days=1)
     )
@@ -134,3 +135,28 @@ def test_status_turns_inactive_after_the_timeout(system, settings):
     assert system.status == "inactive"
     assert System.objects.with_status_filter("inactive").filter(pk=system.pk).exists()
     assert System.objects.with_status().get(pk=system.pk).status_value == "inactive"
+
+
+def test_the_first_call_with_a_new_secret_confirms_it(client, system, auth_header):
+    from fleet_app import services
+    from fleet_app.signals import secret_confirmed
+
+    seen = []
+
+    def receiver(sender, system, **kwargs):
+        seen.append(system.pk)
+
+    secret_confirmed.connect(receiver)
+    try:
+        client.post(URL, **auth_header)
+        client.post(URL, **auth_header)
+        confirmed_at = System.objects.get(pk=system.pk).secret_confirmed_at
+        fresh = services.system_secret_reissue(actor=None, system=system)
+        assert System.objects.get(pk=system.pk).secret_confirmed_at is None
+        client.post(URL, HTTP_AUTHORIZATION=basic_auth(system.system_key, fresh.system_secret))
+    finally:
+        secret_confirmed.disconnect(receiver)
+
+    assert confirmed_at is not None
+    assert seen == [system.pk, system.pk]  # once per issued secret, not per call
+    assert System.objects.get(pk=system.pk).secret_confirmed_at > confirmed_at
