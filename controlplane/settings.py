@@ -5,6 +5,7 @@ folder and Celery tasks executed in-process.
 """
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 
@@ -126,6 +127,26 @@ CELERY_BEAT_SCHEDULE = {
     "fleet-prune-history": {"task": "fleet_app.tasks.fleet_prune_history", "schedule": 3600.0},
 }
 
+
+# --- Cache (throttles) --------------------------------------------------------------------
+# Shared across web workers through Redis when there is one (its own database number, so
+# clearing the cache never touches the broker's queues); in-process otherwise.
+def _redis_cache_location(url: str) -> str:
+    return urlsplit(url)._replace(path=f"/{env.int('REDIS_CACHE_DB', default=1)}").geturl()
+
+
+CACHES = {
+    "default": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": _redis_cache_location(REDIS_URL),
+            "KEY_PREFIX": "cutover",
+        }
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
 # --- Fleet ----------------------------------------------------------------------------
 # Clients send in synchronized 10-minute waves: a 10-minute timeout makes the fleet flap.
 FLEET_HEARTBEAT_TIMEOUT_MINUTES = env.int("FLEET_HEARTBEAT_TIMEOUT_MINUTES", default=20)
@@ -133,6 +154,10 @@ COLLECT_INVENTORY_MAX_BYTES = env.int("COLLECT_INVENTORY_MAX_BYTES", default=10 
 # Inventories and activity days older than this are pruned (the latest inventory of each
 # system is always kept).
 FLEET_HISTORY_DAYS = env.int("FLEET_HISTORY_DAYS", default=90)
+# Failed legacy logins on /proxy/credentials and freekey: at most this many per legacy id
+# and per client address in the window, then 429 with Retry-After.
+PROXY_THROTTLE_FAILURES = env.int("PROXY_THROTTLE_FAILURES", default=10)
+PROXY_THROTTLE_WINDOW_SECONDS = env.int("PROXY_THROTTLE_WINDOW_SECONDS", default=900)
 # Base URL the systems use to reach this service (what register hands back as collect_url).
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
 

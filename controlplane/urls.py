@@ -19,6 +19,7 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     re_path(r"^backend/api/systems/register/?$", collect.register, name="collect-register"),
     path("collect/api/systems/", include("fleet_app.api.collect_urls")),
+    path("", include("migrations_app.api.proxy_urls")),
     path("api/", include("fleet_app.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

@@ -27,3 +27,11 @@ class Conflict(FleetError):
 
 class PayloadTooLarge(FleetError):
     status = 413
+
+
+class TooManyRequests(FleetError):
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after

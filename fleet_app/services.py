@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
@@ -63,6 +64,11 @@ def audit_record(
         before=before,
         after=after,
     )
+
+
+def collect_url() -> str:
+    """The collect API base a cluster stores (``{base}/collect/api/systems``)."""
+    return settings.PUBLIC_BASE_URL.rstrip("/") + "/collect/api/systems"
 
 
 # --- Organizations ----------------------------------------------------------------------

@@ -59,3 +59,35 @@ def make_system(organization=None, *, name="cluster", registered=True, **fields)
 
 def now():
     return timezone.now()
+
+
+def make_mapping(
+    organization,
+    *,
+    legacy_system_id="legacy-1",
+    legacy_token="legacy-token-1",
+    born_registered=False,
+):
+    """A legacy mapping and its native system, imported as the command does."""
+    from migrations_app import services as cutover
+    from migrations_app.models import LegacyMapping
+
+    report = cutover.mappings_import(
+        rows=[
+            (
+                1,
+                {
+                    "legacy_system_id": legacy_system_id,
+                    "legacy_token": legacy_token,
+                    "name": f"legacy {legacy_system_id}",
+                },
+            )
+        ],
+        apply=True,
+        default_organization=organization,
+        born_registered=born_registered,
+    )
+    assert not report.errors, report.errors
+    mapping = LegacyMapping.objects.select_related("system").get(legacy_system_id=legacy_system_id)
+    mapping.legacy_token = legacy_token
+    return mapping

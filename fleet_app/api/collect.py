@@ -17,7 +17,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from .. import services
-from ..errors import FleetError, InvalidInput, NotAuthenticated, PayloadTooLarge
+from ..errors import FleetError, InvalidInput, NotAuthenticated, PayloadTooLarge, TooManyRequests
 from ..models import System
 
 
@@ -32,6 +32,8 @@ def envelope(status: int, message: str, data=None, **headers: str) -> JsonRespon
 def error_response(error: FleetError) -> JsonResponse:
     if error.status == 401:
         return envelope(401, error.message, WWW_Authenticate='Basic realm="collect"')
+    if isinstance(error, TooManyRequests):
+        return envelope(429, error.message, Retry_After=str(error.retry_after))
     return envelope(error.status, error.message)
 
 
@@ -157,7 +159,7 @@ def register(request: HttpRequest) -> JsonResponse:
         "system registered",
         {
             "system_key": system.system_key,
-            "collect_url": settings.PUBLIC_BASE_URL.rstrip("/") + "/collect/api/systems",
+            "collect_url": services.collect_url(),
             "registered_at": system.registered_at,
         },
     )

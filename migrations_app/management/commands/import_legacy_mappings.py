@@ -1,0 +1,131 @@
+"""Import legacy credential mappings from a CSV or JSON export of the legacy service.
+
+Columns (CSV header or JSON keys): legacy_system_id, legacy_token (required), name,
+organization (id or name), type, legacy_last_seen_at (ISO 8601). Dry run by default.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from fleet_app.locks import LockHeld, named_lock
+from fleet_app.models import Organization
+
+from ... import services
+
+REQUIRED = ("legacy_system_id", "legacy_token")
+
+
+def read_rows(path: Path) -> tuple[list[tuple[int, dict]], str]:
+    """``(number, row)`` pairs and what the number counts ("line" or "item")."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise CommandError(f"{path} does not exist.") from None
+    except UnicodeDecodeError:
+        raise CommandError(f"{path} is not UTF-8 text.") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise CommandError(f"{path} is not valid JSON: {error}.") from None
+        if isinstance(data, dict) and isinstance(data.get("proxy_mappings"), list):
+            data = data["proxy_mappings"]
+        if not isinstance(data, list):
+            raise CommandError(f"{path} must hold a JSON list of mappings.")
+        return [(n, row if isinstance(row, dict) else {}) for n, row in enumerate(data, 1)], "item"
+    if path.suffix.lower() != ".csv":
+        raise CommandError(f"{path} must end in .csv or .json.")
+    reader = csv.DictReader(text.splitlines())
+    missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+    if missing:
+        raise CommandError(f"The CSV header lacks {', '.join(missing)}.")
+    # Line numbers as an editor shows them: the header is line 1.
+    return [(reader.line_num, row) for row in reader], "line"
+
+
+class Command(BaseCommand):
+    help = "Import legacy credential mappings (CSV or JSON). Dry run unless --apply."
+
+    def add_arguments(self, parser):
+        parser.add_argument("file", type=Path)
+        parser.add_argument("--apply", action="store_true", help="Write the mappings.")
+        parser.add_argument(
+            "--organization",
+            help="Organization (id or name) for rows without an organization column.",
+        )
+        parser.add_argument(
+            "--born-registered",
+            action="store_true",
+            help="Create the native systems already registered (the rotation hands out "
+            "their secret); otherwise they register on first rotation.",
+        )
+
+    def handle(
+        self,
+        *args,
+        file: Path,
+        apply: bool,
+        organization: str | None,
+        born_registered: bool,
+        **options,
+    ):
+        default_org = None
+        if organization:
+            default_org = (
+                Organization.objects.filter(pk=organization).first()
+                if organization.isdigit()
+                else Organization.objects.filter(name=organization).first()
+            )
+            if default_org is None:
+                raise CommandError(f"Organization {organization!r} does not exist.")
+        rows, unit = read_rows(file)
+        total = len(rows)
+        progress = _Progress(self.stderr, total) if total else None
+        try:
+            with named_lock("import_legacy_mappings"):
+                report = services.mappings_import(
+                    rows=rows,
+                    apply=apply,
+                    default_organization=default_org,
+                    born_registered=born_registered,
+                    progress=progress.step if progress else None,
+                )
+        except LockHeld:
+            raise CommandError("Another import_legacy_mappings is running; try later.") from None
+        if progress:
+            progress.close()
+        for number, message in report.errors:
+            self.stderr.write(self.style.ERROR(f"{unit} {number}: {message}"))
+        verb = "Imported" if apply else "Would import"
+        self.stdout.write(
+            f"{verb} {report.created} mapping(s); {report.unchanged} already present; "
+            f"{len(report.errors)} row(s) refused; {total} read."
+        )
+        if not apply:
+            self.stdout.write("Dry run: nothing was written. Re-run with --apply to import.")
+
+
+class _Progress:
+    """A one-line progress bar on a terminal, a line every 10% otherwise."""
+
+    def __init__(self, stream, total: int):
+        self.stream, self.total, self.done = stream, total, 0
+        self.tty = stream.isatty()
+        self.next_report = max(1, total // 10)
+
+    def step(self, _number: int) -> None:
+        self.done += 1
+        if self.tty:
+            filled = 30 * self.done // self.total
+            self.stream.write(
+                f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}", ending=""
+            )
+        elif self.done % self.next_report == 0 or self.done == self.total:
+            self.stream.write(f"{self.done}/{self.total} rows")
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("")
