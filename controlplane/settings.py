@@ -158,6 +158,8 @@ FLEET_HISTORY_DAYS = env.int("FLEET_HISTORY_DAYS", default=90)
 # and per client address in the window, then 429 with Retry-After.
 PROXY_THROTTLE_FAILURES = env.int("PROXY_THROTTLE_FAILURES", default=10)
 PROXY_THROTTLE_WINDOW_SECONDS = env.int("PROXY_THROTTLE_WINDOW_SECONDS", default=900)
+# When set, /metrics requires "Authorization: Bearer <METRICS_TOKEN>".
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 # Base URL the systems use to reach this service (what register hands back as collect_url).
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
 

@@ -7,6 +7,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from fleet_app.api import collect
+from fleet_app.metrics import metrics_view
 
 
 def healthz(request):
@@ -17,13 +18,16 @@ def healthz(request):
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     re_path(r"^backend/api/systems/register/?$", collect.register, name="collect-register"),
     path("collect/api/systems/", include("fleet_app.api.collect_urls")),
     path("", include("migrations_app.api.proxy_urls")),
+    path("api/cutover/", include("migrations_app.api.urls")),
     path("api/", include("fleet_app.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("dashboard/", include("fleet_app.urls")),
+    path("dashboard/", include("migrations_app.urls")),
     path("admin/", admin.site.urls),
     path("", RedirectView.as_view(pattern_name="fleet-dashboard", permanent=False)),
 ]

@@ -1,0 +1,3 @@
+"""Cutover staff API routes under /api/cutover/."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""Cutover dashboard routes under /dashboard/."""
+
+urlpatterns: list = []
