@@ -40,6 +40,7 @@ from django.utils.html import format_html, format_html_join
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 
 from . import selectors, services
+from .errors import InvalidInput
 from .models import AuditEntry, Inventory, InventoryChange, Organization, System, User
 
 admin.site.site_header = "Cutover administration"
@@ -279,11 +280,10 @@ class OrganizationForm(forms.ModelForm):
         if not kind:
             return cleaned
         # Checked here too so the form can say it; organization_create checks it again.
-        allowed = Organization.ALLOWED_PARENTS[Organization.Kind(kind)]
-        if parent is None and allowed:
-            self.add_error("parent", f"A {kind} must have a parent organization.")
-        elif parent is not None and parent.kind not in allowed:
-            self.add_error("parent", f"A {kind} cannot be placed under a {parent.kind}.")
+        try:
+            services.organization_placement_check(kind=kind, parent=parent)
+        except InvalidInput as error:
+            self.add_error("parent", error.message)
         user = getattr(self.request, "user", None)
         if parent is None and user is not None and not user.is_superuser:
             self.add_error("parent", "Choose the organization the new one sits under.")

@@ -2,13 +2,15 @@
 
 - reader: view everything of the Cutover apps;
 - support: reader, plus add and change (suspend a system, re-issue a secret);
-- admin: every permission of the Cutover apps, and of accounts and groups.
+- admin: every permission of the Cutover apps and of API tokens; may view (and so
+  assign) the role groups, not redefine them.
 
 Deriving from the action prefix means a model added later joins the roles without a
 hand-kept list. What a role sees is further scoped to the user's organization subtree.
 """
 
 from django.contrib.auth.models import Group, Permission
+from django.db.models import Q
 
 ROLE_READER = "reader"
 ROLE_SUPPORT = "support"
@@ -29,8 +31,13 @@ def roles_sync(*, using: str = "default") -> None:
         .filter(content_type__app_label__in=CUTOVER_APPS)
         .select_related("content_type")
     )
+    # Roles are global groups: an organization's admin may assign them and manage API
+    # tokens, but only a superuser may redefine what a role grants.
     admin_extra = list(
-        Permission.objects.using(using).filter(content_type__app_label__in=("auth", "authtoken"))
+        Permission.objects.using(using).filter(
+            Q(content_type__app_label="authtoken")
+            | Q(content_type__app_label="auth", codename__startswith="view_")
+        )
     )
     for role in ROLES:
         group, _ = Group.objects.using(using).get_or_create(name=role)

@@ -10,7 +10,6 @@ from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
-from django.forms.models import model_to_dict
 from django.utils import timezone
 
 from . import credentials, inventory_diff
@@ -34,7 +33,8 @@ _MASKED_FIELDS = ("password", "secret", "digest", "token")
 
 def audit_snapshot(obj: models.Model) -> dict[str, Any]:
     """A JSON-safe copy of a row's concrete fields, with credentials masked."""
-    data = model_to_dict(obj, fields=[f.name for f in obj._meta.concrete_fields])
+    # Every concrete column, editable or not (system_key, path, created_at …).
+    data = {f.name: f.value_from_object(obj) for f in obj._meta.concrete_fields}
     for key in list(data):
         if any(marker in key for marker in _MASKED_FIELDS):
             data[key] = "***" if data[key] else data[key]
@@ -74,10 +74,8 @@ def collect_url() -> str:
 # --- Organizations ----------------------------------------------------------------------
 
 
-@transaction.atomic
-def organization_create(
-    *, actor: User | None, name: str, kind: str, parent: Organization | None = None
-) -> Organization:
+def organization_placement_check(*, kind: str, parent: Organization | None) -> None:
+    """Raise ``InvalidInput`` unless a ``kind`` may sit directly under ``parent``."""
     if kind not in Organization.Kind.values:
         raise InvalidInput(f"Unknown organization kind {kind!r}.")
     allowed = Organization.ALLOWED_PARENTS[Organization.Kind(kind)]
@@ -85,6 +83,13 @@ def organization_create(
         raise InvalidInput(f"A {kind} must have a parent organization.")
     if parent is not None and parent.kind not in allowed:
         raise InvalidInput(f"A {kind} cannot be placed under a {parent.kind}.")
+
+
+@transaction.atomic
+def organization_create(
+    *, actor: User | None, name: str, kind: str, parent: Organization | None = None
+) -> Organization:
+    organization_placement_check(kind=kind, parent=parent)
     organization = Organization.objects.create(name=name, kind=kind, parent=parent)
     organization.path = f"{parent.path if parent else '/'}{organization.pk}/"
     organization.save(update_fields=["path"])

@@ -11,6 +11,12 @@ from fleet_app.models import Organization
 from tests.factories import OrganizationFactory, UserFactory, make_system
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Staff passwords use Django's slow hasher in production; tests need not pay for it."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def owner(db):
     return OrganizationFactory(name="Owner", kind=Organization.Kind.OWNER)
