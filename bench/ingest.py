@@ -1,0 +1,517 @@
+"""Ingest benchmark: how much do the heartbeat and inventory endpoints cost next to a bare view?
+
+Creates a fresh PostgreSQL database, migrates it, seeds ~1000 registered systems with real
+credentials (and one previous inventory each, so every inventory is diffed as in steady
+state), starts gunicorn on loopback and measures, against that one server:
+
+a) throughput with wrk (-t2 -c32) on GET /healthz (the bare baseline: touches nothing),
+   POST heartbeat and POST inventory (~50 KB ns8 phonehome), rotating credentials over
+   the fleet (bench/collect.lua);
+b) a fixed rate of 1,000 req/s with hey on the heartbeat and on the bare view, spread over
+   many hey processes, one system credential each (hey sends one header set only).
+
+It prints figures and the targets they are compared with; it never passes or fails.
+Then it stops gunicorn and drops the database.
+
+    make bench          # or: .venv/bin/python bench/ingest.py --help
+"""
+
+import argparse
+import base64
+import csv
+import io
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+LUA = ROOT / "bench" / "collect.lua"
+# Every node's uptime in the posted inventory is this number; the Lua script replaces it
+# by a counter so each inventory differs from the previous one by a few values.
+UPTIME_PLACEHOLDER = "987654321"
+
+HEARTBEAT = "/collect/api/systems/heartbeat"
+INVENTORY = "/collect/api/systems/inventory"
+BARE = "/healthz"
+
+
+@dataclass
+class Result:
+    """One measured load: what ran, how fast, how slow, and what went wrong."""
+
+    endpoint: str
+    load: str
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    errors: str = ""
+    ratio: float | None = None
+    target: str = ""
+
+
+def main() -> None:
+    options = parse_args()
+    for tool in ("wrk", "hey"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed: apt-get install -y wrk hey")
+    database_url = f"{options.server.rstrip('/')}/{options.database}"
+    started = time.monotonic()
+    print(
+        f"ingest benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f} (anything else running skews the figures)"
+    )
+
+    database_recreate(options.server, options.database)
+    gunicorn = None
+    try:
+        os.environ["DATABASE_URL"] = database_url
+        os.environ["DEBUG"] = "0"
+        step("migrate", lambda: run([BIN / "python", "manage.py", "migrate", "--noinput"]))
+        with tempfile.TemporaryDirectory(prefix="cutover-bench-") as tmp:
+            workdir = Path(tmp)
+            auth_file, body_file, sample = step(
+                f"seed {options.systems} systems", lambda: seed(options.systems, workdir)
+            )
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            gunicorn = step(
+                f"start gunicorn -w {options.workers} --threads {options.threads}",
+                lambda: gunicorn_start(options, port, workdir / "gunicorn.log"),
+            )
+            wait_ready(base, gunicorn, workdir / "gunicorn.log")
+            results = measure(options, base, auth_file, body_file, sample)
+            gunicorn_stop(gunicorn)
+            gunicorn = None
+    finally:
+        if gunicorn is not None:
+            gunicorn_stop(gunicorn)
+        if not options.keep:
+            database_drop(options.server, options.database)
+    report(results, options)
+    print(
+        f"\ntotal run time {time.monotonic() - started:.0f} s, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--server",
+        default="postgres://postgres@127.0.0.1:5432",
+        help="PostgreSQL server URL (without a database name).",
+    )
+    parser.add_argument(
+        "--database",
+        default="cutover_bench",
+        help="Scratch database: dropped and re-created, dropped at the end.",
+    )
+    parser.add_argument("--keep", action="store_true", help="Do not drop the database.")
+    parser.add_argument("--systems", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes.")
+    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker.")
+    parser.add_argument("--duration", type=int, default=15, help="Seconds per measurement.")
+    parser.add_argument("--warmup", type=int, default=2, help="Seconds of warm-up per load.")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections.")
+    parser.add_argument("--rate", type=int, default=1000, help="Fixed rate for hey, req/s.")
+    parser.add_argument(
+        "--hey-processes",
+        type=int,
+        default=50,
+        help="hey processes (one system each) sharing the fixed rate.",
+    )
+    parser.add_argument(
+        "--only", choices=["throughput", "fixed-rate"], help="Run one half of the benchmark."
+    )
+    return parser.parse_args()
+
+
+def step(label: str, action):
+    began = time.monotonic()
+    print(f"  {label} …", end="", flush=True)
+    value = action()
+    print(f" {time.monotonic() - began:.1f} s", flush=True)
+    return value
+
+
+def run(command: list, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(c) for c in command],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+
+
+# --- database ---------------------------------------------------------------------------
+
+
+def _admin_connection(server: str):
+    import psycopg
+
+    return psycopg.connect(f"{server.rstrip('/')}/postgres", autocommit=True)
+
+
+_DROP = "DROP DATABASE IF EXISTS {} WITH (FORCE)"
+
+
+def database_recreate(server: str, name: str) -> None:
+    from psycopg import sql
+
+    with _admin_connection(server) as conn:
+        conn.execute(sql.SQL(_DROP).format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def database_drop(server: str, name: str) -> None:
+    from psycopg import sql
+
+    try:
+        from django.db import connections
+
+        connections.close_all()
+    except Exception:  # noqa: S110 - Django may not be set up yet; nothing to close then.
+        pass
+    with _admin_connection(server) as conn:
+        conn.execute(sql.SQL(_DROP).format(sql.Identifier(name)))
+
+
+def seed(count: int, workdir: Path) -> tuple[Path, Path, str]:
+    """Registered systems with real credentials, each with one earlier inventory.
+
+    Rows are bulk-inserted (the service creates them one transaction at a time, which
+    takes longer than the benchmark itself); credentials come from the same functions
+    the service uses, and one system is checked through ``system_authenticate``.
+    """
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+    import django
+
+    django.setup()
+    from django.db import connections
+
+    from fleet_app import credentials, services
+    from fleet_app.demo import ns8_inventory
+    from fleet_app.models import Inventory, System, SystemActivityDay
+
+    owner = services.organization_create(actor=None, name="bench-owner", kind="owner")
+    customer = services.organization_create(
+        actor=None, name="bench-customer", kind="customer", parent=owner
+    )
+    earlier = datetime.now(UTC) - timedelta(minutes=10)
+    # Steady state: registered, secret in use, heartbeat and inventory already seen today,
+    # so the benchmark measures the common path, not first-time work. Only the fields the
+    # model has are set, so the benchmark keeps working while the model evolves.
+    names = {f.name for f in System._meta.concrete_fields}
+    steady = {
+        name: earlier
+        for name in (
+            "registered_at",
+            "secret_confirmed_at",
+            "last_heartbeat_at",
+            "last_inventory_at",
+        )
+        if name in names
+    }
+    systems, auths, secrets = [], [], {}
+    for number in range(count):
+        public, secret = credentials.system_secret_generate()
+        key = credentials.system_key_generate()
+        systems.append(
+            System(
+                organization=customer,
+                name=f"bench-{number:05d}",
+                type="nethserver",
+                system_key=key,
+                secret_public=public,
+                secret_digest=credentials.digest(secret),
+                **steady,
+            )
+        )
+        secrets[key] = secret
+        auths.append("Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode())
+    System.objects.bulk_create(systems, batch_size=500)
+    SystemActivityDay.objects.bulk_create(
+        [SystemActivityDay(system=s, day=earlier.date()) for s in systems], batch_size=1000
+    )
+    previous = ns8_inventory(seed=1, uptime=1000)
+    previous_size = len(json.dumps(previous))
+    Inventory.objects.bulk_create(
+        [
+            Inventory(system=s, received_at=earlier, data=previous, size=previous_size)
+            for s in systems
+        ],
+        batch_size=100,
+    )
+    sample_key = systems[0].system_key
+    services.system_authenticate(system_key=sample_key, system_secret=secrets[sample_key])
+    connections.close_all()
+
+    auth_file = workdir / "auth.txt"
+    auth_file.write_text("\n".join(auths) + "\n")
+    body_file = workdir / "inventory.json"
+    body_file.write_text(json.dumps(ns8_inventory(seed=1, uptime=int(UPTIME_PLACEHOLDER))))
+    return auth_file, body_file, auths[0]
+
+
+# --- gunicorn ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def gunicorn_start(options: argparse.Namespace, port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "DEBUG": "0", "CONN_MAX_AGE": "60", "LOG_LEVEL": "WARNING"}
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [
+                str(BIN / "gunicorn"),
+                "controlplane.wsgi",
+                "-w",
+                str(options.workers),
+                "--threads",
+                str(options.threads),
+                "-b",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "warning",
+                # Above wrk's and hey's connection counts: keep-alive connections each hold
+                # a slot in the gthread worker.
+                "--worker-connections",
+                "1000",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_ready(base: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"gunicorn exited with {process.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(base + BARE, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.2)
+    sys.exit(f"gunicorn did not answer {base}{BARE} within 30 s:\n{log.read_text()[-2000:]}")
+
+
+def gunicorn_stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# --- load ---------------------------------------------------------------------------------
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(number) * _UNITS[unit]
+
+
+def parse_wrk(output: str) -> tuple[float, float, float, str]:
+    """Requests/sec, p50 and p99 in ms, and a note of failed requests, from wrk --latency."""
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1))
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))
+    notes = []
+    if match := re.search(r"Non-2xx or 3xx responses: (\d+)", output):
+        notes.append(f"{match.group(1)} non-2xx")
+    if match := re.search(r"Socket errors: (.*)", output):
+        notes.append(f"socket errors: {match.group(1)}")
+    return rate, p50, p99, "; ".join(notes)
+
+
+def wrk(base: str, path: str, seconds: int, options, *script_args: Path | str) -> str:
+    command = [
+        "wrk",
+        "-t2",
+        f"-c{options.connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "--timeout",
+        "10s",
+    ]
+    if script_args:
+        command += ["-s", str(LUA)]
+    command.append(base + path)
+    if script_args:
+        command += ["--", *map(str, script_args)]
+    return run(command, timeout=seconds + 30).stdout
+
+
+def throughput(options, base: str, auth_file: Path, body_file: Path) -> list[Result]:
+    loads = [
+        ("GET /healthz (bare)", BARE, ()),
+        ("POST heartbeat", HEARTBEAT, (auth_file,)),
+        ("POST inventory (50 KB)", INVENTORY, (auth_file, body_file, UPTIME_PLACEHOLDER)),
+    ]
+    label = f"wrk -t2 -c{options.connections} {options.duration}s"
+    results = []
+    for endpoint, path, script_args in loads:
+        if options.warmup:
+            wrk(base, path, options.warmup, options, *script_args)
+        output = step(
+            f"{label} {endpoint}",
+            lambda p=path, a=script_args: wrk(base, p, options.duration, options, *a),
+        )
+        rate, p50, p99, errors = parse_wrk(output)
+        results.append(Result(endpoint, label, rate, p50, p99, errors))
+    bare = results[0].rate
+    for result, target in zip(results, ("", "≥ 0.50× bare", "≥ 0.25× bare"), strict=True):
+        result.ratio = result.rate / bare if bare else None
+        result.target = target
+    return results
+
+
+def hey_fixed_rate(
+    options, base: str, path: str, method: str, auths: list[str]
+) -> tuple[float, float, float, str]:
+    """Run len(auths) hey processes in parallel, each at rate/len(auths) req/s."""
+    processes = len(auths)
+    per_process = options.rate / processes
+    # hey's -q is per worker; two workers per process absorb a slow response or two
+    # without falling behind the rate.
+    workers = 2 if per_process >= 2 else 1
+    env = {**os.environ, "GOMAXPROCS": "1"}
+    running = []
+    for auth in auths:
+        command = [
+            "hey",
+            "-z",
+            f"{options.duration}s",
+            "-c",
+            str(workers),
+            "-q",
+            f"{per_process / workers:g}",
+            "-m",
+            method,
+            "-o",
+            "csv",
+        ]
+        if auth:
+            command += ["-H", f"Authorization: {auth}"]
+        command.append(base + path)
+        running.append(
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        )
+    latencies, statuses = [], {}
+    for process in running:
+        out, err = process.communicate(timeout=options.duration + 60)
+        if process.returncode:
+            sys.exit(f"hey failed: {err.decode()[-500:]}")
+        for row in csv.DictReader(io.StringIO(out.decode())):
+            latencies.append(float(row["response-time"]) * 1000)
+            statuses[row["status-code"]] = statuses.get(row["status-code"], 0) + 1
+    latencies.sort()
+    rate = len(latencies) / options.duration
+    errors = ", ".join(f"{n} × {code}" for code, n in sorted(statuses.items()) if code[0] != "2")
+    return rate, percentile(latencies, 0.50), percentile(latencies, 0.99), errors
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
+
+
+def fixed_rate(options, base: str, auth_file: Path) -> list[Result]:
+    auths = auth_file.read_text().split("\n")[: options.hey_processes]
+    per = options.rate / len(auths)
+    label = f"hey {len(auths)}×{per:g}/s {options.duration}s"
+    results = []
+    for endpoint, path, method, with_auth in (
+        ("GET /healthz (bare)", BARE, "GET", False),
+        ("POST heartbeat", HEARTBEAT, "POST", True),
+    ):
+        rate, p50, p99, errors = step(
+            f"{label} {endpoint}",
+            lambda p=path, m=method, a=with_auth: hey_fixed_rate(
+                options, base, p, m, auths if a else [""] * len(auths)
+            ),
+        )
+        results.append(Result(f"{endpoint} @{options.rate}/s", label, rate, p50, p99, errors))
+    results[1].target = "p99 < 50 ms"
+    return results
+
+
+def measure(options, base: str, auth_file: Path, body_file: Path, sample: str) -> list[Result]:
+    request = urllib.request.Request(
+        base + HEARTBEAT, method="POST", headers={"Authorization": sample}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        if response.status != 200:
+            sys.exit(f"a heartbeat answered {response.status}, not 200: nothing to measure")
+    results = []
+    if options.only in (None, "throughput"):
+        results += throughput(options, base, auth_file, body_file)
+    if options.only in (None, "fixed-rate"):
+        results += fixed_rate(options, base, auth_file)
+    return results
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def verdict(result: Result, rate: int) -> str:
+    if result.target.startswith("≥") and result.ratio is not None:
+        wanted = float(re.search(r"[\d.]+", result.target).group())
+        return "met" if result.ratio >= wanted else "MISSED"
+    if result.target.startswith("p99"):
+        return "met" if result.p99_ms < 50 and result.rate >= 0.95 * rate else "MISSED"
+    return ""
+
+
+def report(results: list[Result], options) -> None:
+    print(
+        f"\ngunicorn -w {options.workers} --threads {options.threads} (gthread), "
+        f"{options.systems} systems, PostgreSQL on loopback, {os.cpu_count()} CPUs shared "
+        "by server, database and load generator\n"
+    )
+    header = (
+        f"{'endpoint':<31} {'load':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'vs bare':>8}  {'target':<14} {'':<6} errors"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        ratio = f"{r.ratio:.2f}×" if r.ratio is not None else ""
+        print(
+            f"{r.endpoint:<31} {r.load:<22} {r.rate:>8.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
+            f"{ratio:>8}  {r.target:<14} {verdict(r, options.rate):<6} {r.errors}"
+        )
+
+
+if __name__ == "__main__":
+    main()
