@@ -1,0 +1,256 @@
+"""The cutover dashboard (server-rendered, inline SVG, no external assets)."""
+
+import datetime as dt
+import math
+
+from django.contrib import admin
+from django.contrib.admin.views.decorators import staff_member_required
+from django.shortcuts import render
+from django.utils import timezone
+from django.utils.timesince import timesince
+
+from . import selectors
+
+STRAGGLERS_SHOWN = 50
+ANOMALIES_SHOWN = 20
+RUNS_SHOWN = 5
+
+# Chart geometry in SVG user units; the SVG scales to the width of its container.
+CHART_WIDTH = 900
+CHART_HEIGHT = 280
+CHART_LEFT = 56  # room for the count labels
+CHART_RIGHT = 16
+CHART_TOP = 14
+CHART_BOTTOM = 30  # room for the date labels
+CHART_MIN_DAYS = 14
+CHART_DATE_LABELS = 7  # about this many date labels, counted back from today
+
+REFUSED = (
+    "The cutover dashboard shows fleet-wide numbers: it is open to superusers and to "
+    "staff with a role at the owner organization."
+)
+
+
+def _nice_step(raw: float) -> int:
+    """The smallest of 1, 2, 5 × 10ⁿ at least ``raw`` (never below 1: counts are whole)."""
+    if raw <= 1:
+        return 1
+    magnitude = 10 ** math.floor(math.log10(raw))
+    for multiple in (1, 2, 5, 10):
+        if multiple * magnitude >= raw:
+            return multiple * magnitude
+    return 10 * magnitude  # pragma: no cover - the loop always returns
+
+
+def _compact(value: int) -> str:
+    """An axis label: 1500 → 1.5k, 2000000 → 2M."""
+    for size, suffix in ((1_000_000, "M"), (1_000, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.1f}".removesuffix(".0") + suffix
+    return str(value)
+
+
+def _label(day: dt.date, x: float) -> dict:
+    """A date under the axis; the ones at the edges are anchored inwards, not clipped."""
+    anchor = "middle"
+    if x > CHART_WIDTH - CHART_RIGHT - 20:
+        anchor = "end"
+    elif x < CHART_LEFT + 20:
+        anchor = "start"
+    return {"day": day, "x": f"{x:.1f}", "anchor": anchor}
+
+
+def _burndown_chart(summary: selectors.CutoverSummary) -> dict:
+    """Lines, gridlines and labels of the burn-down, in SVG coordinates.
+
+    Remaining (not fingerprinted) is the filled area; not rotated, not confirmed and all
+    mappings are lines over it. The projection, when there is one, is a dashed line from
+    today's remaining to zero, drawn up to the projected day or to the chart's right edge
+    (the axis is extended by at most half its length, so a far projection does not
+    squash the history).
+    """
+    today = summary.now.date()
+    series = selectors.burndown_series(summary.points, until=today, min_days=CHART_MIN_DAYS)
+    start, last = series[0].day, series[-1].day
+    projected_at = summary.projected_completion_at
+    projected_day = projected_at.date() if projected_at else None
+    end = last
+    if projected_day is not None:
+        end = max(last, min(projected_day, today + dt.timedelta(days=max(len(series) // 2, 7))))
+    span = max((end - start).days, 1)
+    peak = max((point.mappings for point in series), default=0)
+    step = _nice_step(peak / 4)
+    top = max(step, math.ceil(peak / step) * step)
+    plot_width = CHART_WIDTH - CHART_LEFT - CHART_RIGHT
+    plot_height = CHART_HEIGHT - CHART_TOP - CHART_BOTTOM
+    baseline = CHART_TOP + plot_height
+
+    def x(day: dt.date) -> float:
+        return CHART_LEFT + plot_width * (day - start).days / span
+
+    def y(value: float) -> float:
+        return baseline - plot_height * max(value, 0) / top
+
+    def line(attribute: str) -> str:
+        return " ".join(f"{x(p.day):.1f},{y(getattr(p, attribute)):.1f}" for p in series)
+
+    remaining = line("remaining")
+    area = f"{x(start):.1f},{baseline:.1f} {remaining} {x(last):.1f},{baseline:.1f}"
+    projection = None
+    if projected_day is not None and summary.remaining:
+        # Linear from (now, remaining) to (projected_at, 0), cut at the axis end.
+        total_days = max((projected_day - today).days, 1)
+        shown_days = (end - today).days
+        value_at_end = summary.remaining * max(0.0, 1 - shown_days / total_days)
+        projection = {
+            "x1": f"{x(today):.1f}",
+            "y1": f"{y(summary.remaining):.1f}",
+            "x2": f"{x(end):.1f}",
+            "y2": f"{y(value_at_end):.1f}",
+            "reaches_zero": value_at_end == 0,
+        }
+    label_every = dt.timedelta(days=max(1, math.ceil(span / CHART_DATE_LABELS)))
+    label_days = []
+    day = today
+    while day >= start:
+        label_days.append(day)
+        day -= label_every
+    day = today + label_every
+    while day <= end - label_every / 2:
+        label_days.append(day)
+        day += label_every
+    if projection and projection["reaches_zero"]:
+        label_days = [day for day in label_days if abs((day - end).days) >= label_every.days / 2]
+    labels = [_label(day, x(day)) for day in sorted(label_days)]
+    if projection and projection["reaches_zero"]:
+        labels.append({**_label(end, x(end)), "projected": True})
+    gridlines = [
+        {"value": _compact(value), "y": f"{y(value):.1f}"} for value in range(0, top + 1, step)
+    ]
+    now_point = next(p for p in series if p.day == today)
+    return {
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "left": CHART_LEFT,
+        "right": CHART_WIDTH - CHART_RIGHT,
+        "baseline": baseline,
+        "label_y": baseline + 18,
+        "gridlines": gridlines,
+        "labels": labels,
+        "area": area,
+        "remaining": remaining,
+        "not_confirmed": line("not_confirmed"),
+        "not_rotated": line("not_rotated"),
+        "mappings": line("mappings"),
+        "projection": projection,
+        "today_x": f"{x(today):.1f}",
+        "today_y": f"{y(now_point.remaining):.1f}",
+        "start": start,
+        "days": len(series),
+    }
+
+
+def _tiles(summary: selectors.CutoverSummary) -> list[dict]:
+    def share(value: int, what: str) -> str:
+        if not summary.mappings:
+            return what
+        return f"{what}: {int(1000 * value / summary.mappings) / 10:g} % of mappings"
+
+    anomalies_tone = "bad" if summary.anomalies_open else "muted"
+    specs = [
+        ("mappings", "Mappings", summary.mappings, "rows in proxy_mappings", ""),
+        ("legacy", "Still legacy", summary.legacy, share(summary.legacy, "not rotated"),
+         "warn" if summary.legacy else "ok"),
+        ("rotated", "Rotated", summary.rotated, "native credentials issued", ""),
+        ("confirmed", "Confirmed", summary.confirmed, "native credentials used", ""),
+        ("fingerprinted", "Fingerprinted", summary.fingerprinted,
+         share(summary.fingerprinted, "done"), "ok"),
+        ("released", "Released", summary.released, "legacy slot freed", "muted"),
+        ("anomalies", "Open anomalies", summary.anomalies_open, "fingerprints that do not fit",
+         anomalies_tone),
+    ]  # fmt: skip
+    return [
+        {
+            "id": "count-" + key,
+            "label": label,
+            "value": value,
+            "display": f"{value:,}",
+            "hint": hint,
+            "tone": tone,
+        }
+        for key, label, value, hint, tone in specs
+    ]
+
+
+def _blockers(summary: selectors.CutoverSummary) -> list[dict]:
+    blockers = summary.blockers
+    specs = [
+        ("not_rotated", "not rotated yet (still on legacy credentials)"),
+        ("rotated_unconfirmed", "rotated, native credentials never used"),
+        ("confirmed_unfingerprinted", "confirmed, no inventory with facts.migration yet"),
+        ("anomalies_open", "open fingerprint anomalies to review"),
+    ]
+    return [
+        {"key": key, "count": blockers[key], "display": f"{blockers[key]:,}", "text": text}
+        for key, text in specs
+        if blockers[key]
+    ]
+
+
+def _ago(stamp: dt.datetime | None) -> str:
+    """ "3 weeks ago": one unit is enough in a table cell, the exact stamp is its title."""
+    if stamp is None:
+        return "never"
+    if timezone.now() - stamp < dt.timedelta(minutes=1):
+        return "just now"
+    return f"{timesince(stamp, depth=1)} ago"
+
+
+def _with_ages(rows: list, **stamps: str) -> list:
+    """Set ``<name>_ago`` on each row for each ``name=attribute``."""
+    for row in rows:
+        for name, attribute in stamps.items():
+            setattr(row, f"{name}_ago", _ago(getattr(row, attribute)))
+    return rows
+
+
+@staff_member_required
+def cutover_dashboard(request):
+    """Where the cutover stands: totals, readiness, burn-down, stragglers, anomalies, runs.
+
+    Seven queries of its own whatever the number of mappings: the access check, the
+    CutoverDay rows, the open anomaly count, two straggler lists on their partial
+    indexes, the latest anomalies and the latest rotation runs.
+    """
+    if not selectors.cutover_visible_to(request.user):
+        context = {**admin.site.each_context(request), "title": "Cutover dashboard"}
+        context["is_nav_sidebar_enabled"] = False
+        context["message"] = REFUSED
+        return render(request, "migrations_app/cutover_refused.html", context, status=403)
+    summary = selectors.cutover_summary(with_points=True)
+    context = {
+        **admin.site.each_context(request),
+        # The dashboard needs the full width; the breadcrumbs lead back to the admin.
+        "is_nav_sidebar_enabled": False,
+        "title": "Cutover dashboard",
+        "summary": summary,
+        "tiles": _tiles(summary),
+        "blockers": _blockers(summary),
+        "remaining_display": f"{summary.remaining:,}",
+        "chart": _burndown_chart(summary),
+        "not_rotated": _with_ages(
+            selectors.stragglers_list("not_rotated", STRAGGLERS_SHOWN),
+            created="created_at",
+            contact="last_contact_at",
+        ),
+        "unconfirmed": _with_ages(
+            selectors.stragglers_list("unconfirmed", STRAGGLERS_SHOWN),
+            rotated="rotated_at",
+            contact="last_contact_at",
+        ),
+        "unconfirmed_total": summary.blockers["rotated_unconfirmed"],
+        "anomalies": _with_ages(selectors.anomalies_open(ANOMALIES_SHOWN), seen="last_seen_at"),
+        "runs": _with_ages(selectors.rotation_runs_latest(RUNS_SHOWN), created="created_at"),
+        "window_days": selectors.PROJECTION_WINDOW_DAYS,
+    }
+    return render(request, "migrations_app/cutover_dashboard.html", context)
