@@ -61,6 +61,10 @@ class Result:
     errors: str = ""
     ratio: float | None = None
     target: str = ""
+    # CPU per request of the gunicorn workers and of the PostgreSQL backends serving them:
+    # steadier than req/s when something else shares the machine.
+    web_cpu_ms: float | None = None
+    db_cpu_ms: float | None = None
 
 
 def main() -> None:
@@ -72,7 +76,7 @@ def main() -> None:
     started = time.monotonic()
     print(
         f"ingest benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
-        f"load average {os.getloadavg()[0]:.2f} (anything else running skews the figures)"
+        f"{machine_busy():.0f}% busy before start (anything else running skews req/s)"
     )
 
     database_recreate(options.server, options.database)
@@ -93,7 +97,8 @@ def main() -> None:
                 lambda: gunicorn_start(options, port, workdir / "gunicorn.log"),
             )
             wait_ready(base, gunicorn, workdir / "gunicorn.log")
-            results = measure(options, base, auth_file, body_file, sample)
+            probe = CpuProbe(gunicorn.pid, options.server, options.database)
+            results = measure(options, base, auth_file, body_file, sample, probe)
             gunicorn_stop(gunicorn)
             gunicorn = None
     finally:
@@ -102,10 +107,7 @@ def main() -> None:
         if not options.keep:
             database_drop(options.server, options.database)
     report(results, options)
-    print(
-        f"\ntotal run time {time.monotonic() - started:.0f} s, "
-        f"load average {os.getloadavg()[0]:.2f}"
-    )
+    print(f"\ntotal run time {time.monotonic() - started:.0f} s")
 
 
 def parse_args() -> argparse.Namespace:
@@ -329,6 +331,85 @@ def gunicorn_stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+# --- CPU accounting (Linux /proc) ---------------------------------------------------------
+
+
+def machine_busy(seconds: float = 1.0) -> float:
+    """Percent of all CPUs busy over ``seconds``, from /proc/stat (0 if unavailable)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = fields[3] + fields[4]
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except OSError:
+        return 0.0
+    return 100.0 * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # utime and stime are fields 14 and 15 of /proc/<pid>/stat.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuProbe:
+    """CPU time used by the gunicorn workers and by this database's PostgreSQL backends.
+
+    A backend that exits between two snapshots (CONN_MAX_AGE recycles connections every
+    minute) takes its CPU time with it, so the database figure is a floor.
+    """
+
+    def __init__(self, master_pid: int, server: str, database: str) -> None:
+        self.master_pid = master_pid
+        self.server = server
+        self.database = database
+
+    def _workers(self) -> list[int]:
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.master_pid:
+                    pids.append(int(stat.parent.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return pids
+
+    def _backends(self) -> list[int]:
+        with _admin_connection(self.server) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                [self.database],
+            ).fetchall()
+        return [pid for (pid,) in rows]
+
+    def snapshot(self) -> dict[str, dict[int, float]]:
+        taken = {}
+        for kind, pids in (("web", self._workers()), ("db", self._backends())):
+            taken[kind] = {pid: cpu for pid in pids if (cpu := _cpu_seconds(pid)) is not None}
+        return taken
+
+    @staticmethod
+    def per_request(before: dict, after: dict, requests: int) -> tuple[float | None, ...]:
+        """Milliseconds of web and database CPU per request between two snapshots."""
+        if not requests:
+            return None, None
+        costs = []
+        for kind in ("web", "db"):
+            # A process absent from the first snapshot started in between: all its CPU
+            # time falls inside the window.
+            used = sum(cpu - before[kind].get(pid, 0.0) for pid, cpu in after[kind].items())
+            costs.append(1000 * used / requests)
+        return tuple(costs)
+
+
 # --- load ---------------------------------------------------------------------------------
 
 
@@ -340,8 +421,9 @@ def _ms(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
-def parse_wrk(output: str) -> tuple[float, float, float, str]:
-    """Requests/sec, p50 and p99 in ms, and a note of failed requests, from wrk --latency."""
+def parse_wrk(output: str) -> tuple[int, float, float, float, str]:
+    """Requests, requests/sec, p50 and p99 in ms, and failures, from wrk --latency."""
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1))
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))
@@ -350,7 +432,7 @@ def parse_wrk(output: str) -> tuple[float, float, float, str]:
         notes.append(f"{match.group(1)} non-2xx")
     if match := re.search(r"Socket errors: (.*)", output):
         notes.append(f"socket errors: {match.group(1)}")
-    return rate, p50, p99, "; ".join(notes)
+    return requests, rate, p50, p99, "; ".join(notes)
 
 
 def wrk(base: str, path: str, seconds: int, options, *script_args: Path | str) -> str:
@@ -371,7 +453,9 @@ def wrk(base: str, path: str, seconds: int, options, *script_args: Path | str) -
     return run(command, timeout=seconds + 30).stdout
 
 
-def throughput(options, base: str, auth_file: Path, body_file: Path) -> list[Result]:
+def throughput(
+    options, base: str, auth_file: Path, body_file: Path, probe: CpuProbe
+) -> list[Result]:
     loads = [
         ("GET /healthz (bare)", BARE, ()),
         ("POST heartbeat", HEARTBEAT, (auth_file,)),
@@ -382,12 +466,16 @@ def throughput(options, base: str, auth_file: Path, body_file: Path) -> list[Res
     for endpoint, path, script_args in loads:
         if options.warmup:
             wrk(base, path, options.warmup, options, *script_args)
+        before = probe.snapshot()
         output = step(
             f"{label} {endpoint}",
             lambda p=path, a=script_args: wrk(base, p, options.duration, options, *a),
         )
-        rate, p50, p99, errors = parse_wrk(output)
-        results.append(Result(endpoint, label, rate, p50, p99, errors))
+        requests, rate, p50, p99, errors = parse_wrk(output)
+        web, db = probe.per_request(before, probe.snapshot(), requests)
+        results.append(
+            Result(endpoint, label, rate, p50, p99, errors, web_cpu_ms=web, db_cpu_ms=db)
+        )
     bare = results[0].rate
     for result, target in zip(results, ("", "≥ 0.50× bare", "≥ 0.25× bare"), strict=True):
         result.ratio = result.rate / bare if bare else None
@@ -397,7 +485,7 @@ def throughput(options, base: str, auth_file: Path, body_file: Path) -> list[Res
 
 def hey_fixed_rate(
     options, base: str, path: str, method: str, auths: list[str]
-) -> tuple[float, float, float, str]:
+) -> tuple[int, float, float, float, str]:
     """Run len(auths) hey processes in parallel, each at rate/len(auths) req/s."""
     processes = len(auths)
     per_process = options.rate / processes
@@ -437,7 +525,8 @@ def hey_fixed_rate(
     latencies.sort()
     rate = len(latencies) / options.duration
     errors = ", ".join(f"{n} × {code}" for code, n in sorted(statuses.items()) if code[0] != "2")
-    return rate, percentile(latencies, 0.50), percentile(latencies, 0.99), errors
+    p50, p99 = percentile(latencies, 0.50), percentile(latencies, 0.99)
+    return len(latencies), rate, p50, p99, errors
 
 
 def percentile(ordered: list[float], fraction: float) -> float:
@@ -446,7 +535,7 @@ def percentile(ordered: list[float], fraction: float) -> float:
     return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
 
 
-def fixed_rate(options, base: str, auth_file: Path) -> list[Result]:
+def fixed_rate(options, base: str, auth_file: Path, probe: CpuProbe) -> list[Result]:
     auths = auth_file.read_text().split("\n")[: options.hey_processes]
     per = options.rate / len(auths)
     label = f"hey {len(auths)}×{per:g}/s {options.duration}s"
@@ -455,18 +544,33 @@ def fixed_rate(options, base: str, auth_file: Path) -> list[Result]:
         ("GET /healthz (bare)", BARE, "GET", False),
         ("POST heartbeat", HEARTBEAT, "POST", True),
     ):
-        rate, p50, p99, errors = step(
+        before = probe.snapshot()
+        requests, rate, p50, p99, errors = step(
             f"{label} {endpoint}",
             lambda p=path, m=method, a=with_auth: hey_fixed_rate(
                 options, base, p, m, auths if a else [""] * len(auths)
             ),
         )
-        results.append(Result(f"{endpoint} @{options.rate}/s", label, rate, p50, p99, errors))
+        web, db = probe.per_request(before, probe.snapshot(), requests)
+        results.append(
+            Result(
+                f"{endpoint} @{options.rate}/s",
+                label,
+                rate,
+                p50,
+                p99,
+                errors,
+                web_cpu_ms=web,
+                db_cpu_ms=db,
+            )
+        )
     results[1].target = "p99 < 50 ms"
     return results
 
 
-def measure(options, base: str, auth_file: Path, body_file: Path, sample: str) -> list[Result]:
+def measure(
+    options, base: str, auth_file: Path, body_file: Path, sample: str, probe: CpuProbe
+) -> list[Result]:
     request = urllib.request.Request(
         base + HEARTBEAT, method="POST", headers={"Authorization": sample}
     )
@@ -475,9 +579,9 @@ def measure(options, base: str, auth_file: Path, body_file: Path, sample: str) -
             sys.exit(f"a heartbeat answered {response.status}, not 200: nothing to measure")
     results = []
     if options.only in (None, "throughput"):
-        results += throughput(options, base, auth_file, body_file)
+        results += throughput(options, base, auth_file, body_file, probe)
     if options.only in (None, "fixed-rate"):
-        results += fixed_rate(options, base, auth_file)
+        results += fixed_rate(options, base, auth_file, probe)
     return results
 
 
@@ -501,16 +605,23 @@ def report(results: list[Result], options) -> None:
     )
     header = (
         f"{'endpoint':<31} {'load':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'vs bare':>8}  {'target':<14} {'':<6} errors"
+        f"{'vs bare':>8}  {'target':<14} {'':<6} {'web CPU':>8} {'db CPU':>7}  errors"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         ratio = f"{r.ratio:.2f}×" if r.ratio is not None else ""
+        web = f"{r.web_cpu_ms:.2f}" if r.web_cpu_ms is not None else ""
+        db = f"{r.db_cpu_ms:.2f}" if r.db_cpu_ms is not None else ""
         print(
             f"{r.endpoint:<31} {r.load:<22} {r.rate:>8.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
-            f"{ratio:>8}  {r.target:<14} {verdict(r, options.rate):<6} {r.errors}"
+            f"{ratio:>8}  {r.target:<14} {verdict(r, options.rate):<6} {web:>8} {db:>7}  "
+            f"{r.errors}"
         )
+    print(
+        "\nweb CPU / db CPU: milliseconds of CPU per request used by the gunicorn workers "
+        "and by\nthe PostgreSQL backends serving them (the db figure is a floor: see CpuProbe)."
+    )
 
 
 if __name__ == "__main__":
