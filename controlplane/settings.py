@@ -79,7 +79,9 @@ DATABASES = {
 # Persistent connections: the ingest path cannot afford a new PostgreSQL connection
 # per request.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# A health check costs a round trip per request, a fifth of a heartbeat; without it the
+# first request of a thread after a database restart fails once and the client retries.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=False)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "fleet_app.User"
@@ -200,3 +202,13 @@ LOGGING = {
 # E-mail is unique among active accounts only (a conditional constraint on lower(email));
 # fleet_app.auth.EmailBackend resolves logins against exactly that set.
 SILENCED_SYSTEM_CHECKS = ["auth.W004"]
+
+# --- Accounts: quotas, dedupe and legacy import -------------------------------------------
+# Default quota limits per resource; a Quota row with limit NULL has these, and the legacy
+# import stores only limits that differ from them.
+FLEET_QUOTA_DEFAULTS = {
+    "systems": env.int("FLEET_QUOTA_SYSTEMS", default=100),
+    "backup_bytes": env.int("FLEET_QUOTA_BACKUP_BYTES", default=100 * 1024**3),
+}
+# Celery autodiscovers only tasks.py; the account jobs live in their own module.
+CELERY_IMPORTS = ("migrations_app.tasks_accounts",)

@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 
 from . import credentials, inventory_diff
@@ -234,8 +234,19 @@ _AUTH_FIELDS = (
 
 
 def system_authenticate(*, system_key: str, system_secret: str) -> System:
-    """Find and verify a system by its Basic credentials: one indexed query."""
-    system = System.objects.only(*_AUTH_FIELDS).filter(system_key=system_key).first()
+    """Find and verify a system by its Basic credentials: one indexed query.
+
+    The busiest query of the product: written as raw SQL so that each call does not pay
+    for the ORM compiling the same statement again (about a third of a heartbeat's CPU).
+    """
+    table = System._meta.db_table
+    found = list(
+        System.objects.raw(
+            f"SELECT {', '.join(_AUTH_FIELDS)} FROM {table} WHERE system_key = %s",  # noqa: S608
+            [system_key],
+        )
+    )
+    system = found[0] if found else None
     if system is None or not credentials.verify(system_secret, system.secret_digest):
         raise NotAuthenticated("Invalid system credentials.")
     _refuse_if_disabled(system)
@@ -262,7 +273,12 @@ def system_heartbeat(*, system: System) -> dt.datetime:
     """Record liveness: one UPDATE, plus one INSERT on the first heartbeat of a day."""
     now = timezone.now()
     previous = system.last_heartbeat_at
-    System.objects.filter(pk=system.pk).update(last_heartbeat_at=now)
+    # Raw for the same reason as system_authenticate: it runs on every heartbeat.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {System._meta.db_table} SET last_heartbeat_at = %s WHERE id = %s",  # noqa: S608
+            [connection.ops.adapt_datetimefield_value(now), system.pk],
+        )
     if previous is None or previous.date() != now.date():
         SystemActivityDay.objects.bulk_create(
             [SystemActivityDay(system_id=system.pk, day=now.date())], ignore_conflicts=True
