@@ -323,3 +323,97 @@ class AuditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.actor_repr} {self.action} {self.object_repr}"
+
+
+# --- Accounts: memberships and quotas -----------------------------------------------------
+
+
+class Membership(models.Model):
+    """A user's membership of an organization, with the legacy platform's role text.
+
+    ``User.organization`` is the one organization that scopes a staff account; a legacy
+    customer account may belong to several organizations, which is what this records.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=32, default="member")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            # One row per pair; its index also serves "the memberships of a user".
+            models.UniqueConstraint(fields=["user", "organization"], name="fleet_membership_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"user {self.user_id} in organization {self.organization_id} ({self.role})"
+
+
+class Quota(models.Model):
+    """A resource limit and the stored usage of one organization or one user.
+
+    ``limit`` is NULL when the account has the default (``FLEET_QUOTA_DEFAULTS``), so a
+    change of the default reaches every such account; only non-default limits are stored.
+    ``usage`` is the stored (bookkept) usage, which ``manage.py quotas --verify`` compares
+    with the real usage computed from the data.
+    """
+
+    class Resource(models.TextChoices):
+        SYSTEMS = "systems", "Systems"
+        BACKUP_BYTES = "backup_bytes", "Backup storage (bytes)"
+
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.CASCADE, related_name="quotas"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="quotas",
+    )
+    resource = models.CharField(max_length=32, choices=Resource.choices)
+    limit = models.BigIntegerField(null=True, blank=True)
+    usage = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                name="fleet_quota_one_holder",
+                condition=(Q(organization__isnull=False) & Q(user__isnull=True))
+                | (Q(organization__isnull=True) & Q(user__isnull=False)),
+                violation_error_message="A quota belongs to an organization or to a user.",
+            ),
+            # One row per holder and resource; the indexes also serve the holder lookups.
+            models.UniqueConstraint(
+                fields=["organization", "resource"],
+                condition=Q(organization__isnull=False),
+                name="fleet_quota_org_resource_uniq",
+            ),
+            models.UniqueConstraint(
+                fields=["user", "resource"],
+                condition=Q(user__isnull=False),
+                name="fleet_quota_user_resource_uniq",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        holder = (
+            f"organization {self.organization_id}"
+            if self.organization_id
+            else f"user {self.user_id}"
+        )
+        return f"{self.resource} quota of {holder}"
+
+    @property
+    def effective_limit(self) -> int:
+        """The stored limit, or the default from settings when none is stored."""
+        if self.limit is not None:
+            return self.limit
+        return settings.FLEET_QUOTA_DEFAULTS[self.resource]

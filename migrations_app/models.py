@@ -146,3 +146,6 @@ class FingerprintAnomaly(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.claimed_legacy_system_id} on system {self.system_id}"
+
+
+from .models_accounts import *  # noqa: E402,F403
