@@ -467,3 +467,6 @@ class CutoverDayAdmin(ReadOnlyModelAdmin):
 
     def has_module_permission(self, request):
         return self.has_view_permission(request)
+
+
+import migrations_app.admin_accounts  # noqa: E402,F401
