@@ -5,8 +5,8 @@ reordered list is not a change. Fields that change on every inventory (uptime, b
 packet counters, load) are ignored; the patterns are in ``VOLATILE_KEY``.
 """
 
-import json
 import re
+from functools import lru_cache
 from typing import Any
 
 VOLATILE_KEY = re.compile(
@@ -20,13 +20,19 @@ WARNING_KEY = re.compile(r"(fqdn|hostname|ipv4|ipv6|address|subscription|ui_name
 MAX_CHANGES = 500
 
 
+@lru_cache(maxsize=8192)
+def _volatile(key: str) -> bool:
+    # Inventories repeat the same few hundred key names: match each name once.
+    return VOLATILE_KEY.search(key) is not None
+
+
 def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
     if isinstance(value, dict):
         if not value and prefix:
             out[prefix] = value
         for key, item in value.items():
             key = str(key)
-            if VOLATILE_KEY.search(key):
+            if _volatile(key):
                 continue
             _flatten(item, f"{prefix}.{key}" if prefix else key, out)
     elif (
@@ -37,9 +43,10 @@ def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
         for item in value:
             _flatten(item, f"{prefix}[{item['id']}]", out)
     elif isinstance(value, list):
-        # Plain lists are compared whole, order-insensitively where the items allow it.
+        # Plain lists are compared whole, order-insensitively when their items are scalars
+        # of one type (addresses, flags, domains); lists of objects keep their order.
         try:
-            out[prefix] = sorted(value, key=lambda v: json.dumps(v, sort_keys=True))
+            out[prefix] = sorted(value)
         except TypeError:
             out[prefix] = value
     else:
@@ -69,29 +76,27 @@ def diff(previous: dict, current: dict) -> list[tuple[str, Any, Any, str]]:
     once at its own path rather than once per field.
     """
     old_flat, new_flat = flatten(previous), flatten(current)
-    changes: list[tuple[str, Any, Any, str]] = []
-    old_items = {_item_root(p) for p in old_flat if _item_root(p)}
-    new_items = {_item_root(p) for p in new_flat if _item_root(p)}
-    for item in sorted(old_items ^ new_items):
-        present_before = item in old_items
-        changes.append(
-            (
-                item,
-                "present" if present_before else None,
-                None if present_before else "present",
-                "warning",
-            )
-        )
+    old_roots = {path: _item_root(path) for path in old_flat}
+    new_roots = {path: _item_root(path) for path in new_flat}
+    old_items = set(old_roots.values()) - {None}
+    new_items = set(new_roots.values()) - {None}
     gone_or_new = old_items ^ new_items
+    changes: list[tuple[str, Any, Any, str]] = [
+        (item, "present", None, "warning")
+        if item in old_items
+        else (item, None, "present", "warning")
+        for item in sorted(gone_or_new)
+    ]
     for path in sorted(old_flat.keys() | new_flat.keys()):
-        root = _item_root(path)
-        if root and root in gone_or_new:
-            continue
-        old, new = old_flat.get(path), new_flat.get(path)
-        if old != new:
-            changes.append((path, old, new, severity_of(path)))
         if len(changes) >= MAX_CHANGES:
             break
+        old, new = old_flat.get(path), new_flat.get(path)
+        if old == new:
+            continue
+        root = old_roots.get(path) or new_roots.get(path)
+        if root and root in gone_or_new:
+            continue
+        changes.append((path, old, new, severity_of(path)))
     return changes[:MAX_CHANGES]
 
 
