@@ -164,6 +164,9 @@ FLEET_HISTORY_DAYS = env.int("FLEET_HISTORY_DAYS", default=90)
 # and per client address in the window, then 429 with Retry-After.
 PROXY_THROTTLE_FAILURES = env.int("PROXY_THROTTLE_FAILURES", default=10)
 PROXY_THROTTLE_WINDOW_SECONDS = env.int("PROXY_THROTTLE_WINDOW_SECONDS", default=900)
+# A bulk rotation leaves alone mappings whose credentials were fetched this recently: the
+# cluster may not have used them yet and would never ask again.
+ROTATION_GRACE_MINUTES = env.int("ROTATION_GRACE_MINUTES", default=60)
 # When set, /metrics requires "Authorization: Bearer <METRICS_TOKEN>".
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 # Base URL the systems use to reach this service (what register hands back as collect_url).

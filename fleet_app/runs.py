@@ -10,7 +10,8 @@ Phases follow Velero's: ``pending → running → succeeded | partially_failed |
 
 from django.conf import settings
 from django.db import models, transaction
-from django.db.models import F
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 
@@ -76,7 +77,9 @@ def run_claim(run: Run) -> bool:
     claimed = (
         type(run)
         .objects.filter(pk=run.pk, state__in=(RunState.PENDING, RunState.RUNNING))
-        .update(state=RunState.RUNNING, started_at=now, updated_at=now)
+        .update(
+            state=RunState.RUNNING, started_at=Coalesce("started_at", Value(now)), updated_at=now
+        )
     )
     if claimed:
         run.refresh_from_db()

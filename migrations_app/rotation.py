@@ -8,7 +8,8 @@ middle of a chunk leaves nothing behind and the redelivered message redoes the c
 exactly once.
 
 Only mappings whose native credentials are not in use are re-keyed: not confirmed, not
-released, and whose system is neither suspended nor deleted. The fresh secret is not
+released, not fetched within the last ``ROTATION_GRACE_MINUTES``, and whose system is
+neither suspended nor deleted. The fresh secret is not
 kept anywhere (only its digest): a client fetches its credentials through
 ``/proxy/credentials``, which issues yet another one, and whatever secret was handed out
 earlier and never used stops working.
@@ -28,6 +29,7 @@ import datetime as dt
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, QuerySet, Value
 from django.db.models.functions import Coalesce
@@ -135,6 +137,11 @@ def rotation_candidates(filters: dict[str, Any]) -> QuerySet[LegacyMapping]:
         released_at__isnull=True,
         system__suspended_at__isnull=True,
         system__deleted_at__isnull=True,
+    ).exclude(
+        # A cluster that fetched its pair moments ago may not have used it yet, and ns8's
+        # migrate-to-my never asks again once it has stored one: re-keying it now would
+        # lock it out for good.
+        last_attempt_at__gte=timezone.now() - dt.timedelta(minutes=settings.ROTATION_GRACE_MINUTES)
     )
     if org_id := filters.get("organization"):
         path = Organization.objects.filter(pk=org_id).values_list("path", flat=True).first()

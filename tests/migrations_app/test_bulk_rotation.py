@@ -196,6 +196,10 @@ def test_a_handed_out_unused_secret_stops_working(
     mapping = make_mapping(customer)
     legacy_auth = basic_auth(mapping.legacy_system_id, mapping.legacy_token)
     handed_out = client.get(PROXY, HTTP_AUTHORIZATION=legacy_auth).json()["data"]
+    # Handed out two hours ago and still unused: past the grace period.
+    LegacyMapping.objects.filter(pk=mapping.pk).update(
+        last_attempt_at=timezone.now() - dt.timedelta(hours=2)
+    )
 
     with django_capture_on_commit_callbacks(execute=True):
         run = rotation_run_start(actor=None, filters={"ids": [mapping.pk]})
@@ -212,6 +216,23 @@ def test_a_handed_out_unused_secret_stops_working(
     assert client.post(HEARTBEAT, HTTP_AUTHORIZATION=new).status_code == 200
     row = LegacyMapping.objects.get(pk=mapping.pk)
     assert row.rotation_count == 3 and row.confirmed_at is not None
+
+
+def test_credentials_fetched_within_the_grace_period_are_left_alone(
+    client, customer, eager, settings, django_capture_on_commit_callbacks
+):
+    settings.ROTATION_GRACE_MINUTES = 60
+    mapping = make_mapping(customer)
+    legacy_auth = basic_auth(mapping.legacy_system_id, mapping.legacy_token)
+    handed_out = client.get(PROXY, HTTP_AUTHORIZATION=legacy_auth).json()["data"]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        run = rotation_run_start(actor=None, filters={"ids": [mapping.pk]})
+
+    run.refresh_from_db()
+    assert run.total == 0
+    fetched = basic_auth(handed_out["system_key"], handed_out["system_secret"])
+    assert client.post(HEARTBEAT, HTTP_AUTHORIZATION=fetched).status_code == 200
 
 
 def test_credentials_in_use_keep_working(
