@@ -1035,13 +1035,24 @@ def _import_organization(row: dict[str, Any], ctx: _ImportContext) -> bool:
     return True
 
 
+def _looks_like_email(email: str) -> bool:
+    """One @ between a local part and a dotted domain, no spaces. Django's validator would
+    refuse the internationalized local parts (émile@…) the legacy platform accepted."""
+    local, at, domain = email.rpartition("@")
+    if not (local and at and "." in domain.strip(".")) or any(c.isspace() for c in email):
+        return False
+    try:
+        validate_email(f"user@{domain}")
+    except ValidationError:
+        return False
+    return True
+
+
 def _import_user(row: dict[str, Any], ctx: _ImportContext) -> bool:
     legacy_id = _text(row, "legacy_id", 128, required=True)
     email = _text(row, "email", 254, required=True)
-    try:
-        validate_email(email)
-    except ValidationError:
-        raise InvalidInput(f"email {email!r} is not an e-mail address.") from None
+    if not _looks_like_email(email):
+        raise InvalidInput(f"email {email!r} is not an e-mail address.")
     active = _flag(row, "is_active", True)
     joined = _stamp(row, "date_joined") or timezone.now()
     last_login = _stamp(row, "last_login")
@@ -1104,7 +1115,7 @@ def _resource(row: dict[str, Any]) -> str:
     return resource
 
 
-def _import_quota(row: dict[str, Any], ctx: _ImportContext) -> bool:
+def _import_quota(row: dict[str, Any], ctx: _ImportContext) -> bool | None:
     holder, resource = _holder(row, ctx), _resource(row)
     limit = _whole(row, "limit", required=False)
     if limit == settings.FLEET_QUOTA_DEFAULTS[resource]:
@@ -1112,7 +1123,7 @@ def _import_quota(row: dict[str, Any], ctx: _ImportContext) -> bool:
     existing = Quota.objects.select_for_update().filter(resource=resource, **holder).first()
     if limit is None and (existing is None or existing.limit is None):
         ctx.report.defaults_skipped += 1
-        return False
+        return None
     if existing is not None and existing.limit == limit:
         return False
     if existing is None:
@@ -1137,7 +1148,9 @@ def _import_usage(row: dict[str, Any], ctx: _ImportContext) -> bool:
     return True
 
 
-IMPORTERS: dict[str, Callable[[dict[str, Any], _ImportContext], bool]] = {
+# An importer returns True (created or changed), False (already there) or None (a default
+# limit, which is not kept).
+IMPORTERS: dict[str, Callable[[dict[str, Any], _ImportContext], bool | None]] = {
     "organizations": _import_organization,
     "users": _import_user,
     "quotas": _import_quota,
@@ -1180,7 +1193,8 @@ def accounts_import(
                     except InvalidInput as error:
                         report.errors.append((where, error.message))
                     else:
-                        (report.created if created else report.unchanged)[section] += 1
+                        if created is not None:
+                            (report.created if created else report.unchanged)[section] += 1
                     if progress is not None:
                         progress()
             if not apply:
