@@ -8,6 +8,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.shortcuts import render
 
 from . import selectors
+from .charts import nice_step
 from .models import System
 
 # Chart geometry in SVG user units; the SVG scales to the width of its container.
@@ -21,21 +22,10 @@ CHART_BOTTOM = 30  # room for the date labels
 CHART_DATE_EVERY = 5  # one date label every five bars, counted back from today
 
 
-def _nice_step(raw: float) -> int:
-    """The smallest of 1, 2, 5 × 10ⁿ at least ``raw`` (never below 1: counts are whole)."""
-    if raw <= 1:
-        return 1
-    magnitude = 10 ** math.floor(math.log10(raw))
-    for multiple in (1, 2, 5, 10):
-        if multiple * magnitude >= raw:
-            return multiple * magnitude
-    return 10 * magnitude  # pragma: no cover - the loop always returns
-
-
 def _activity_chart(activity: list[tuple[dt.date, int]]) -> dict:
     """Bars, gridlines and labels for the activity chart, in SVG coordinates."""
     peak = max((count for _, count in activity), default=0)
-    step = _nice_step(peak / 4)
+    step = nice_step(peak / 4)
     top = max(step, math.ceil(peak / step) * step)
     plot_width = CHART_WIDTH - CHART_LEFT - CHART_RIGHT
     plot_height = CHART_HEIGHT - CHART_TOP - CHART_BOTTOM

@@ -9,6 +9,8 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.utils.timesince import timesince
 
+from fleet_app.charts import nice_step
+
 from . import selectors
 
 STRAGGLERS_SHOWN = 50
@@ -29,17 +31,6 @@ REFUSED = (
     "The cutover dashboard shows fleet-wide numbers: it is open to superusers and to "
     "staff with a role at the owner organization."
 )
-
-
-def _nice_step(raw: float) -> int:
-    """The smallest of 1, 2, 5 × 10ⁿ at least ``raw`` (never below 1: counts are whole)."""
-    if raw <= 1:
-        return 1
-    magnitude = 10 ** math.floor(math.log10(raw))
-    for multiple in (1, 2, 5, 10):
-        if multiple * magnitude >= raw:
-            return multiple * magnitude
-    return 10 * magnitude  # pragma: no cover - the loop always returns
 
 
 def _compact(value: int) -> str:
@@ -79,7 +70,7 @@ def _burndown_chart(summary: selectors.CutoverSummary) -> dict:
         end = max(last, min(projected_day, today + dt.timedelta(days=max(len(series) // 2, 7))))
     span = max((end - start).days, 1)
     peak = max((point.mappings for point in series), default=0)
-    step = _nice_step(peak / 4)
+    step = nice_step(peak / 4)
     top = max(step, math.ceil(peak / step) * step)
     plot_width = CHART_WIDTH - CHART_LEFT - CHART_RIGHT
     plot_height = CHART_HEIGHT - CHART_TOP - CHART_BOTTOM
