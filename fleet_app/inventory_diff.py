@@ -5,6 +5,8 @@ reordered list is not a change. Fields that change on every inventory (uptime, b
 packet counters, load) are ignored; the patterns are in ``VOLATILE_KEY``.
 """
 
+import hashlib
+import json
 import re
 from functools import lru_cache
 from typing import Any
@@ -59,6 +61,12 @@ def flatten(document: dict) -> dict[str, Any]:
     return out
 
 
+def facts_digest(flat: dict[str, Any]) -> str:
+    """A digest of the facts that count: equal digests mean no change to record."""
+    canonical = json.dumps(flat, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def severity_of(path: str) -> str:
     if CRITICAL_KEY.search(path):
         return "critical"
@@ -70,12 +78,18 @@ def severity_of(path: str) -> str:
 
 
 def diff(previous: dict, current: dict) -> list[tuple[str, Any, Any, str]]:
+    """``diff_flat`` of two whole documents."""
+    return diff_flat(flatten(previous), flatten(current))
+
+
+def diff_flat(
+    old_flat: dict[str, Any], new_flat: dict[str, Any]
+) -> list[tuple[str, Any, Any, str]]:
     """Return ``(path, old, new, severity)`` for each changed leaf, at most MAX_CHANGES.
 
     A module (an item of a list keyed by id) that appears or disappears is reported
     once at its own path rather than once per field.
     """
-    old_flat, new_flat = flatten(previous), flatten(current)
     old_roots = {path: _item_root(path) for path in old_flat}
     new_roots = {path: _item_root(path) for path in new_flat}
     old_items = set(old_roots.values()) - {None}

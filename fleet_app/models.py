@@ -248,6 +248,9 @@ class Inventory(models.Model):
     received_at = models.DateTimeField(default=timezone.now)
     data = models.JSONField()
     size = models.PositiveIntegerField()
+    # Digest of the facts that count (inventory_diff.facts_digest); blank on rows stored
+    # before it existed, which simply compare as changed once.
+    facts_digest = models.CharField(max_length=64, blank=True, editable=False)
 
     class Meta:
         verbose_name_plural = "inventories"

@@ -359,17 +359,22 @@ def inventory_ingest(*, system: System, payload: Any, size: int) -> Inventory:
     payload = inventory_validate(payload)
     now = timezone.now()
     copied = _system_fields_from(payload)
+    flat = inventory_diff.flatten(payload)
+    digest = inventory_diff.facts_digest(flat)
     with transaction.atomic():
         previous = (
             Inventory.objects.filter(system_id=system.pk)
             .order_by("-received_at")
-            .values_list("data", flat=True)
+            .values("pk", "facts_digest")
             .first()
         )
         inventory = Inventory.objects.create(
-            system_id=system.pk, received_at=now, data=payload, size=size
+            system_id=system.pk, received_at=now, data=payload, size=size, facts_digest=digest
         )
-        if previous is not None:
+        # Most inventories differ from the previous one only in counters: the digest says
+        # so without fetching and flattening the previous document.
+        if previous is not None and previous["facts_digest"] != digest:
+            previous_data = Inventory.objects.values_list("data", flat=True).get(pk=previous["pk"])
             InventoryChange.objects.bulk_create(
                 InventoryChange(
                     system_id=system.pk,
@@ -380,7 +385,9 @@ def inventory_ingest(*, system: System, payload: Any, size: int) -> Inventory:
                     new=new,
                     severity=severity,
                 )
-                for path, old, new, severity in inventory_diff.diff(previous, payload)
+                for path, old, new, severity in inventory_diff.diff_flat(
+                    inventory_diff.flatten(previous_data), flat
+                )
             )
         System.objects.filter(pk=system.pk).update(last_inventory_at=now, **copied)
         for name, value in copied.items():

@@ -96,11 +96,11 @@ def test_it_costs_a_fixed_number_of_queries(
     changed = copy.deepcopy(inventory_payload)
     for node in changed["facts"]["nodes"].values():
         node["version"] = "9.9.9"
-    # 1. SELECT system by system_key          5. INSERT changes (one bulk insert)
-    # 2. SAVEPOINT (the ingest transaction)   6. UPDATE system's copied fields
-    # 3. SELECT the previous inventory's data 7. RELEASE SAVEPOINT
-    # 4. INSERT inventory
-    with django_assert_num_queries(7):
+    # 1. SELECT system by system_key            5. SELECT the previous document (digests differ)
+    # 2. SAVEPOINT (the ingest transaction)     6. INSERT changes (one bulk insert)
+    # 3. SELECT the previous inventory's digest 7. UPDATE system's copied fields
+    # 4. INSERT inventory                       8. RELEASE SAVEPOINT
+    with django_assert_num_queries(8):
         response = send(client, auth_header, changed)
     assert response.status_code == 202
     assert InventoryChange.objects.count() == 3
@@ -224,3 +224,22 @@ def test_it_refuses_a_suspended_system(client, system, auth_header, inventory_pa
 
     assert response.status_code == 403
     _nothing_written(system)
+
+
+def test_an_inventory_changed_only_in_counters_skips_the_diff(
+    client, system, auth_header, inventory_payload, django_assert_num_queries
+):
+    send(client, auth_header, inventory_payload)
+    ticked = copy.deepcopy(inventory_payload)
+    for node in ticked["facts"]["nodes"].values():
+        node["uptime_seconds"] += 600
+        node["network_tx_bytes"] += 10**6
+    # SELECT system, SAVEPOINT, SELECT previous digest, INSERT inventory, UPDATE system,
+    # RELEASE: the previous document is never fetched.
+    with django_assert_num_queries(6):
+        response = send(client, auth_header, ticked)
+
+    assert response.status_code == 202
+    assert not InventoryChange.objects.exists()
+    first, second = Inventory.objects.order_by("received_at")
+    assert first.facts_digest == second.facts_digest != ""
