@@ -442,6 +442,21 @@ def _move(relation: UserRelation, other: int, survivor: int, journal: _Journal) 
         journal.moved[relation.short] += len(moving)
 
 
+def _relations_in_use(
+    relations: list[UserRelation], survivor_id: int, other_ids: Sequence[int]
+) -> list[UserRelation]:
+    """The relations with a row pointing at any of ``other_ids``, in one query of EXISTS
+    subqueries: most accounts own rows of few kinds, and the merge skips the others."""
+    checks = {
+        f"r{n}": Exists(
+            relation.model._base_manager.filter(**{f"{relation.field.attname}__in": other_ids})
+        )
+        for n, relation in enumerate(relations)
+    }
+    found = User._base_manager.filter(pk=survivor_id).values(**checks).first() or {}
+    return [relation for n, relation in enumerate(relations) if found.get(f"r{n}")]
+
+
 def _legacy_flags(user_ids: Iterable[int]) -> dict[int, tuple[bool, bool]]:
     return {
         user_id: (was_active, flagged)
@@ -495,7 +510,7 @@ def users_merge(
         flags = _legacy_flags(ids)
         before = [{"id": u.pk, "email": u.email, "is_active": u.is_active} for u in users.values()]
         journal = _Journal()
-        relations = user_relations()
+        relations = _relations_in_use(user_relations(), survivor_id, other_ids)
         for other in other_ids:
             for relation in relations:
                 if not relation.account_bound:
@@ -1402,7 +1417,13 @@ def _quota_enqueue(run_id: int, queue: str | None) -> None:
     from .tasks_accounts import quota_run_execute
 
     options = {"queue": queue} if queue else {}
-    quota_run_execute.apply_async(args=(run_id,), **options)
+    quota_run_execute.apply_async(args=(run_id,), kwargs={"queue": queue}, **options)
+
+
+def quota_run_fail(*, run_id: int, error: str) -> None:
+    run = QuotaRun.objects.filter(pk=run_id).first()
+    if run is not None and not run.is_finished:
+        run_finish(run, error=error)
 
 
 @transaction.atomic

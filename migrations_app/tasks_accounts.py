@@ -70,7 +70,19 @@ def dedupe_run_execute(self, run_id: int, queue: str | None = None) -> None:
         accounts.dedupe_run_finish(run_id=run_id)
 
 
-@shared_task(acks_late=True)
-def quota_run_execute(run_id: int) -> None:
-    """Verify, sync or reset quota usage and store the result in the run row."""
-    accounts.quota_run_execute(run_id=run_id)
+@shared_task(bind=True, acks_late=True, max_retries=MAX_RETRIES)
+def quota_run_execute(self, run_id: int, queue: str | None = None) -> None:
+    """Verify, sync or reset quota usage and store the result in the run row.
+
+    Holds the same lock as ``manage.py quotas``; a finished run is a no-op, so a
+    redelivered message does nothing twice.
+    """
+    options = {"queue": queue} if queue else {}
+    try:
+        with named_lock("quotas"):
+            accounts.quota_run_execute(run_id=run_id)
+    except LockHeld:
+        if self.request.is_eager or self.request.retries >= self.max_retries:
+            accounts.quota_run_fail(run_id=run_id, error="A quotas command holds the lock.")
+            return
+        raise self.retry(countdown=LOCK_RETRY_SECONDS, **options) from None

@@ -1,0 +1,337 @@
+"""User dedupe benchmark: the duplicate finder against seed 001's, and merge throughput.
+
+Creates a fresh PostgreSQL database and migrates it, then:
+
+1. 20,000 users (1% case-insensitive duplicates): times ``duplicates_find`` and, in the
+   same process on the same rows, seed 001's finder (``filter(email__iexact=…).count()``
+   for every user), and prints the ratio (target ≥ 100×);
+2. 1,000,000 users (generate_series in SQL, 1% duplicates): times the finder (target
+   ≤ 10 s), with and without the per-relation "what it owns" counts of the dry run;
+3. merge throughput: gives the accounts of the first groups a few rows of every kind
+   (audit entries, a token, colliding memberships, quota rows, group grants), merges
+   them as ``dedupe_users --apply`` does (checkpoint first) and undoes the run; prints
+   groups per second.
+
+It prints figures and never passes or fails. The load average is printed at the start
+and the end: on a shared machine, re-run when it is above ~1.5.
+
+    .venv/bin/python bench/dedupe.py             # --help for the options
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TARGET_RATIO = 100
+TARGET_LARGE_SECONDS = 10
+
+
+def main() -> None:
+    options = parse_args()
+    started = time.monotonic()
+    print(
+        f"dedupe benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
+        f"load average {load()}"
+    )
+    database_recreate(options.server, options.database)
+    os.environ["DATABASE_URL"] = f"{options.server.rstrip('/')}/{options.database}"
+    os.environ["DEBUG"] = "0"
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    figures: dict = {}
+    try:
+        step("migrate", lambda: run([BIN / "python", "manage.py", "migrate", "--noinput"]))
+        _django()
+        figures["small"] = small(options)
+        if options.large:
+            figures["large"] = large(options)
+        figures["merge"] = merge(options)
+    finally:
+        if not options.keep:
+            database_drop(options.server, options.database)
+    report(figures, options)
+    print(f"\nload average at the end {load()}; total run time {time.monotonic() - started:.0f} s")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--server",
+        default="postgres://postgres@127.0.0.1:5432",
+        help="PostgreSQL server URL (without a database name).",
+    )
+    parser.add_argument(
+        "--database",
+        default="cutover_bench_dedupe",
+        help="Scratch database: dropped and re-created, dropped at the end.",
+    )
+    parser.add_argument("--keep", action="store_true", help="Do not drop the database.")
+    parser.add_argument("--small", type=int, default=20_000, help="Users for the comparison.")
+    parser.add_argument("--large", type=int, default=1_000_000, help="Users (0: skip).")
+    parser.add_argument("--every", type=int, default=100, help="One duplicate every N users.")
+    parser.add_argument("--groups", type=int, default=1000, help="Groups to merge.")
+    parser.add_argument("--repeat", type=int, default=3, help="Finder timings (best kept).")
+    return parser.parse_args()
+
+
+def load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def step(label: str, action):
+    began = time.monotonic()
+    print(f"  {label} …", end="", flush=True)
+    value = action()
+    print(f" {time.monotonic() - began:.1f} s", flush=True)
+    return value
+
+
+def run(command: list) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(c) for c in command], cwd=ROOT, check=True, capture_output=True, text=True
+    )
+
+
+def best(action, repeat: int) -> tuple[float, object]:
+    times, value = [], None
+    for _ in range(repeat):
+        began = time.perf_counter()
+        value = action()
+        times.append(time.perf_counter() - began)
+    return min(times), value
+
+
+# --- database -------------------------------------------------------------------------------
+
+
+def _admin_connection(server: str):
+    import psycopg
+
+    return psycopg.connect(f"{server.rstrip('/')}/postgres", autocommit=True)
+
+
+def database_recreate(server: str, name: str) -> None:
+    from psycopg import sql
+
+    with _admin_connection(server) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def database_drop(server: str, name: str) -> None:
+    from psycopg import sql
+
+    try:
+        from django.db import connections
+
+        connections.close_all()
+    except Exception:  # noqa: S110 - Django may not be set up yet; nothing to close then.
+        pass
+    with _admin_connection(server) as conn:
+        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+        conn.execute(drop.format(sql.Identifier(name)))
+
+
+def _django():
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+    import django
+
+    django.setup()
+
+
+def users_generate(count: int, every: int) -> int:
+    """``count`` users in one INSERT … SELECT generate_series: every ``every``-th one is an
+    inactive duplicate of the one before it, in another case. Returns the groups made."""
+    from django.db import connection
+
+    from fleet_app.models import User
+
+    table = connection.ops.quote_name(User._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {table} RESTART IDENTITY CASCADE")  # noqa: S608 - model name
+        cursor.execute(
+            f"INSERT INTO {table} (password, last_login, is_superuser, email, full_name, "  # noqa: S608 - model name, values bound
+            "organization_id, is_staff, is_active, date_joined) "
+            "SELECT '!', CASE WHEN i %% 7 = 0 THEN NULL "
+            "  ELSE now() - (i %% 997) * interval '1 hour' END, false, "
+            "  CASE WHEN i %% %s = 0 THEN 'User' || (i - 1) || '@Example.COM' "
+            "  ELSE 'user' || i || '@example.com' END, "
+            "  '', NULL, false, i %% %s <> 0, now() - i * interval '1 minute' "
+            "FROM generate_series(1, %s) AS i",
+            [every, every, count],
+        )
+        cursor.execute(f"ANALYZE {table}")
+    return count // every
+
+
+# --- 1. the finder against the seed's ---------------------------------------------------------
+
+
+def seed_finder() -> list[str]:
+    """Seed 001's find_astakos_users_with_conflicting_emails.py, on this model."""
+    from fleet_app.models import User as A
+
+    def user_filter(user):
+        return A.objects.filter(email__iexact=user.email).count() > 1
+
+    all_users = list(A.objects.all())
+    userlist = [
+        str(u.pk) + ": " + str(u.email) + " (" + str(u.is_active) + ", " + str(u.date_joined) + ")"
+        for u in filter(user_filter, all_users)
+    ]
+    return userlist
+
+
+def small(options) -> dict:
+    from migrations_app import accounts
+
+    print(f"\n1. finder on {options.small:,} users, beside seed 001's")
+    groups = step("generate users", lambda: users_generate(options.small, options.every))
+    ours, found = best(lambda: accounts.duplicates_find(with_owned=False), options.repeat)
+    print(
+        f"  duplicates_find: {ours * 1000:.1f} ms, {len(found)} groups (best of {options.repeat})"
+    )
+    began = time.perf_counter()
+    listed = seed_finder()
+    theirs = time.perf_counter() - began
+    print(f"  seed 001's per-user lookup: {theirs:.1f} s, {len(listed)} accounts listed")
+    assert len(found) == groups and len(listed) == 2 * groups, "the two finders disagree"
+    return {"users": options.small, "groups": groups, "ours": ours, "seed": theirs}
+
+
+# --- 2. the finder on a million ---------------------------------------------------------------
+
+
+def large(options) -> dict:
+    from migrations_app import accounts
+
+    print(f"\n2. finder on {options.large:,} users")
+    groups = step("generate users", lambda: users_generate(options.large, options.every))
+    first, found = best(lambda: accounts.duplicates_find(with_owned=False), 1)
+    warm, _ = best(lambda: accounts.duplicates_find(with_owned=False), options.repeat)
+    owned, _ = best(lambda: accounts.duplicates_find(with_owned=True), 1)
+    print(
+        f"  duplicates_find: first {first:.2f} s, then {warm:.2f} s (best of {options.repeat}); "
+        f"{len(found):,} groups; with the dry run's owned counts {owned:.2f} s"
+    )
+    assert len(found) == groups
+    return {"users": options.large, "groups": groups, "first": first, "warm": warm, "owned": owned}
+
+
+# --- 3. merge throughput ----------------------------------------------------------------------
+
+
+def relations_give(groups) -> int:
+    """A few rows of every kind for each account of ``groups``: 2 audit entries, a quota
+    row, a membership and a group grant each (colliding with the survivor's), and a token
+    for the others."""
+    from django.contrib.auth.models import Group
+    from rest_framework.authtoken.models import Token
+
+    from fleet_app import services
+    from fleet_app.models import AuditEntry, Membership, Quota, User
+
+    owner = services.organization_create(actor=None, name="bench-owner", kind="owner")
+    reader, _ = Group.objects.get_or_create(name="reader")
+    through = User.groups.through
+    rows = 0
+    audit, quotas, memberships, grants, tokens = [], [], [], [], []
+    for group in groups:
+        for account in group.accounts:
+            audit += [AuditEntry(actor_id=account.id, action="bench.touch") for _ in range(2)]
+            quotas.append(Quota(user_id=account.id, resource="systems", usage=1))
+            memberships.append(Membership(user_id=account.id, organization=owner))
+            grants.append(through(user_id=account.id, group_id=reader.pk))
+            if account.id != group.survivor_id:
+                tokens.append(Token(user_id=account.id, key=Token.generate_key()))
+    for model, objs in (
+        (AuditEntry, audit),
+        (Quota, quotas),
+        (Membership, memberships),
+        (through, grants),
+        (Token, tokens),
+    ):
+        model.objects.bulk_create(objs, batch_size=5000)
+        rows += len(objs)
+    return rows
+
+
+def merge(options) -> dict:
+    from migrations_app import accounts
+
+    print(f"\n3. merge throughput, {options.groups:,} groups")
+    if not options.large:
+        users_generate(max(options.small, options.groups * options.every), options.every)
+    groups = accounts.dedupe_plan(accounts.duplicates_find(with_owned=False))[: options.groups]
+    rows = step("give the accounts related rows", lambda: relations_give(groups))
+    checkpoint_time = []
+    write = accounts.dedupe_checkpoint_write
+
+    def timed_checkpoint(**kwargs):
+        began = time.perf_counter()
+        value = write(**kwargs)
+        checkpoint_time.append(time.perf_counter() - began)
+        return value
+
+    accounts.dedupe_checkpoint_write = timed_checkpoint
+    run = accounts.dedupe_run_create(actor=None, plan=accounts.plan_json(groups))
+    began = time.perf_counter()
+    run = accounts.dedupe_run_process(run=run)
+    merged = time.perf_counter() - began
+    assert (run.state, run.done) == ("succeeded", len(groups)), (run.state, run.error, run.log)
+    undo = accounts.dedupe_undo_create(actor=None, run=run)
+    began = time.perf_counter()
+    undo = accounts.dedupe_run_process(run=undo)
+    undone = time.perf_counter() - began
+    assert (undo.state, undo.done) == ("succeeded", len(groups)), (undo.state, undo.error)
+    accounts.dedupe_checkpoint_write = write
+    checkpoint = checkpoint_time[0]
+    print(
+        f"  {rows:,} related rows; checkpoint {checkpoint:.2f} s; merge {merged:.2f} s in all "
+        f"({len(groups) / merged:.0f} groups/s, {len(groups) / (merged - checkpoint):.0f} "
+        f"groups/s without the checkpoint); undo {undone:.2f} s ({len(groups) / undone:.0f} "
+        "groups/s)"
+    )
+    return {
+        "groups": len(groups),
+        "rows": rows,
+        "checkpoint": checkpoint,
+        "merged": merged,
+        "undone": undone,
+    }
+
+
+def report(figures: dict, options) -> None:
+    print("\nsummary")
+    if small := figures.get("small"):
+        ratio = small["seed"] / small["ours"]
+        print(
+            f"  finder, {small['users']:,} users: {small['ours'] * 1000:.1f} ms against "
+            f"seed 001's {small['seed']:.1f} s: {ratio:,.0f}× faster "
+            f"(target ≥ {TARGET_RATIO}×)"
+        )
+    if large := figures.get("large"):
+        print(
+            f"  finder, {large['users']:,} users ({large['groups']:,} groups): "
+            f"{large['first']:.2f} s cold, {large['warm']:.2f} s warm "
+            f"(target ≤ {TARGET_LARGE_SECONDS} s); with owned counts {large['owned']:.2f} s"
+        )
+    if merged := figures.get("merge"):
+        print(
+            f"  merge: {merged['groups'] / merged['merged']:.0f} groups/s with the checkpoint "
+            f"({merged['groups'] / (merged['merged'] - merged['checkpoint']):.0f} without), "
+            f"undo {merged['groups'] / merged['undone']:.0f} groups/s"
+        )
+
+
+if __name__ == "__main__":
+    main()
