@@ -26,13 +26,12 @@ import argparse
 import hashlib
 import os
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import database_drop, database_recreate, django_setup, run, timed
+
 TARGET_MS = 200.0
 PAGES = {
     "dashboard": "/dashboard/cutover/",
@@ -55,45 +54,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE at the top scale")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     return parser.parse_args()
-
-
-def step(label: str, action):
-    began = time.monotonic()
-    print(f"  {label} …", end="", flush=True)
-    value = action()
-    elapsed = time.monotonic() - began
-    print(f" {elapsed:.1f} s", flush=True)
-    return value, elapsed
-
-
-# --- database ---------------------------------------------------------------------------
-
-
-def _admin(server: str):
-    import psycopg
-
-    return psycopg.connect(f"{server.rstrip('/')}/postgres", autocommit=True)
-
-
-def database_recreate(server: str, name: str) -> None:
-    from psycopg import sql
-
-    with _admin(server) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def database_drop(server: str, name: str) -> None:
-    from django.db import connections
-    from psycopg import sql
-
-    connections.close_all()
-    with _admin(server) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
 
 
 # --- data -------------------------------------------------------------------------------
@@ -254,17 +214,8 @@ def main() -> None:
     os.environ.pop("REDIS_URL", None)  # the page needs no cache; keep the run self-contained
     os.environ["DJANGO_SETTINGS_MODULE"] = "controlplane.settings"
     try:
-        step(
-            "migrate",
-            lambda: subprocess.run(
-                [sys.executable, "manage.py", "migrate", "--noinput"],
-                cwd=ROOT, check=True, capture_output=True, env=os.environ,
-            ),
-        )  # fmt: skip
-        sys.path.insert(0, str(ROOT))
-        import django
-
-        django.setup()
+        timed("migrate", lambda: run([sys.executable, "manage.py", "migrate", "--noinput"]))
+        django_setup()
         from django.test import Client
 
         from fleet_app import services
@@ -285,11 +236,11 @@ def main() -> None:
         for scale in sorted(options.scales):
             print(f"\n{scale:,} systems and mappings")
             truncate()
-            _, fill_s = step(
+            _, fill_s = timed(
                 "fill (generate_series)", lambda scale=scale: fill(scale, organizations)
             )
-            days, rebuild_s = step("cutover_counters_rebuild", cutover.cutover_counters_rebuild)
-            step("ANALYZE", analyze)
+            days, rebuild_s = timed("cutover_counters_rebuild", cutover.cutover_counters_rebuild)
+            timed("ANALYZE", analyze)
             summary = selectors.cutover_summary()
             print(
                 f"  {summary.mappings:,} mappings over {days} days: "

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, admin_connection, database_drop, database_recreate, run, step
+
 BIN = Path(sys.executable).parent
 LUA = ROOT / "bench" / "collect.lua"
 # Every node's uptime in the posted inventory is this number; the Lua script replaces it
@@ -140,58 +141,6 @@ def parse_args() -> argparse.Namespace:
         "--only", choices=["throughput", "fixed-rate"], help="Run one half of the benchmark."
     )
     return parser.parse_args()
-
-
-def step(label: str, action):
-    began = time.monotonic()
-    print(f"  {label} …", end="", flush=True)
-    value = action()
-    print(f" {time.monotonic() - began:.1f} s", flush=True)
-    return value
-
-
-def run(command: list, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(c) for c in command],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-        **kwargs,
-    )
-
-
-# --- database ---------------------------------------------------------------------------
-
-
-def _admin_connection(server: str):
-    import psycopg
-
-    return psycopg.connect(f"{server.rstrip('/')}/postgres", autocommit=True)
-
-
-_DROP = "DROP DATABASE IF EXISTS {} WITH (FORCE)"
-
-
-def database_recreate(server: str, name: str) -> None:
-    from psycopg import sql
-
-    with _admin_connection(server) as conn:
-        conn.execute(sql.SQL(_DROP).format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def database_drop(server: str, name: str) -> None:
-    from psycopg import sql
-
-    try:
-        from django.db import connections
-
-        connections.close_all()
-    except Exception:  # noqa: S110 - Django may not be set up yet; nothing to close then.
-        pass
-    with _admin_connection(server) as conn:
-        conn.execute(sql.SQL(_DROP).format(sql.Identifier(name)))
 
 
 def seed(count: int, workdir: Path) -> tuple[Path, Path, str]:
@@ -383,7 +332,7 @@ class CpuProbe:
         return pids
 
     def _backends(self) -> list[int]:
-        with _admin_connection(self.server) as conn:
+        with admin_connection(self.server) as conn:
             rows = conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
                 [self.database],

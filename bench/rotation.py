@@ -24,7 +24,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import ROOT, database_drop, database_recreate, django_setup, run, step
+
 BIN = Path(sys.executable).parent
 TARGET_SECONDS = 120
 TARGET_MAPPINGS = 100_000
@@ -95,62 +96,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()  # fmt: skip
 
 
-def step(label: str, action):
-    began = time.monotonic()
-    print(f"  {label} …", end="", flush=True)
-    value = action()
-    print(f" {time.monotonic() - began:.1f} s", flush=True)
-    return value
-
-
-def run(command: list) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(c) for c in command], cwd=ROOT, check=True, capture_output=True, text=True
-    )
-
-
-# --- database -------------------------------------------------------------------------------
-
-
-def _admin_connection(server: str):
-    import psycopg
-
-    return psycopg.connect(f"{server.rstrip('/')}/postgres", autocommit=True)
-
-
-def database_recreate(server: str, name: str) -> None:
-    from psycopg import sql
-
-    with _admin_connection(server) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def database_drop(server: str, name: str) -> None:
-    from psycopg import sql
-
-    try:
-        from django.db import connections
-
-        connections.close_all()
-    except Exception:  # noqa: S110 - Django may not be set up yet; nothing to close then.
-        pass
-    with _admin_connection(server) as conn:
-        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-        conn.execute(drop.format(sql.Identifier(name)))
-
-
-def _django():
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
-    import django
-
-    django.setup()
-
-
 def _copy(model, instances) -> None:
     """COPY unsaved instances into the model's table (every concrete column but the id)."""
     from django.db import connection
@@ -173,7 +118,7 @@ def seed(count: int) -> None:
     Credentials come from the functions the services use; the rows go in with COPY (the
     import service creates one mapping per transaction, far slower than the rotation).
     """
-    _django()
+    django_setup()
     from django.db import connection, transaction
     from django.utils import timezone
 

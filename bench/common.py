@@ -1,0 +1,76 @@
+"""What every benchmark script needs: timed steps, a scratch PostgreSQL database, Django.
+
+Imported by the scripts in this folder (``python bench/<name>.py`` puts it on the path).
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SERVER = "postgres://postgres@127.0.0.1:5432"
+
+
+def timed(label: str, action):
+    """Run ``action``, printing its label and duration; return ``(value, seconds)``."""
+    began = time.monotonic()
+    print(f"  {label} …", end="", flush=True)
+    value = action()
+    elapsed = time.monotonic() - began
+    print(f" {elapsed:.1f} s", flush=True)
+    return value, elapsed
+
+
+def step(label: str, action):
+    """``timed`` for when only the value matters."""
+    return timed(label, action)[0]
+
+
+def run(command: list, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command in the project folder; fail loudly, capture its output."""
+    return subprocess.run(
+        [str(c) for c in command], cwd=ROOT, check=True, capture_output=True, text=True, **kwargs
+    )
+
+
+def admin_connection(server: str):
+    import psycopg
+
+    return psycopg.connect(f"{server.rstrip('/')}/postgres", autocommit=True)
+
+
+def database_recreate(server: str, name: str) -> None:
+    """Drop (if present) and create the scratch database ``name``."""
+    from psycopg import sql
+
+    with admin_connection(server) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def database_drop(server: str, name: str) -> None:
+    """Close this process's connections and drop the scratch database."""
+    from psycopg import sql
+
+    if "django" in sys.modules:
+        from django.db import connections
+
+        connections.close_all()
+    with admin_connection(server) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def django_setup() -> None:
+    """Set Django up in this process (DATABASE_URL must already point at the database)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+    import django
+
+    django.setup()
