@@ -156,6 +156,9 @@ CACHES = {
 # --- Fleet ----------------------------------------------------------------------------
 # Clients send in synchronized 10-minute waves: a 10-minute timeout makes the fleet flap.
 FLEET_HEARTBEAT_TIMEOUT_MINUTES = env.int("FLEET_HEARTBEAT_TIMEOUT_MINUTES", default=20)
+# Systems whose credentials a web process remembers for the heartbeat fast path
+# (fleet_app/hot.py); about 150 bytes each.
+COLLECT_HOT_SYSTEMS = env.int("COLLECT_HOT_SYSTEMS", default=200_000)
 COLLECT_INVENTORY_MAX_BYTES = env.int("COLLECT_INVENTORY_MAX_BYTES", default=10 * 1024 * 1024)
 # Inventories and activity days older than this are pruned (the latest inventory of each
 # system is always kept).
@@ -215,3 +218,39 @@ FLEET_QUOTA_DEFAULTS = {
 }
 # Celery autodiscovers only tasks.py; the account jobs live in their own module.
 CELERY_IMPORTS = ("migrations_app.tasks_accounts",)
+
+# --- Backups ------------------------------------------------------------------------------
+# Blob store: empty → a local folder (BACKUP_LOCAL_ROOT, under MEDIA_ROOT by default);
+# "s3://bucket/prefix" → an S3-compatible bucket through django-storages/boto3.
+BACKUP_STORAGE_URL = env.str("BACKUP_STORAGE_URL", default="")
+BACKUP_LOCAL_ROOT = Path(env.str("BACKUP_LOCAL_ROOT", default=str(MEDIA_ROOT / "backups")))
+# fsync each stored backup before its row is written: a backup acknowledged is on disk.
+BACKUP_LOCAL_FSYNC = env.bool("BACKUP_LOCAL_FSYNC", default=True)
+BACKUP_S3_ENDPOINT_URL = env.str("BACKUP_S3_ENDPOINT_URL", default="")
+BACKUP_S3_ACCESS_KEY_ID = env.str("BACKUP_S3_ACCESS_KEY_ID", default="")
+BACKUP_S3_SECRET_ACCESS_KEY = env.str("BACKUP_S3_SECRET_ACCESS_KEY", default="")
+BACKUP_S3_REGION = env.str("BACKUP_S3_REGION", default="")
+BACKUP_S3_PART_BYTES = env.int("BACKUP_S3_PART_BYTES", default=8 * 1024 * 1024)
+# Cluster backups (POST {collect_url}/backups): size cap, read chunk, per-system rate.
+CLUSTER_BACKUP_MAX_BYTES = env.int("CLUSTER_BACKUP_MAX_BYTES", default=2 * 1024**3)
+CLUSTER_BACKUP_CHUNK_BYTES = env.int("CLUSTER_BACKUP_CHUNK_BYTES", default=1024 * 1024)
+CLUSTER_BACKUP_RATE_COUNT = env.int("CLUSTER_BACKUP_RATE_COUNT", default=6)
+CLUSTER_BACKUP_RATE_WINDOW_SECONDS = env.int("CLUSTER_BACKUP_RATE_WINDOW_SECONDS", default=3600)
+# Retention per system: at most this many backups and this many bytes (newest kept).
+CLUSTER_BACKUP_KEEP_COUNT = env.int("CLUSTER_BACKUP_KEEP_COUNT", default=10)
+CLUSTER_BACKUP_KEEP_BYTES = env.int("CLUSTER_BACKUP_KEEP_BYTES", default=500 * 1024**2)
+# Freshness dashboard: a system with no backup for longer than this is stale.
+CLUSTER_BACKUP_STALE_DAYS = env.int("CLUSTER_BACKUP_STALE_DAYS", default=2)
+# Service backups: scratch space for archives, where drills restore, the drill threshold.
+BACKUP_WORK_DIR = Path(env.str("BACKUP_WORK_DIR", default=str(BASE_DIR / "var" / "backup-work")))
+BACKUP_PG_BIN_DIR = env.str("BACKUP_PG_BIN_DIR", default="")
+BACKUP_DRILL_MAX_AGE_DAYS = env.int("BACKUP_DRILL_MAX_AGE_DAYS", default=7)
+BACKUP_DRILL_EVERY_HOURS = env.int("BACKUP_DRILL_EVERY_HOURS", default=24)
+CELERY_BEAT_SCHEDULE["backups-schedules-tick"] = {
+    "task": "backups_app.tasks.backup_schedules_tick",
+    "schedule": 60.0,
+}
+CELERY_BEAT_SCHEDULE["backups-restore-drills"] = {
+    "task": "backups_app.tasks.restore_drills_start",
+    "schedule": BACKUP_DRILL_EVERY_HOURS * 3600.0,
+}

@@ -17,6 +17,16 @@ def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def forget_hot_systems():
+    """The heartbeat fast path remembers systems per process; tests start without."""
+    from fleet_app import hot
+
+    hot.forget_all()
+    yield
+    hot.forget_all()
+
+
 @pytest.fixture
 def owner(db):
     return OrganizationFactory(name="Owner", kind=Organization.Kind.OWNER)

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from .. import services
+from .. import hot, services
 from ..errors import FleetError, InvalidInput, NotAuthenticated, PayloadTooLarge, TooManyRequests
 from ..models import System
 
@@ -75,13 +75,32 @@ def collect_endpoint(*methods: str) -> Callable:
     return decorate
 
 
+@csrf_exempt
+def heartbeat(request: HttpRequest) -> JsonResponse:
+    """The busiest endpoint: a known system's heartbeat is one guarded UPDATE (hot.py)."""
+    if request.method == "POST":
+        try:
+            key, secret = basic_credentials(request)
+        except FleetError as error:
+            return error_response(error)
+        at = hot.heartbeat(key, secret)
+        if at is not None:
+            return _heartbeat_acknowledged(key, at)
+    return _heartbeat_full(request)
+
+
 @collect_endpoint("POST")
-def heartbeat(request: HttpRequest, system: System) -> JsonResponse:
+def _heartbeat_full(request: HttpRequest, system: System) -> JsonResponse:
     at = services.system_heartbeat(system=system)
+    hot.remember(system)
+    return _heartbeat_acknowledged(system.system_key, at)
+
+
+def _heartbeat_acknowledged(system_key: str, at) -> JsonResponse:
     return envelope(
         200,
         "heartbeat acknowledged",
-        {"system_key": system.system_key, "acknowledged": True, "last_heartbeat": at},
+        {"system_key": system_key, "acknowledged": True, "last_heartbeat": at},
     )
 
 

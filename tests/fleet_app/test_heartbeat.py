@@ -33,10 +33,25 @@ def test_it_ignores_the_body_and_a_trailing_slash(client, system, auth_header):
     assert response.status_code == 200
 
 
-def test_it_costs_two_queries(client, system, auth_header, django_assert_num_queries):
-    client.post(URL, **auth_header)  # first heartbeat of the day writes the activity row
-    # 1. SELECT the system by its unique system_key
-    # 2. UPDATE last_heartbeat_at
+def test_a_system_this_process_knows_costs_one_query(
+    client, system, auth_header, django_assert_num_queries
+):
+    client.post(URL, **auth_header)  # full path: the process now knows the system
+    # 1. UPDATE … WHERE id, digest, registered, confirmed, not suspended, not deleted
+    with django_assert_num_queries(1):
+        response = client.post(URL, **auth_header)
+    assert response.status_code == 200
+    assert response.json()["data"]["system_key"] == system.system_key
+
+
+def test_a_system_new_to_this_process_costs_two_queries(
+    client, system, auth_header, django_assert_num_queries
+):
+    from fleet_app import hot
+
+    client.post(URL, **auth_header)
+    hot.forget_all()  # another worker process, say
+    # 1. SELECT the system by its unique system_key   2. UPDATE last_heartbeat_at
     with django_assert_num_queries(2):
         response = client.post(URL, **auth_header)
     assert response.status_code == 200
@@ -45,16 +60,63 @@ def test_it_costs_two_queries(client, system, auth_header, django_assert_num_que
 def test_the_first_heartbeat_of_a_day_records_activity(
     client, system, auth_header, django_assert_num_queries
 ):
+    from fleet_app import hot
+
     client.post(URL, **auth_header)
     System.objects.filter(pk=system.pk).update(
         last_heartbeat_at=timezone.now() - dt.timedelta(days=1)
     )
+    hot.forget_all()
     # SELECT system, UPDATE last_heartbeat_at, INSERT … ON CONFLICT DO NOTHING activity day
     with django_assert_num_queries(3):
         client.post(URL, **auth_header)
     client.post(URL, **auth_header)
 
     assert SystemActivityDay.objects.filter(system=system).count() == 1
+
+
+def test_the_fast_path_records_the_first_heartbeat_of_a_day_too(
+    client, system, auth_header, django_assert_num_queries
+):
+    from fleet_app import hot
+
+    client.post(URL, **auth_header)
+    SystemActivityDay.objects.all().delete()
+    hot._known[system.system_key].day = timezone.now().date() - dt.timedelta(days=1)
+    # UPDATE last_heartbeat_at, INSERT the activity day
+    with django_assert_num_queries(2):
+        client.post(URL, **auth_header)
+
+    assert SystemActivityDay.objects.filter(system=system).count() == 1
+
+
+def test_the_fast_path_never_outlives_a_reissued_secret(client, system, auth_header):
+    from fleet_app import services
+
+    client.post(URL, **auth_header)
+    services.system_secret_reissue(actor=None, system=system)
+
+    assert client.post(URL, **auth_header).status_code == 401
+
+
+@pytest.mark.parametrize("field", ["suspended_at", "deleted_at"])
+def test_the_fast_path_never_outlives_a_suspension(client, system, auth_header, field):
+    client.post(URL, **auth_header)
+    before = System.objects.get(pk=system.pk).last_heartbeat_at
+    System.objects.filter(pk=system.pk).update(**{field: timezone.now()})
+
+    response = client.post(URL, **auth_header)
+
+    assert response.status_code == 403
+    assert System.objects.get(pk=system.pk).last_heartbeat_at == before
+
+
+def test_a_wrong_secret_never_takes_the_fast_path(client, system, auth_header):
+    client.post(URL, **auth_header)
+
+    response = client.post(URL, HTTP_AUTHORIZATION=basic_auth(system.system_key, "my_x.bad"))
+
+    assert response.status_code == 401
 
 
 def _unchanged(system):
