@@ -20,6 +20,7 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("metrics", metrics_view, name="metrics"),
     re_path(r"^backend/api/systems/register/?$", collect.register, name="collect-register"),
+    path("", include("backups_app.api.collect_urls")),
     path("collect/api/systems/", include("fleet_app.api.collect_urls")),
     path("", include("migrations_app.api.proxy_urls")),
     path("api/cutover/", include("migrations_app.api.urls")),
