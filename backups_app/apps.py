@@ -1,6 +1,16 @@
-from django.apps import AppConfig
+from django.apps import AppConfig, apps
 
 
 class BackupsConfig(AppConfig):
     name = "backups_app"
     verbose_name = "Backups"
+
+    def ready(self) -> None:
+        # The quota jobs (manage.py quotas --verify/--sync) count each resource's real
+        # usage through a source its owner registers: backup bytes are ours.
+        if apps.is_installed("migrations_app"):
+            from migrations_app.accounts import usage_source_register
+
+            from .services import backup_bytes_per_organization
+
+            usage_source_register("backup_bytes", "organization", backup_bytes_per_organization)

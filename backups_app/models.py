@@ -164,3 +164,12 @@ class RestoreRun(Run):
 
     def __str__(self) -> str:
         return f"{self.purpose} run {self.pk} of backup {self.backup_id} ({self.state})"
+
+
+class SystemBackups(System):
+    """A system seen from the backups side: the admin's "backups per system" list."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "system's backups"
+        verbose_name_plural = "backups per system"

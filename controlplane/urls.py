@@ -29,6 +29,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("dashboard/", include("fleet_app.urls")),
     path("dashboard/", include("migrations_app.urls")),
+    path("dashboard/", include("backups_app.urls")),
     path("admin/", admin.site.urls),
     path("", RedirectView.as_view(pattern_name="fleet-dashboard", permanent=False)),
 ]

@@ -1,0 +1,184 @@
+"""Read queries shared by the admin, the dashboard and the staff API."""
+
+import datetime as dt
+
+from django.conf import settings
+from django.db.models import (
+    BigIntegerField,
+    Count,
+    DateTimeField,
+    Max,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+)
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from fleet_app import selectors as fleet
+from fleet_app.models import Quota, System, User
+
+from .models import BackupRun, ClusterBackup, RestoreRun, Service
+
+
+def cluster_backups_visible_to(user: User) -> QuerySet[ClusterBackup]:
+    """Backups of the systems in the user's organization subtree (as the fleet scopes)."""
+    backups = ClusterBackup.objects.all()
+    if user.is_superuser:
+        return backups
+    if not user.is_active or user.organization_id is None:
+        return backups.none()
+    return backups.filter(organization__path__startswith=user.organization.path)
+
+
+def _latest_backup_at() -> Subquery:
+    # One index probe per system on bkp_cluster_sys_time_idx.
+    return Subquery(
+        ClusterBackup.objects.filter(system_id=OuterRef("pk"))
+        .order_by("-uploaded_at")
+        .values("uploaded_at")[:1],
+        output_field=DateTimeField(),
+    )
+
+
+def _quota_column(column: str) -> Subquery:
+    return Subquery(
+        Quota.objects.filter(
+            organization_id=OuterRef("organization_id"), resource=Quota.Resource.BACKUP_BYTES
+        ).values(column)[:1]
+    )
+
+
+def systems_with_backup_usage(systems: QuerySet[System]) -> QuerySet[System]:
+    """Systems annotated with their backups (count, bytes, latest) and their
+    organization's backup quota (stored usage, effective limit)."""
+    default_limit = settings.FLEET_QUOTA_DEFAULTS[Quota.Resource.BACKUP_BYTES]
+    return systems.annotate(
+        backup_count=Count("cluster_backups"),
+        backup_bytes=Coalesce(Sum("cluster_backups__size"), Value(0)),
+        last_backup_at=Max("cluster_backups__uploaded_at"),
+        quota_used=Coalesce(_quota_column("usage"), Value(0), output_field=BigIntegerField()),
+        quota_limit=Coalesce(
+            _quota_column("limit"), Value(default_limit), output_field=BigIntegerField()
+        ),
+    )
+
+
+def stale_cutoff(days: int | None = None) -> dt.datetime:
+    days = settings.CLUSTER_BACKUP_STALE_DAYS if days is None else days
+    return timezone.now() - dt.timedelta(days=days)
+
+
+def backup_freshness_counts(systems: QuerySet[System], *, days: int | None = None) -> dict:
+    """How many live systems have a fresh backup, a stale one, none; bytes; corrupt."""
+    cutoff = stale_cutoff(days)
+    counts = (
+        systems.not_deleted()
+        .annotate(last_backup=_latest_backup_at())
+        .aggregate(
+            total=Count("pk"),
+            fresh=Count("pk", filter=Q(last_backup__gte=cutoff)),
+            stale=Count("pk", filter=Q(last_backup__lt=cutoff)),
+            never=Count("pk", filter=Q(last_backup__isnull=True)),
+        )
+    )
+    stored = ClusterBackup.objects.filter(system__in=systems.values("pk")).aggregate(
+        bytes=Coalesce(Sum("size"), Value(0)),
+        corrupt=Count("pk", filter=Q(corrupt_at__isnull=False)),
+    )
+    return {**counts, **stored}
+
+
+def systems_backup_stale(
+    systems: QuerySet[System], *, days: int | None = None, limit: int = 50
+) -> list[System]:
+    """Live systems whose latest backup is older than the cutoff, stalest first."""
+    return list(
+        systems.not_deleted()
+        .annotate(last_backup=_latest_backup_at())
+        .filter(last_backup__lt=stale_cutoff(days))
+        .select_related("organization")
+        .order_by("last_backup")[:limit]
+    )
+
+
+def systems_never_backed_up(systems: QuerySet[System], *, limit: int = 50) -> list[System]:
+    return list(
+        systems.not_deleted()
+        .filter(registered_at__isnull=False)
+        .exclude(pk__in=ClusterBackup.objects.values("system_id"))
+        .select_related("organization")
+        .order_by("-registered_at")[:limit]
+    )
+
+
+def organizations_quota_usage(user: User, *, limit: int = 20) -> list[dict]:
+    """Organizations of the user's subtree storing the most backup bytes."""
+    default_limit = settings.FLEET_QUOTA_DEFAULTS[Quota.Resource.BACKUP_BYTES]
+    rows = (
+        Quota.objects.filter(
+            resource=Quota.Resource.BACKUP_BYTES,
+            organization__in=fleet.organizations_visible_to(user),
+            usage__gt=0,
+        )
+        .select_related("organization")
+        .order_by("-usage")[:limit]
+    )
+    result = []
+    for quota in rows:
+        effective = quota.limit if quota.limit is not None else default_limit
+        result.append(
+            {
+                "organization": quota.organization,
+                "used": quota.usage,
+                "limit": effective,
+                "percent": min(100, round(100 * quota.usage / effective)) if effective else 100,
+            }
+        )
+    return result
+
+
+# --- Service backups -------------------------------------------------------------------------
+
+
+def latest_good_backup(service: Service) -> BackupRun | None:
+    return (
+        BackupRun.objects.filter(service=service, state="succeeded", pruned_at__isnull=True)
+        .order_by("-pk")
+        .first()
+    )
+
+
+def services_overview(*, drill_max_age_days: int | None = None) -> list[dict]:
+    """Each service with its latest backup, latest drill, latest good drill and the
+    overdue flag (no good drill within the threshold)."""
+    days = settings.BACKUP_DRILL_MAX_AGE_DAYS if drill_max_age_days is None else drill_max_age_days
+    cutoff = timezone.now() - dt.timedelta(days=days)
+    good_drill = RestoreRun.objects.filter(
+        service_id=OuterRef("pk"), purpose=RestoreRun.Purpose.DRILL, verified=True
+    ).order_by("-finished_at")
+    services = Service.objects.annotate(
+        last_good_drill_at=Subquery(good_drill.values("finished_at")[:1]),
+    ).order_by("name")
+    result = []
+    for service in services:
+        last_backup = BackupRun.objects.filter(service=service).order_by("-pk").first()
+        last_drill = (
+            RestoreRun.objects.filter(service=service, purpose=RestoreRun.Purpose.DRILL)
+            .order_by("-pk")
+            .first()
+        )
+        result.append(
+            {
+                "service": service,
+                "last_backup": last_backup,
+                "last_drill": last_drill,
+                "last_good_drill_at": service.last_good_drill_at,
+                "drill_overdue": service.enabled
+                and (service.last_good_drill_at is None or service.last_good_drill_at < cutoff),
+            }
+        )
+    return result

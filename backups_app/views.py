@@ -1,0 +1,47 @@
+"""The backup freshness dashboard (server-rendered, no external assets)."""
+
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.admin.views.decorators import staff_member_required
+from django.shortcuts import render
+
+from fleet_app import selectors as fleet_selectors
+
+from . import selectors
+
+
+def _tiles(counts: dict, days: int) -> list[dict]:
+    specs = [
+        ("total", "Systems", "live systems in your scope", ""),
+        ("fresh", "Fresh", f"a backup in the last {days} days", "ok"),
+        ("stale", "Stale", f"no backup for more than {days} days", "warn"),
+        ("never", "Never backed up", "no backup stored", "muted"),
+        ("corrupt", "Corrupt", "failed a checksum on read", "warn"),
+    ]
+    return [
+        {"id": f"count-{key}", "label": label, "hint": hint, "tone": tone, "value": counts[key]}
+        for key, label, hint, tone in specs
+    ]
+
+
+@staff_member_required
+def backup_dashboard(request):
+    """Backup freshness of the user's subtree, quota use, and (for superusers, whose
+    Cutover's own services they are) service backups and restore drills."""
+    days = settings.CLUSTER_BACKUP_STALE_DAYS
+    systems = fleet_selectors.systems_visible_to(request.user)
+    counts = selectors.backup_freshness_counts(systems, days=days)
+    context = {
+        **admin.site.each_context(request),
+        "is_nav_sidebar_enabled": False,
+        "title": "Backup dashboard",
+        "days": days,
+        "counts": counts,
+        "tiles": _tiles(counts, days),
+        "stale": selectors.systems_backup_stale(systems, days=days),
+        "never": selectors.systems_never_backed_up(systems),
+        "quotas": selectors.organizations_quota_usage(request.user),
+        "services": selectors.services_overview() if request.user.is_superuser else None,
+        "drill_days": settings.BACKUP_DRILL_MAX_AGE_DAYS,
+    }
+    return render(request, "backups_app/dashboard.html", context)
