@@ -201,7 +201,7 @@ def test_reactivate_and_soft_delete_go_through_their_services(client, alice, sys
     assert system.suspended_at is None
     assert system.deleted_at is not None
     assert list(
-        AuditEntry.objects.filter(object_id=str(system.pk))
+        AuditEntry.objects.filter(object_id=str(system.pk), content_type__model="system")
         .order_by("id")
         .values_list("action", flat=True)
     ) == ["system.create", "system.suspend", "system.reactivate", "system.delete"]
