@@ -8,6 +8,7 @@ superusers only.
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import F
@@ -19,13 +20,21 @@ from django.utils.html import format_html
 
 from fleet_app import selectors as fleet_selectors
 from fleet_app import services as fleet
-from fleet_app.admin import EstimatedCountPaginator, FleetModelAdmin
+from fleet_app.admin import (
+    AuditedModelAdmin,
+    EstimatedCountPaginator,
+    FleetModelAdmin,
+    ReadOnlyModelAdmin,
+    pretty_json,
+)
+from fleet_app.errors import FleetError
 from fleet_app.models import System
 
-from . import selectors, services
+from . import selectors, service_backups, services
+from .adapters import AdapterError, get_adapter
 from .api.collect import download_response
 from .errors import BackupCorrupt
-from .models import ClusterBackup, SystemBackups
+from .models import BackupRun, BackupSchedule, ClusterBackup, RestoreRun, Service, SystemBackups
 
 
 @admin.register(ClusterBackup)
@@ -201,3 +210,198 @@ class SystemBackupsAdmin(FleetModelAdmin):
     def organization_quota(self, obj: System) -> str:
         percent = round(100 * obj.quota_used / obj.quota_limit) if obj.quota_limit else 100
         return f"{filesizeformat(obj.quota_used)} of {filesizeformat(obj.quota_limit)} ({percent}%)"
+
+
+# --- Service backups: Cutover's own, superusers only -----------------------------------------
+
+
+class SuperuserOnly:
+    """Cutover's own services (its database, its folders): superusers only."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request)
+
+    def has_add_permission(self, request: HttpRequest, *args) -> bool:
+        return self.has_view_permission(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_view_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_view_permission(request)
+
+
+def _progress(obj) -> str:
+    return format_html(
+        '<progress value="{}" max="100" style="width:6em">{}%</progress> {}',
+        obj.percent,
+        obj.percent,
+        obj.phase,
+    )
+
+
+class BackupScheduleInline(admin.TabularInline):
+    model = BackupSchedule
+    extra = 0
+    fields = ("every_minutes", "keep_count", "keep_days", "enabled", "next_run_at", "last_run_at")
+    readonly_fields = ("last_run_at",)
+
+
+class ServiceForm(forms.ModelForm):
+    class Meta:
+        model = Service
+        fields = ("name", "adapter", "config", "enabled")
+
+    def clean(self):
+        cleaned = super().clean()
+        adapter, config = cleaned.get("adapter"), cleaned.get("config")
+        if adapter and isinstance(config, dict):
+            try:
+                get_adapter(adapter).config_check(config)
+            except AdapterError as error:
+                self.add_error("config", str(error))
+        return cleaned
+
+
+@admin.register(Service)
+class ServiceAdmin(SuperuserOnly, AuditedModelAdmin):
+    form = ServiceForm
+    list_display = ("name", "adapter", "enabled", "created_at")
+    list_filter = ("adapter", "enabled")
+    search_fields = ("name",)
+    actions = ("back_up_now", "drill_now")
+
+    @admin.action(description="Back up now")
+    def back_up_now(self, request, queryset):
+        for service in queryset:
+            try:
+                run = service_backups.backup_run_start(actor=request.user, service=service)
+            except FleetError as error:
+                self.message_user(request, f"{service}: {error.message}", messages.ERROR)
+                continue
+            self.message_user(request, f"Backup run {run.pk} of {service} queued.")
+
+    @admin.action(description="Run a restore drill of the latest good backup")
+    def drill_now(self, request, queryset):
+        for service in queryset:
+            run = service_backups.restore_drill_start(service=service)
+            if run is None:
+                self.message_user(
+                    request, f"{service} has no good backup to drill.", messages.WARNING
+                )
+            else:
+                self.message_user(request, f"Drill {run.pk} of {service} queued.")
+
+
+@admin.register(BackupSchedule)
+class BackupScheduleAdmin(SuperuserOnly, AuditedModelAdmin):
+    """Schedules are edited here (audited); the beat tick claims the due ones each minute."""
+
+    list_display = (
+        "service",
+        "every_minutes",
+        "keep_count",
+        "keep_days",
+        "enabled",
+        "next_run_at",
+        "last_run_at",
+    )
+    list_filter = ("enabled",)
+    list_select_related = ("service",)
+
+
+@admin.register(BackupRun)
+class BackupRunAdmin(SuperuserOnly, ReadOnlyModelAdmin):
+    list_display = ("id", "service", "state", "progress", "size_display", "created_at", "pruned_at")
+    list_filter = ("state", "service")
+    list_select_related = ("service",)
+    changelist_defer = ("log", "manifest")
+    readonly_fields = ("manifest_display",)
+    actions = ("plan_restore",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Progress")
+    def progress(self, obj):
+        return _progress(obj)
+
+    @admin.display(description="Size", ordering="size")
+    def size_display(self, obj):
+        return filesizeformat(obj.size)
+
+    @admin.display(description="Manifest")
+    def manifest_display(self, obj):
+        return pretty_json(obj.manifest)
+
+    @admin.action(description="Plan a restore to the original target (dry run)")
+    def plan_restore(self, request, queryset):
+        for backup in queryset.select_related("service"):
+            try:
+                run = service_backups.restore_run_start(
+                    actor=request.user, backup=backup, target=None, dry_run=True
+                )
+            except FleetError as error:
+                self.message_user(
+                    request, f"Backup run {backup.pk}: {error.message}", messages.ERROR
+                )
+                continue
+            url = reverse("admin:backups_app_restorerun_change", args=[run.pk])
+            self.message_user(
+                request,
+                format_html(
+                    'Plan for backup run {}: <a href="{}">restore run {}</a>',
+                    backup.pk,
+                    url,
+                    run.pk,
+                ),
+            )
+
+
+@admin.register(RestoreRun)
+class RestoreRunAdmin(SuperuserOnly, ReadOnlyModelAdmin):
+    list_display = (
+        "id",
+        "service",
+        "purpose",
+        "backup",
+        "dry_run",
+        "state",
+        "progress",
+        "verified",
+        "finished_at",
+    )
+    list_filter = ("purpose", "state", "verified", "service")
+    list_select_related = ("service",)
+    changelist_defer = ("log", "plan", "verify")
+    readonly_fields = ("plan_display", "verify_display")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Progress")
+    def progress(self, obj):
+        return _progress(obj)
+
+    @admin.display(description="Plan")
+    def plan_display(self, obj):
+        return pretty_json(obj.plan)
+
+    @admin.display(description="Verify report")
+    def verify_display(self, obj):
+        return pretty_json(obj.verify)

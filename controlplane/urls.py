@@ -24,6 +24,7 @@ urlpatterns = [
     path("collect/api/systems/", include("fleet_app.api.collect_urls")),
     path("", include("migrations_app.api.proxy_urls")),
     path("api/cutover/", include("migrations_app.api.urls")),
+    path("api/backups/", include("backups_app.api.urls")),
     path("api/", include("fleet_app.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

@@ -59,3 +59,42 @@ def store(request, settings, local_store):
     if request.param == "s3":
         _use_s3(settings, request.getfixturevalue("s3_server"))
     return get_store()
+
+
+@pytest.fixture(autouse=True)
+def celery_eager():
+    """Tasks run in-process unless a test asks for the real worker (which overrides this)."""
+    from controlplane.celery import app
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = previous
+
+
+def pg_database_exists(name: str) -> bool:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+        return cursor.fetchone() is not None
+
+
+@pytest.fixture
+def scratch_database():
+    """A database name for a restore target; dropped after the test whatever happened."""
+    import psycopg
+    from django.db import connection
+
+    name = f"helper_bkp_restore_{uuid.uuid4().hex[:10]}"
+    yield name
+    params = connection.settings_dict
+    with psycopg.connect(
+        host=params["HOST"] or "127.0.0.1",
+        port=params["PORT"] or 5432,
+        user=params["USER"],
+        password=params["PASSWORD"] or None,
+        dbname="postgres",
+        autocommit=True,
+    ) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

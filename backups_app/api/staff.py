@@ -1,0 +1,180 @@
+"""The backups staff API under /api/backups/.
+
+Cluster backups are scoped to the caller's organization subtree like every fleet list.
+Service backups and restores are Cutover's own (its database, its folders): superusers
+only. Starting a run answers 202 with the run's URL; the run row is the status.
+"""
+
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import CursorPagination
+from rest_framework.permissions import BasePermission
+from rest_framework.response import Response
+
+from fleet_app import services as fleet
+from fleet_app.errors import FleetError
+
+from .. import selectors, service_backups, services
+from ..errors import BackupCorrupt
+from ..models import BackupRun, RestoreRun, Service
+from . import serializers
+from .collect import download_response
+
+
+class NewestFirst(CursorPagination):
+    ordering = "-pk"
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+class NewestUploadFirst(NewestFirst):
+    ordering = ("-uploaded_at", "-pk")
+
+
+class IsSuperuser(BasePermission):
+    message = "Service backups and restores are open to superusers only."
+
+    def has_permission(self, request, view) -> bool:
+        return bool(request.user and request.user.is_active and request.user.is_superuser)
+
+
+def _invalid(error: FleetError) -> ValidationError:
+    return ValidationError({"detail": error.message})
+
+
+class ClusterBackupViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Cluster backups of the visible fleet, newest first; ``?system=<id>`` filters."""
+
+    serializer_class = serializers.ClusterBackupSerializer
+    pagination_class = NewestUploadFirst
+    filterset_fields = ["system"]
+    write_permission = "backups_app.delete_clusterbackup"
+
+    def get_queryset(self):
+        return selectors.cluster_backups_visible_to(self.request.user).select_related("system")
+
+    def perform_destroy(self, instance):
+        services.cluster_backup_delete(backup=instance, actor=self.request.user)
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @action(detail=True, methods=["get"])
+    def download(self, request, pk=None):
+        backup = self.get_object()
+        try:
+            response = download_response(backup)
+        except BackupCorrupt as error:
+            return Response({"detail": error.message}, status=500)
+        fleet.audit_record(
+            actor=request.user,
+            action="cluster_backup.download",
+            obj=backup,
+            after={"size": backup.size, "sha256": backup.sha256},
+            organization=backup.organization,
+        )
+        return response
+
+
+class ServiceViewSet(viewsets.ReadOnlyModelViewSet):
+    """Backed-up services with their drill status."""
+
+    permission_classes = [IsSuperuser]
+    serializer_class = serializers.ServiceSerializer
+    queryset = Service.objects.all()
+    lookup_field = "name"
+
+    @extend_schema(responses={200: dict})
+    @action(detail=False, methods=["get"])
+    def overview(self, request):
+        rows = selectors.services_overview()
+        return Response(
+            [
+                {
+                    "service": row["service"].name,
+                    "last_backup": row["last_backup"].pk if row["last_backup"] else None,
+                    "last_drill": row["last_drill"].pk if row["last_drill"] else None,
+                    "last_good_drill_at": row["last_good_drill_at"],
+                    "drill_overdue": row["drill_overdue"],
+                }
+                for row in rows
+            ]
+        )
+
+
+class BackupRunViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Backup runs; POST ``{"service": name}`` starts one and answers 202."""
+
+    permission_classes = [IsSuperuser]
+    serializer_class = serializers.BackupRunSerializer
+    pagination_class = NewestFirst
+    queryset = BackupRun.objects.select_related("service")
+    filterset_fields = ["service", "state"]
+
+    @extend_schema(
+        request=serializers.BackupRunCreateSerializer,
+        responses={202: serializers.BackupRunSerializer},
+    )
+    def create(self, request, *args, **kwargs):
+        form = serializers.BackupRunCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        try:
+            run = service_backups.backup_run_start(
+                actor=request.user, service=form.validated_data["service"]
+            )
+        except FleetError as error:
+            raise _invalid(error) from None
+        return _accepted(request, run, "backup-run-detail", serializers.BackupRunSerializer)
+
+
+class RestoreRunViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Restore runs and drills. POST ``{"backup", "target", "dry_run"}``: a dry run
+    (the default) answers 200 with the plan; a real restore answers 202."""
+
+    permission_classes = [IsSuperuser]
+    serializer_class = serializers.RestoreRunSerializer
+    pagination_class = NewestFirst
+    queryset = RestoreRun.objects.select_related("service")
+    filterset_fields = ["service", "state", "purpose"]
+
+    @extend_schema(
+        request=serializers.RestoreRunCreateSerializer,
+        responses={200: serializers.RestoreRunSerializer, 202: serializers.RestoreRunSerializer},
+    )
+    def create(self, request, *args, **kwargs):
+        form = serializers.RestoreRunCreateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        try:
+            run = service_backups.restore_run_start(
+                actor=request.user,
+                backup=form.validated_data["backup"],
+                target=form.validated_data["target"] or None,
+                dry_run=form.validated_data["dry_run"],
+            )
+        except FleetError as error:
+            raise _invalid(error) from None
+        if run.dry_run:
+            return Response(serializers.RestoreRunSerializer(run).data, status=status.HTTP_200_OK)
+        return _accepted(request, run, "restore-run-detail", serializers.RestoreRunSerializer)
+
+
+def _accepted(request, run, route: str, serializer) -> Response:
+    url = request.build_absolute_uri(reverse(route, args=[run.pk]))
+    data = {**serializer(run).data, "url": url}
+    return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": url})

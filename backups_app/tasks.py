@@ -1,0 +1,58 @@
+"""Backup tasks: thin wrappers around ``service_backups``, keyed on a run id, idempotent.
+
+Transient database errors are retried with backoff; anything else fails the run, so a
+run row never stays "running" because its task raised.
+"""
+
+import logging
+import random
+
+from celery import shared_task
+from django.db import OperationalError
+
+from . import service_backups
+
+logger = logging.getLogger(__name__)
+
+MAX_RETRIES = 5
+BACKOFF_CAP = 120
+
+
+def _backoff(retries: int) -> float:
+    base = min(BACKOFF_CAP, 2 ** (retries + 1))
+    return base / 2 + random.uniform(0, base / 2)  # noqa: S311 - jitter, not a secret
+
+
+def _run(task, execute, fail, run_id: int) -> None:
+    try:
+        execute(run_id=run_id)
+    except OperationalError as error:
+        if task.request.retries >= MAX_RETRIES or task.request.is_eager:
+            fail(run_id=run_id, error=f"database error: {error}")
+            raise
+        raise task.retry(exc=error, countdown=_backoff(task.request.retries)) from error
+    except Exception as error:
+        fail(run_id=run_id, error=f"{type(error).__name__}: {error}")
+        raise
+
+
+@shared_task(bind=True, acks_late=True, max_retries=MAX_RETRIES)
+def backup_run_execute(self, run_id: int) -> None:
+    _run(self, service_backups.backup_run_execute, service_backups.backup_run_fail, run_id)
+
+
+@shared_task(bind=True, acks_late=True, max_retries=MAX_RETRIES)
+def restore_run_execute(self, run_id: int) -> None:
+    _run(self, service_backups.restore_run_execute, service_backups.restore_run_fail, run_id)
+
+
+@shared_task(acks_late=True)
+def backup_schedules_tick() -> int:
+    """Run by beat every minute: start the backups that are due."""
+    return service_backups.backup_schedules_tick()
+
+
+@shared_task(acks_late=True)
+def restore_drills_start() -> int:
+    """Run by beat (``BACKUP_DRILL_EVERY_HOURS``): a restore drill of every service."""
+    return len(service_backups.restore_drills_start())
