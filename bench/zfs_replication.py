@@ -1,0 +1,132 @@
+"""ZFS pull replication benchmark: Cutover's pipeline beside the same pipeline by hand.
+
+On real ZFS (zfs-fuse, as root; ``.ci/run`` installs it), with the tests' lab: two
+file-backed pools, a non-root operator behind a forced-command key, sshd on loopback.
+Each round adds 50 snapshots (``--size`` random bytes each) to a source dataset already
+replicated to two targets, then brings both targets up to date:
+
+- by hand: ``ssh … '/usr/sbin/zfs send -I @base @newest' | zfs receive target`` (one
+  ssh connection, the same pinned host key and forced-command key);
+- through Cutover: ``pipeline.replicate`` (list both sides, plan from the common snapshot
+  matched by name and GUID, the same send | receive with bytes counted through the pipe,
+  hold the new common snapshot on both sides and release the previous one), and
+  ``preflight`` (pool and permission detection) as a separate figure. Each round starts
+  without an SSH master connection, so both pay one handshake.
+
+The two run in alternating order; the script prints each round and the medians, next to
+the target (Cutover ≤ 1.3× the hand pipeline's wall time). It never passes or fails.
+
+    .venv/bin/python bench/zfs_replication.py [--rounds 5] [--snapshots 50] [--size 262144]
+"""
+
+import argparse
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+from common import ROOT
+
+sys.path.insert(0, str(ROOT))
+
+from backups_app.zfs.pipeline import Endpoint, preflight, replicate  # noqa: E402
+from tests.backups_app.zfs.lab import Lab  # noqa: E402
+
+TARGET_RATIO = 1.3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--snapshots", type=int, default=50)
+    parser.add_argument("--size", type=int, default=256 * 1024, help="bytes per snapshot")
+    options = parser.parse_args()
+    pool_mib = max(192, options.rounds * options.snapshots * options.size * 3 // 2**20 + 96)
+    print(
+        f"ZFS pull replication benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{os.cpu_count()} CPUs, {options.rounds} rounds of {options.snapshots} snapshots "
+        f"of {options.size // 1024} KiB, pools of {pool_mib} MiB (zfs-fuse)"
+    )
+    lab = Lab.create(pool_mib=pool_mib)
+    try:
+        run(lab, options)
+    finally:
+        lab.close()
+
+
+def add_snapshots(lab: Lab, dataset: str, prefix: str, count: int, size: int) -> str:
+    for i in range(count):
+        lab.snapshot(dataset, f"{prefix}-{i:03d}", data=size)
+    return f"{prefix}-{count - 1:03d}"
+
+
+def hand_pipeline(lab: Lab, source: str, base: str, newest: str, target: str) -> float:
+    runner = lab.source_runner()
+    runner.multiplex = False  # one plain connection, as an operator would type it
+    ssh = " ".join(shlex.quote(a) for a in runner.ssh_argv())
+    command = (
+        f"{ssh} {shlex.quote(f'/usr/sbin/zfs send -I {source}@{base} {source}@{newest}')}"
+        f" | /usr/sbin/zfs receive {shlex.quote(target)}"
+    )
+    began = time.monotonic()
+    subprocess.run(["bash", "-o", "pipefail", "-c", command], check=True)
+    return time.monotonic() - began
+
+
+def run(lab: Lab, options) -> None:
+    source = lab.dataset(lab.source_pool, "data")
+    src = Endpoint(lab.source_runner(), source)
+    tgt = Endpoint(lab.target_runner(), f"{lab.target_pool}/ours")
+    by_hand = f"{lab.target_pool}/by-hand"
+    base = add_snapshots(lab, source, "r0", 1, options.size)
+    began = time.monotonic()
+    assessment = preflight(src, tgt, user=lab.user)
+    preflight_seconds = time.monotonic() - began
+    print(f"  preflight (pools, permissions): {preflight_seconds * 1000:.0f} ms, "
+          f"guarantee {assessment.guarantee}")  # fmt: skip
+    replicate(src, tgt, hold_tag="cutover_bench", assessment=assessment)
+    first = f"/usr/sbin/zfs send {source}@{base} | /usr/sbin/zfs receive {by_hand}"
+    subprocess.run(["bash", "-o", "pipefail", "-c", first], check=True)
+    print(f"  {'round':>5} {'bytes':>12} {'by hand':>9} {'Cutover':>9} {'ratio':>6} {'MB/s':>7}")
+    hands, cutovers = [], []
+    for round_ in range(1, options.rounds + 1):
+        newest = add_snapshots(lab, source, f"r{round_}", options.snapshots, options.size)
+        lab.zfs("list", "-H", "-o", "name", source)  # let the writes settle equally
+        outcome = None
+
+        def through_cutover():
+            nonlocal outcome
+            src.runner.close()  # a cold SSH connection, as the hand pipeline has
+            began = time.monotonic()
+            outcome = replicate(src, tgt, hold_tag="cutover_bench", assessment=assessment)
+            return time.monotonic() - began
+
+        if round_ % 2:
+            hand = hand_pipeline(lab, source, base, newest, by_hand)
+            cutover = through_cutover()
+        else:
+            cutover = through_cutover()
+            hand = hand_pipeline(lab, source, base, newest, by_hand)
+        assert outcome.plan.kind == "incremental" and outcome.held == newest
+        base = newest
+        hands.append(hand)
+        cutovers.append(cutover)
+        print(
+            f"  {round_:>5} {outcome.bytes:>12,} {hand:>8.2f}s {cutover:>8.2f}s "
+            f"{cutover / hand:>6.2f} {outcome.bytes / cutover / 1e6:>7.1f}"
+        )
+    hand, cutover = statistics.median(hands), statistics.median(cutovers)
+    print(
+        f"  median: by hand {hand:.2f} s, Cutover {cutover:.2f} s → {cutover / hand:.2f}× "
+        f"(target ≤ {TARGET_RATIO}×); with preflight each time "
+        f"{(cutover + preflight_seconds) / hand:.2f}×"
+    )
+    snapshots = lab.snapshots(f"{lab.target_pool}/ours")
+    print(f"  target holds {len(snapshots)} snapshots; by hand {len(lab.snapshots(by_hand))}")
+
+
+if __name__ == "__main__":
+    main()
