@@ -254,3 +254,4 @@ CELERY_BEAT_SCHEDULE["backups-restore-drills"] = {
     "task": "backups_app.tasks.restore_drills_start",
     "schedule": BACKUP_DRILL_EVERY_HOURS * 3600.0,
 }
+CELERY_IMPORTS = (*globals().get("CELERY_IMPORTS", ()), "backups_app.zfs.tasks")

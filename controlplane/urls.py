@@ -32,6 +32,7 @@ urlpatterns = [
     path("dashboard/", include("migrations_app.urls")),
     path("dashboard/", include("backups_app.urls")),
     path("admin/", admin.site.urls),
+    path("dashboard/zfs/", include("backups_app.zfs.urls")),
     path("", RedirectView.as_view(pattern_name="fleet-dashboard", permanent=False)),
 ]
 

@@ -24,8 +24,18 @@ POOL_FEATURES = ("bookmarks", "extensible_dataset", "large_blocks", "embedded_da
 def snapshots_get(dataset: str, *, createtxg: bool = False) -> list[str]:
     """List a dataset's snapshots with ``zfs get`` (works on every ZFS, zfs-fuse too)."""
     props = (*SNAPSHOT_PROPERTIES, "createtxg") if createtxg else SNAPSHOT_PROPERTIES
-    return ["get", "-H", "-p", "-r", "-d", "1", "-o", "name,property,value",
-            ",".join(props), dataset_validate(dataset)]  # fmt: skip
+    return [
+        "get",
+        "-H",
+        "-p",
+        "-r",
+        "-d",
+        "1",
+        "-o",
+        "name,property,value",
+        ",".join(props),
+        dataset_validate(dataset),
+    ]
 
 
 LIST_COLUMNS = ("name", "guid", "createtxg", "creation", "userrefs")
@@ -33,13 +43,37 @@ LIST_COLUMNS = ("name", "guid", "createtxg", "creation", "userrefs")
 
 def snapshots_list(dataset: str) -> list[str]:
     """List a dataset's snapshots with ``zfs list -p`` (OpenZFS), oldest first."""
-    return ["list", "-H", "-p", "-o", ",".join(LIST_COLUMNS), "-t", "snapshot",
-            "-s", "createtxg", "-d", "1", dataset_validate(dataset)]  # fmt: skip
+    return [
+        "list",
+        "-H",
+        "-p",
+        "-o",
+        ",".join(LIST_COLUMNS),
+        "-t",
+        "snapshot",
+        "-s",
+        "createtxg",
+        "-d",
+        "1",
+        dataset_validate(dataset),
+    ]
 
 
 def bookmarks_list(dataset: str) -> list[str]:
-    return ["list", "-H", "-p", "-o", "name,guid,createtxg,creation", "-t", "bookmark",
-            "-s", "createtxg", "-d", "1", dataset_validate(dataset)]  # fmt: skip
+    return [
+        "list",
+        "-H",
+        "-p",
+        "-o",
+        "name,guid,createtxg,creation",
+        "-t",
+        "bookmark",
+        "-s",
+        "createtxg",
+        "-d",
+        "1",
+        dataset_validate(dataset),
+    ]
 
 
 def dataset_names(dataset: str, *, recursive: bool = False) -> list[str]:

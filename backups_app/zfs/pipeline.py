@@ -183,12 +183,21 @@ def plan(source: Endpoint, target: Endpoint, *, now: dt.datetime | None = None):
 # --- Transfer -----------------------------------------------------------------------------
 
 
-def _pump(src_fd: int, dst_fd: int) -> int:
+def _pump(
+    src_fd: int,
+    dst_fd: int,
+    on_bytes: Callable[[int], None] | None = None,
+    every: float = 5.0,
+) -> int:
     """Move everything from one pipe to the other, counting bytes (splice: no copy into
-    Python where the kernel has it)."""
+    Python where the kernel has it); ``on_bytes`` hears the count every ``every`` s."""
     moved = 0
     splice = getattr(os, "splice", None)
+    reported = time.monotonic()
     while True:
+        if on_bytes is not None and time.monotonic() - reported >= every:
+            on_bytes(moved)
+            reported = time.monotonic()
         try:
             if splice is not None:
                 n = splice(src_fd, dst_fd, _CHUNK)
@@ -210,6 +219,7 @@ def transfer(
     target: Endpoint,
     send_args: list[str],
     receive_args: list[str],
+    on_bytes: Callable[[int], None] | None = None,
 ) -> tuple[int, float]:
     """Run ``send | receive`` between the two runners; (bytes, seconds) or raise."""
     began = time.monotonic()
@@ -221,7 +231,7 @@ def transfer(
             source.runner.zfs_argv(send_args), stdout=subprocess.PIPE, stderr=send_err
         )
         try:
-            moved = _pump(sender.stdout.fileno(), receiver.stdin.fileno())
+            moved = _pump(sender.stdout.fileno(), receiver.stdin.fileno(), on_bytes)
         finally:
             sender.stdout.close()
             with contextlib.suppress(BrokenPipeError):
@@ -329,6 +339,7 @@ def replicate(
     now: dt.datetime | None = None,
     assessment: Assessment | None = None,
     on_step: Callable[[SendStep, int, float], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Pull what the source has beyond the newest common snapshot; stop on divergence.
 
@@ -346,7 +357,7 @@ def replicate(
     for step in current.steps:
         send_args, receive_args = step_commands(source, target, step)
         try:
-            moved, seconds = transfer(source, target, send_args, receive_args)
+            moved, seconds = transfer(source, target, send_args, receive_args, on_bytes)
         except ReplicationError as exc:
             if "modified since most recent snapshot" in str(exc) and current.target_common:
                 current.kind = "diverged"

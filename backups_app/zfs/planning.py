@@ -226,6 +226,7 @@ class ReplicationPlan:
     common: Snapshot | None = None  # the newest common snapshot on the source side
     target_common: Snapshot | None = None
     divergence: Divergence | None = None
+    source_newest: Snapshot | None = None
 
     @property
     def to_snapshot(self) -> str | None:
@@ -276,7 +277,7 @@ def plan_replication(
     if not src:
         plan.kind = "nothing_to_send"
         return plan
-    newest = src[-1]
+    newest = plan.source_newest = src[-1]
     if target_snapshots is None:
         plan.kind = "full"
         plan.steps.append(SendStep(snapshot=src[0].name))

@@ -178,22 +178,35 @@ class SshRunner(Runner):
     def ssh_argv(self) -> list[str]:
         """``ssh`` with the pinned key, nothing read from any user's SSH configuration."""
         argv = [
-            "ssh", "-F", "/dev/null",
-            "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile={self.workdir / 'known_hosts'}",
-            "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "IdentitiesOnly=yes",
-            "-o", "PasswordAuthentication=no",
-            "-o", f"ConnectTimeout={self.connect_timeout}",
-            "-o", "ServerAliveInterval=15",
-        ]  # fmt: skip
+            "ssh",
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={self.workdir / 'known_hosts'}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "PasswordAuthentication=no",
+            "-o",
+            f"ConnectTimeout={self.connect_timeout}",
+            "-o",
+            "ServerAliveInterval=15",
+        ]
         if self.multiplex:
             argv += [
-                "-o", "ControlMaster=auto",
-                "-o", f"ControlPath={self.workdir / 'cm'}",
-                "-o", "ControlPersist=60",
-            ]  # fmt: skip
+                "-o",
+                "ControlMaster=auto",
+                "-o",
+                f"ControlPath={self.workdir / 'cm'}",
+                "-o",
+                "ControlPersist=60",
+            ]
         return [*argv, "-p", str(self.port), "-i", self.key_path, "-l", self.user, self.host]
 
     def command(self, argv: Sequence[str]) -> list[str]:

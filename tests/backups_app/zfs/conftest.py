@@ -24,3 +24,38 @@ def zfs_lab():
         yield lab
     finally:
         lab.close()
+
+
+@pytest.fixture
+def zfs_rows(db, zfs_lab):
+    """Rows for a pull job on the lab: the source host reached over SSH as the operator
+    (pinned host key, forced-command key), the target host local, a fresh dataset each."""
+    from backups_app.models_zfs import Dataset, ReplicationJob, StorageHost
+
+    lab = zfs_lab
+    source_host = StorageHost.objects.create(
+        name="off2",
+        address="127.0.0.1",
+        port=lab.port,
+        user=lab.user,
+        host_key=lab.host_key,
+        key_path=str(lab.keys["full"]),
+    )
+    target_host = StorageHost.objects.create(name="ovh3", local=True)
+    source = Dataset.objects.create(host=source_host, name=lab.dataset(lab.source_pool))
+    target = Dataset.objects.create(
+        host=target_host, name=f"{lab.target_pool}/{source.name.rsplit('/', 1)[1]}"
+    )
+    job = ReplicationJob.objects.create(name=f"pull-{source.pk}", source=source, target=target)
+    return type(
+        "Rows",
+        (),
+        {
+            "lab": lab,
+            "source_host": source_host,
+            "target_host": target_host,
+            "source": source,
+            "target": target,
+            "job": job,
+        },
+    )

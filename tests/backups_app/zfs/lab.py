@@ -109,8 +109,12 @@ class Lab:
         suffix = uuid.uuid4().hex[:6]
         root = Path(tempfile.mkdtemp(prefix=f"czlab-{suffix}-", dir="/tmp"))
         root.chmod(0o755)
-        lab = cls(root=root, source_pool=f"czsrc{suffix}", target_pool=f"cztgt{suffix}",
-                  user=f"czop{suffix}")  # fmt: skip
+        lab = cls(
+            root=root,
+            source_pool=f"czsrc{suffix}",
+            target_pool=f"cztgt{suffix}",
+            user=f"czop{suffix}",
+        )
         lab._cleanups.append(lambda: shutil.rmtree(root, ignore_errors=True))
         try:
             for pool in (lab.source_pool, lab.target_pool):

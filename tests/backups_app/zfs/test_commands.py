@@ -16,8 +16,11 @@ def test_full_and_incremental_sends():
     assert commands.send("t/a@s1") == ["send", "t/a@s1"]
     assert commands.send("t/a@s9", base="t/a@s1") == ["send", "-I", "t/a@s1", "t/a@s9"]
     assert commands.send("t/a@s9", base="t/a@s1", intermediates=False) == [
-        "send", "-i", "t/a@s1", "t/a@s9",
-    ]  # fmt: skip
+        "send",
+        "-i",
+        "t/a@s1",
+        "t/a@s9",
+    ]
 
 
 def test_a_bookmark_base_is_sent_with_i():
@@ -30,8 +33,14 @@ def test_resume_token_commands():
     token = "1-e604ea4bf-e0-789c63a2"
     assert commands.send_resume(token) == ["send", "-t", token]
     assert commands.resume_token("b/a") == [
-        "get", "-H", "-p", "-o", "value", "receive_resume_token", "b/a",
-    ]  # fmt: skip
+        "get",
+        "-H",
+        "-p",
+        "-o",
+        "value",
+        "receive_resume_token",
+        "b/a",
+    ]
     with pytest.raises(ValueError):
         commands.send_resume("1-abc; reboot")
 

@@ -63,14 +63,19 @@ def test_zfs_allow_delegations_decide_on_openzfs():
     assert off1.detected_by == "zfs allow"
     # Seed 004's "hold,send" is not enough once holds are released after each success.
     assert "release" in off1.denied and "not delegated" in off1.denied["release"]
-    refused = assess(source_pool=modern(), target_pool=modern(), source_perms=off1,
-                     source_label="off2")  # fmt: skip
+    refused = assess(
+        source_pool=modern(), target_pool=modern(), source_perms=off1, source_label="off2"
+    )
     assert list(refused.missing) == ["release"]
     assert "user off1operator on off2 lacks the 'release' permission" in refused.refusals[0]
 
     ovh3 = detect_permissions(runner, "zfs-hdd/off", user="ovh3operator")
-    ok = assess(source_pool=modern(resume_tokens=True), target_pool=modern(resume_tokens=True),
-                source_perms=ovh3, source_label="off2")  # fmt: skip
+    ok = assess(
+        source_pool=modern(resume_tokens=True),
+        target_pool=modern(resume_tokens=True),
+        source_perms=ovh3,
+        source_label="off2",
+    )
     assert not ok.refused
     assert ok.guarantee == GUARANTEE_RESUMABLE
 
@@ -79,10 +84,14 @@ def test_guarantee_levels_follow_the_pools():
     perms = detect_permissions(AllowRunner(), "zfs-hdd/off", user="ovh3operator")
     fuse = PoolCapabilities(pool="t", version=23, holds=True)
     old = PoolCapabilities(pool="t", version=15, holds=False)
-    assert assess(source_pool=fuse, target_pool=fuse, source_perms=perms,
-                  source_label="h").guarantee == GUARANTEE_HOLDS  # fmt: skip
-    assert assess(source_pool=old, target_pool=fuse, source_perms=perms,
-                  source_label="h").guarantee == GUARANTEE_NONE  # fmt: skip
+    assert (
+        assess(source_pool=fuse, target_pool=fuse, source_perms=perms, source_label="h").guarantee
+        == GUARANTEE_HOLDS
+    )
+    assert (
+        assess(source_pool=old, target_pool=fuse, source_perms=perms, source_label="h").guarantee
+        == GUARANTEE_NONE
+    )
     # Bookmarks undelegated: the job runs, with holds as its guarantee.
     marks = modern(bookmarks=True, resume_tokens=True)
     result = assess(source_pool=marks, target_pool=marks, source_perms=perms, source_label="h")

@@ -59,8 +59,9 @@ def test_it_keeps_the_newest_of_each_period_and_destroys_the_rest():
 
 def test_it_takes_a_snapshot_when_a_period_has_none_since_it_began():
     existing = snaps("t/a", history("hourly", 2))  # the newest is 10:20:30 - 1h: due
-    plan = plan_snapshots(dataset="t/a", policy=Policy(hourly=24, daily=7), snapshots=existing,
-                          now=NOW)  # fmt: skip
+    plan = plan_snapshots(
+        dataset="t/a", policy=Policy(hourly=24, daily=7), snapshots=existing, now=NOW
+    )
     assert plan.create == [
         "t/a@autosnap_2024-03-06_10:20:30_hourly",
         "t/a@autosnap_2024-03-06_10:20:30_daily",
@@ -160,8 +161,9 @@ def test_pruning_never_destroys_a_held_or_shared_snapshot(policy, case):
 
 def test_a_first_run_sends_the_oldest_in_full_then_the_rest_incrementally():
     src = snaps("s/a", ["s1", "s2", "s3"])
-    plan = plan_replication(source="s/a", target="b/a", source_snapshots=src,
-                            target_snapshots=None, now=NOW)  # fmt: skip
+    plan = plan_replication(
+        source="s/a", target="b/a", source_snapshots=src, target_snapshots=None, now=NOW
+    )
     assert plan.kind == "full"
     assert [(st.base, st.snapshot) for st in plan.steps] == [
         (None, "s/a@s1"),
@@ -173,8 +175,9 @@ def test_a_first_run_sends_the_oldest_in_full_then_the_rest_incrementally():
 def test_it_sends_incrementally_from_the_newest_common_snapshot():
     src = snaps("s/a", ["s1", "s2", "s3", "s4"])
     tgt = snaps("b/a", ["s1", "s2"], guids={"s1": 1000, "s2": 1001})
-    plan = plan_replication(source="s/a", target="b/a", source_snapshots=src,
-                            target_snapshots=tgt, now=NOW)  # fmt: skip
+    plan = plan_replication(
+        source="s/a", target="b/a", source_snapshots=src, target_snapshots=tgt, now=NOW
+    )
     assert plan.kind == "incremental"
     assert plan.common.short == "s2"
     assert [(st.base, st.snapshot) for st in plan.steps] == [("s/a@s2", "s/a@s4")]
@@ -184,24 +187,27 @@ def test_older_target_only_snapshots_are_not_divergence():
     # The source pruned s0; the target keeps it: normal with different retention.
     src = snaps("s/a", ["s1", "s2"], guids={"s1": 1, "s2": 2})
     tgt = snaps("b/a", ["s0", "s1"], guids={"s0": 9, "s1": 1})
-    plan = plan_replication(source="s/a", target="b/a", source_snapshots=src,
-                            target_snapshots=tgt, now=NOW)  # fmt: skip
+    plan = plan_replication(
+        source="s/a", target="b/a", source_snapshots=src, target_snapshots=tgt, now=NOW
+    )
     assert plan.kind == "incremental"
 
 
 def test_up_to_date():
     src = snaps("s/a", ["s1", "s2"])
     tgt = snaps("b/a", ["s1", "s2"])
-    plan = plan_replication(source="s/a", target="b/a", source_snapshots=src,
-                            target_snapshots=tgt, now=NOW)  # fmt: skip
+    plan = plan_replication(
+        source="s/a", target="b/a", source_snapshots=src, target_snapshots=tgt, now=NOW
+    )
     assert plan.kind == "up_to_date" and plan.steps == []
 
 
 def test_a_target_with_newer_snapshots_diverged_and_both_fixes_are_offered():
     src = snaps("s/a", ["s1", "s2", "s3"], guids={"s1": 1, "s2": 2, "s3": 3})
     tgt = snaps("b/a", ["s1", "s2", "local"], guids={"s1": 1, "s2": 2, "local": 77})
-    plan = plan_replication(source="s/a", target="b/a", source_snapshots=src,
-                            target_snapshots=tgt, now=NOW)  # fmt: skip
+    plan = plan_replication(
+        source="s/a", target="b/a", source_snapshots=src, target_snapshots=tgt, now=NOW
+    )
     assert plan.kind == "diverged" and plan.steps == []
     report = plan.divergence
     assert report.last_common == "s2"
@@ -215,8 +221,9 @@ def test_a_target_with_newer_snapshots_diverged_and_both_fixes_are_offered():
 def test_same_name_different_guid_is_not_common():
     src = snaps("s/a", ["s1", "s2"], guids={"s1": 1, "s2": 2})
     tgt = snaps("b/a", ["s1", "s2"], guids={"s1": 51, "s2": 52})
-    plan = plan_replication(source="s/a", target="b/a", source_snapshots=src,
-                            target_snapshots=tgt, now=NOW)  # fmt: skip
+    plan = plan_replication(
+        source="s/a", target="b/a", source_snapshots=src, target_snapshots=tgt, now=NOW
+    )
     assert plan.kind == "diverged"
     assert plan.divergence.last_common is None
     assert plan.divergence.name_clashes == ["s1", "s2"]
@@ -227,15 +234,26 @@ def test_a_bookmark_of_the_base_lets_an_incremental_start_after_the_base_is_gone
     src = snaps("s/a", ["s3", "s4"], guids={"s3": 3, "s4": 4})
     marks = [Snapshot("s/a#s2", 2, 0, 0, 0, 10)]
     tgt = snaps("b/a", ["s1", "s2"], guids={"s1": 1, "s2": 2})
-    plan = plan_replication(source="s/a", target="b/a", source_snapshots=src,
-                            target_snapshots=tgt, now=NOW, source_bookmarks=marks)  # fmt: skip
+    plan = plan_replication(
+        source="s/a",
+        target="b/a",
+        source_snapshots=src,
+        target_snapshots=tgt,
+        now=NOW,
+        source_bookmarks=marks,
+    )
     assert plan.kind == "incremental"
     assert plan.steps[0].base == "s/a#s2" and plan.steps[0].intermediates is False
 
 
 def test_a_missing_source_is_divergence():
-    plan = plan_replication(source="s/a", target="b/a", source_snapshots=[],
-                            target_snapshots=snaps("b/a", ["s1"]), now=NOW,
-                            source_exists=False)  # fmt: skip
+    plan = plan_replication(
+        source="s/a",
+        target="b/a",
+        source_snapshots=[],
+        target_snapshots=snaps("b/a", ["s1"]),
+        now=NOW,
+        source_exists=False,
+    )
     assert plan.kind == "diverged"
     assert "no longer exists" in plan.divergence.reason

@@ -1,0 +1,313 @@
+"""Admin for ZFS: hosts, policies, datasets and jobs are edited through audited forms;
+runs and divergence reports are history, changed only by the actions below.
+
+- Previews (a dataset's snapshot plan, a job's replication plan) list the hosts read-only
+  and show exactly what would be created, destroyed or sent, and the commands, before
+  anything runs.
+- A divergence fix runs only after a staff user with change permission on divergence
+  reports approves it explicitly; the approval is audited and the fix runs in a worker.
+"""
+
+from django.contrib import admin, messages
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+
+from fleet_app.admin import (
+    AuditedModelAdmin,
+    ReadOnlyModelAdmin,
+    pretty_json,
+)
+from fleet_app.errors import FleetError
+
+from ..models_zfs import (
+    Dataset,
+    DivergenceReport,
+    ReplicationJob,
+    ReplicationRun,
+    SnapshotPolicy,
+    SnapshotRun,
+    StorageHost,
+)
+from . import (
+    metrics,  # noqa: F401 - registers the Prometheus collector
+    pipeline,
+    services,
+)
+from .runner import ZfsCommandError
+
+
+def _perm(request: HttpRequest, model: type, action: str) -> bool:
+    opts = model._meta
+    return request.user.has_perm(f"{opts.app_label}.{action}_{opts.model_name}")
+
+
+def _link(viewname: str, pk, text) -> str:
+    return format_html('<a href="{}">{}</a>', reverse(viewname, args=[pk]), text)
+
+
+@admin.register(StorageHost)
+class StorageHostAdmin(AuditedModelAdmin):
+    list_display = ("name", "address", "port", "user", "local", "checked_at")
+    search_fields = ("name", "address")
+    readonly_fields = ("capabilities_json", "checked_at")
+    actions = ("check_capabilities",)
+
+    @admin.display(description="Capabilities")
+    def capabilities_json(self, obj):
+        return pretty_json(obj.capabilities)
+
+    @admin.action(description="Detect pools and the operator's permissions")
+    def check_capabilities(self, request, queryset):
+        from . import tasks
+
+        for host in queryset:
+            tasks.storage_host_check.delay(host.pk)
+        self.message_user(request, f"Checking {queryset.count()} host(s) in the background.")
+
+
+@admin.register(SnapshotPolicy)
+class SnapshotPolicyAdmin(AuditedModelAdmin):
+    list_display = (
+        "name",
+        "frequently",
+        "hourly",
+        "daily",
+        "weekly",
+        "monthly",
+        "yearly",
+        "autosnap",
+        "autoprune",
+    )
+
+
+@admin.register(Dataset)
+class DatasetAdmin(AuditedModelAdmin):
+    list_display = ("__str__", "policy", "newest_snapshot", "newest_snapshot_at", "snapshot_count")
+    list_filter = ("host", "policy")
+    search_fields = ("name",)
+    list_select_related = ("host", "policy")
+    actions = ("preview_snapshots", "run_snapshot_job")
+
+    @admin.action(description="Preview the snapshot plan (reads only)")
+    def preview_snapshots(self, request, queryset):
+        previews = []
+        for dataset in queryset.select_related("host", "policy")[:20]:
+            try:
+                plan = services.snapshot_plan_preview(dataset=dataset)
+                previews.append({"dataset": dataset, "plan": plan, "error": ""})
+            except (ZfsCommandError, FleetError) as exc:
+                previews.append({"dataset": dataset, "plan": None, "error": str(exc)})
+        return TemplateResponse(
+            request,
+            "backups_app/zfs_plan_preview.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Snapshot plan preview",
+                "snapshots": previews,
+                "replications": [],
+            },
+        )
+
+    @admin.action(description="Run the snapshot job now")
+    def run_snapshot_job(self, request, queryset):
+        for dataset in queryset.filter(policy__isnull=False):
+            try:
+                run = services.snapshot_run_start(dataset=dataset, actor=request.user)
+                self.message_user(request, f"Snapshot run {run.pk} started on {dataset}.")
+            except FleetError as exc:
+                self.message_user(request, exc.message, messages.WARNING)
+
+
+@admin.register(ReplicationJob)
+class ReplicationJobAdmin(AuditedModelAdmin):
+    list_display = (
+        "name",
+        "source",
+        "target",
+        "enabled",
+        "guarantee",
+        "last_success_at",
+        "refused",
+    )
+    list_filter = ("enabled", "guarantee")
+    list_select_related = ("source__host", "target__host")
+    readonly_fields = (
+        "guarantee",
+        "refusal",
+        "assessed_at",
+        "last_success_at",
+        "last_snapshot",
+        "last_snapshot_at",
+    )
+    actions = ("run_now", "preview_replication", "assess")
+
+    @admin.display(boolean=True)
+    def refused(self, obj):
+        return bool(obj.refusal)
+
+    @admin.action(description="Replicate now")
+    def run_now(self, request, queryset):
+        for job in queryset.select_related("source"):
+            try:
+                run = services.replication_run_start(job=job, actor=request.user)
+                self.message_user(
+                    request,
+                    format_html(
+                        "{} started for {}.",
+                        _link("admin:backups_app_replicationrun_change", run.pk, f"Run {run.pk}"),
+                        job,
+                    ),
+                )
+            except FleetError as exc:
+                self.message_user(request, exc.message, messages.WARNING)
+
+    @admin.action(description="Preview the replication plan (reads only)")
+    def preview_replication(self, request, queryset):
+        previews = []
+        for job in queryset.select_related("source__host", "target__host")[:20]:
+            try:
+                with services._endpoints(
+                    (job.source.host, job.source.name), (job.target.host, job.target.name)
+                ) as (src, tgt):
+                    plan = pipeline.plan(src, tgt)
+                    steps = [
+                        {
+                            "step": step,
+                            "commands": [
+                                " ".join(["zfs", *a])
+                                for a in pipeline.step_commands(src, tgt, step)
+                            ],
+                        }
+                        for step in plan.steps
+                    ]
+                previews.append({"job": job, "plan": plan, "steps": steps, "error": ""})
+            except ZfsCommandError as exc:
+                previews.append({"job": job, "plan": None, "steps": [], "error": str(exc)})
+        return TemplateResponse(
+            request,
+            "backups_app/zfs_plan_preview.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Replication plan preview",
+                "snapshots": [],
+                "replications": previews,
+            },
+        )
+
+    @admin.action(description="Detect capabilities and the guarantee")
+    def assess(self, request, queryset):
+        from . import tasks
+
+        for job in queryset:
+            tasks.replication_job_assess.delay(job.pk)
+        self.message_user(request, f"Assessing {queryset.count()} job(s) in the background.")
+
+
+@admin.register(ReplicationRun)
+class ReplicationRunAdmin(ReadOnlyModelAdmin):
+    list_display = (
+        "id",
+        "job",
+        "source_dataset",
+        "state",
+        "phase",
+        "plan_kind",
+        "from_snapshot",
+        "to_snapshot",
+        "bytes",
+        "duration_seconds",
+        "created_at",
+    )
+    list_filter = ("state", "plan_kind")
+    list_select_related = ("job",)
+    changelist_defer = ("log",)
+
+
+@admin.register(SnapshotRun)
+class SnapshotRunAdmin(ReadOnlyModelAdmin):
+    list_display = ("id", "dataset", "state", "phase", "done", "failed", "created_at")
+    list_filter = ("state",)
+    list_select_related = ("dataset__host",)
+
+
+@admin.register(DivergenceReport)
+class DivergenceReportAdmin(ReadOnlyModelAdmin):
+    list_display = ("id", "job", "source_dataset", "status", "reason", "created_at")
+    list_filter = ("status",)
+    list_select_related = ("job",)
+    readonly_fields = (
+        "job",
+        "run",
+        "source_dataset",
+        "target_dataset",
+        "reason",
+        "last_common",
+        "source_only",
+        "target_only",
+        "name_clashes",
+        "source_moved_to",
+        "fixes_offered",
+        "status",
+        "approved_fix",
+        "approved_by",
+        "approved_at",
+        "outcome",
+        "created_at",
+        "closed_at",
+    )
+    exclude = ("fixes",)
+    actions = ("approve_rollback", "approve_rename_aside", "approve_retarget", "dismiss")
+
+    def has_view_permission(self, request, obj=None):
+        return _perm(request, DivergenceReport, "view") or _perm(
+            request, DivergenceReport, "change"
+        )
+
+    def has_approve_permission(self, request: HttpRequest) -> bool:
+        return _perm(request, DivergenceReport, "change")
+
+    @admin.display(description="Fixes offered (each runs only once approved)")
+    def fixes_offered(self, obj):
+        return format_html_join(
+            "",
+            "<p><strong>{}</strong>: {}<br><code>{}</code></p>",
+            (
+                (f["kind"], f["describe"], "; ".join(f.get("commands", [])) or "(job change only)")
+                for f in obj.fixes
+            ),
+        )
+
+    def _approve(self, request, queryset, fix: str):
+        for report in queryset:
+            try:
+                services.divergence_approve(report=report, fix=fix, actor=request.user)
+                self.message_user(request, f"Report {report.pk}: '{fix}' approved, running.")
+            except FleetError as exc:
+                self.message_user(request, f"Report {report.pk}: {exc.message}", messages.ERROR)
+
+    @admin.action(
+        permissions=["approve"],
+        description="Approve: roll the target back to the last common snapshot",
+    )
+    def approve_rollback(self, request, queryset):
+        self._approve(request, queryset, "rollback")
+
+    @admin.action(
+        permissions=["approve"], description="Approve: rename the target aside and resend in full"
+    )
+    def approve_rename_aside(self, request, queryset):
+        self._approve(request, queryset, "rename_aside")
+
+    @admin.action(permissions=["approve"], description="Approve: follow the source to its new name")
+    def approve_retarget(self, request, queryset):
+        self._approve(request, queryset, "retarget")
+
+    @admin.action(permissions=["approve"], description="Dismiss (change nothing)")
+    def dismiss(self, request, queryset):
+        for report in queryset:
+            try:
+                services.divergence_dismiss(report=report, actor=request.user)
+            except FleetError as exc:
+                self.message_user(request, f"Report {report.pk}: {exc.message}", messages.ERROR)

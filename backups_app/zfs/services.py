@@ -1,0 +1,594 @@
+"""ZFS use cases that write: snapshot jobs, replication runs, capability checks and the
+staff decisions on divergence. Views, admin actions, commands and tasks call these.
+
+Slow I/O (SSH, zfs send) never runs inside a transaction: a run row is claimed, the work
+runs, and its result is written in short transactions of its own. One run per
+(job, dataset) at a time is the database's rule (a partial unique index on active runs),
+so two workers, two beats or a double click cannot start two. A run whose worker was
+killed stays ``running`` with a stale ``updated_at`` (a transfer touches it every few
+seconds); starting the job again marks it failed and starts afresh, and ZFS discards the
+interrupted receive, so the job is re-runnable.
+"""
+
+import datetime as dt
+import logging
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import asdict
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from fleet_app.errors import Conflict, InvalidInput
+from fleet_app.models import User
+from fleet_app.runs import RunState, run_claim, run_finish, run_log, run_progress
+from fleet_app.services import audit_record, audit_snapshot
+
+from ..models_zfs import (
+    ACTIVE_STATES,
+    Dataset,
+    DivergenceReport,
+    ReplicationJob,
+    ReplicationRun,
+    SnapshotRun,
+    StorageHost,
+)
+from . import pipeline
+from .capabilities import Assessment, detect_permissions, detect_pool
+from .parsers import Snapshot
+from .pipeline import Approval, Endpoint
+from .planning import (
+    Divergence,
+    RenameAsideAndResend,
+    ReplicationPlan,
+    RetargetSource,
+    RollbackToCommon,
+    SnapshotPlan,
+)
+from .runner import LocalRunner, Runner, SshRunner, ZfsCommandError
+
+logger = logging.getLogger(__name__)
+
+
+def stale_after() -> dt.timedelta:
+    """How long a running run may go without touching its row before it counts as lost."""
+    return dt.timedelta(seconds=getattr(settings, "ZFS_RUN_STALE_SECONDS", 600))
+
+
+# --- Reaching hosts -------------------------------------------------------------------------
+
+
+def host_runner(host: StorageHost) -> Runner:
+    if host.local:
+        return LocalRunner(zfs_path=host.zfs_path, zpool_path=host.zpool_path)
+    return SshRunner(
+        host=host.address,
+        port=host.port,
+        user=host.user,
+        key_path=host.key_path,
+        host_key=host.host_key,
+        zfs_path=host.zfs_path,
+        zpool_path=host.zpool_path,
+    )
+
+
+@contextmanager
+def _endpoints(*pairs: tuple[StorageHost, str]):
+    """Endpoints for (host, dataset) pairs, one runner per host, all closed at the end."""
+    with ExitStack() as stack:
+        runners: dict[int, Runner] = {}
+        result = []
+        for host, name in pairs:
+            if host.pk not in runners:
+                runners[host.pk] = stack.enter_context(host_runner(host))
+            result.append(Endpoint(runners[host.pk], name))
+        yield result
+
+
+def _host_user(host: StorageHost) -> str:
+    return "root" if host.local else host.user
+
+
+def _snapshot_time(snapshot: Snapshot | None) -> dt.datetime | None:
+    if snapshot is None:
+        return None
+    return dt.datetime.fromtimestamp(snapshot.creation, dt.UTC)
+
+
+def _dataset_listed(dataset: Dataset, snapshots: list[Snapshot] | None) -> None:
+    newest = snapshots[-1] if snapshots else None
+    Dataset.objects.filter(pk=dataset.pk).update(
+        newest_snapshot=newest.short if newest else "",
+        newest_snapshot_at=_snapshot_time(newest),
+        snapshot_count=len(snapshots or []),
+        listed_at=timezone.now(),
+    )
+
+
+# --- Capabilities ---------------------------------------------------------------------------
+
+
+def storage_host_check(*, host: StorageHost, dataset: str | None = None) -> dict:
+    """Detect the pools of ``host``'s datasets and what its user may do; store and return."""
+    names = [dataset] if dataset else list(host.datasets.values_list("name", flat=True))
+    found: dict = {"pools": {}, "permissions": {}}
+    with host_runner(host) as runner:
+        for name in names:
+            pool = name.split("/", 1)[0]
+            if pool not in found["pools"]:
+                found["pools"][pool] = detect_pool(runner, name).as_dict()
+            found["permissions"][name] = detect_permissions(
+                runner, name, user=_host_user(host)
+            ).as_dict()
+    StorageHost.objects.filter(pk=host.pk).update(capabilities=found, checked_at=timezone.now())
+    return found
+
+
+def _assessment_save(job: ReplicationJob, assessment: Assessment, src: Endpoint) -> None:
+    now = timezone.now()
+    ReplicationJob.objects.filter(pk=job.pk).update(
+        guarantee=assessment.guarantee,
+        refusal="\n".join(assessment.refusals),
+        assessed_at=now,
+    )
+    host = job.source.host
+    caps = dict(host.capabilities or {})
+    caps.setdefault("pools", {})[src.pool.pool] = src.pool.as_dict()
+    if assessment.permissions is not None:
+        caps.setdefault("permissions", {})[src.dataset] = assessment.permissions.as_dict()
+    StorageHost.objects.filter(pk=host.pk).update(capabilities=caps, checked_at=now)
+
+
+def replication_job_assess(*, job: ReplicationJob) -> Assessment:
+    """Detect both sides and store the guarantee (or the refusal) on the job."""
+    job = ReplicationJob.objects.select_related("source__host", "target__host").get(pk=job.pk)
+    with _endpoints((job.source.host, job.source.name), (job.target.host, job.target.name)) as (
+        src,
+        tgt,
+    ):
+        assessment = pipeline.preflight(src, tgt, user=_host_user(job.source.host))
+    _assessment_save(job, assessment, src)
+    return assessment
+
+
+# --- Replication runs -------------------------------------------------------------------------
+
+
+def replication_runs_reap(*, job: ReplicationJob | None = None) -> int:
+    """Fail active runs whose worker stopped touching them; their job can run again."""
+    stale = ReplicationRun.objects.filter(
+        state__in=ACTIVE_STATES, updated_at__lt=timezone.now() - stale_after()
+    )
+    if job is not None:
+        stale = stale.filter(job=job)
+    now = timezone.now()
+    return stale.update(
+        state=RunState.FAILED,
+        phase="lost",
+        error="The worker running this stopped (killed or lost); the job can run again.",
+        finished_at=now,
+        updated_at=now,
+    )
+
+
+def replication_run_start(
+    *,
+    job: ReplicationJob,
+    actor: User | None = None,
+    source_dataset: str | None = None,
+    enqueue: bool = True,
+) -> ReplicationRun:
+    """Create a pending run for (job, dataset) and enqueue it after commit.
+
+    Raises ``Conflict`` naming the active run when one is pending or running.
+    """
+    replication_runs_reap(job=job)
+    source_dataset = source_dataset or job.source.name
+    relative = source_dataset[len(job.source.name) :]
+    try:
+        with transaction.atomic():
+            run = ReplicationRun.objects.create(
+                job=job,
+                source_dataset=source_dataset,
+                target_dataset=job.target.name + relative,
+                created_by=actor if actor is not None and actor.pk else None,
+            )
+            if actor is not None:
+                audit_record(
+                    actor=actor, action="zfs.replication.start", obj=run, after=audit_snapshot(run)
+                )
+            if enqueue:
+                transaction.on_commit(lambda: _enqueue("replication_run_execute", run.pk))
+    except IntegrityError:
+        active = ReplicationRun.objects.filter(
+            job=job, source_dataset=source_dataset, state__in=ACTIVE_STATES
+        ).first()
+        raise Conflict(
+            f"Job {job.name} is already replicating {source_dataset}"
+            + (f" (run {active.pk}, {active.state})." if active else ".")
+        ) from None
+    return run
+
+
+def _enqueue(task: str, *args) -> None:
+    from . import tasks
+
+    getattr(tasks, task).delay(*args)
+
+
+def replication_run_execute(*, run_id: int) -> str:
+    """Run one pull: preflight, plan, send | receive, holds; record everything on the row.
+
+    Idempotent: a finished run is left alone; a redelivered one plans again from what the
+    two sides hold now, so a half-done transfer is neither repeated nor skipped.
+    """
+    run = ReplicationRun.objects.select_related("job__source__host", "job__target__host").get(
+        pk=run_id
+    )
+    if not run_claim(run):
+        return run.state
+    job = run.job
+    began = timezone.now()
+    try:
+        with _endpoints(
+            (job.source.host, run.source_dataset), (job.target.host, run.target_dataset)
+        ) as (src, tgt):
+            run_progress(run, phase="preflight")
+            assessment = pipeline.preflight(src, tgt, user=_host_user(job.source.host))
+            _assessment_save(job, assessment, src)
+            ReplicationRun.objects.filter(pk=run.pk).update(guarantee=assessment.guarantee)
+            if assessment.refused:
+                run_progress(run, phase="refused")
+                return run_finish(run, error="Refused: " + "; ".join(assessment.refusals))
+            run_progress(run, phase="sending")
+
+            def on_bytes(moved: int) -> None:
+                ReplicationRun.objects.filter(pk=run.pk).update(
+                    bytes=moved, updated_at=timezone.now()
+                )
+
+            def on_step(step, moved, seconds) -> None:
+                run_log(run, f"{step.kind} {step.base or ''} → {step.snapshot}: {moved} bytes")
+                ReplicationRun.objects.filter(pk=run.pk).update(
+                    bytes=F("bytes") + moved, duration_seconds=F("duration_seconds") + seconds
+                )
+
+            ReplicationRun.objects.filter(pk=run.pk).update(bytes=0, duration_seconds=0)
+            outcome = pipeline.replicate(
+                src,
+                tgt,
+                hold_tag=job.hold_tag,
+                assessment=assessment,
+                on_step=on_step,
+                on_bytes=on_bytes,
+            )
+    except (ZfsCommandError, pipeline.ReplicationError, pipeline.PermissionRefused) as exc:
+        return run_finish(run, error=str(exc))
+    return _replication_record(run, job, outcome, began)
+
+
+def _replication_record(run, job, outcome: pipeline.Outcome, began) -> str:
+    plan: ReplicationPlan = outcome.plan
+    source_row = job.source if run.source_dataset == job.source.name else None
+    fields = {
+        "plan_kind": plan.kind,
+        "from_snapshot": plan.common.short if plan.common else "",
+        "to_snapshot": plan.to_snapshot.split("@", 1)[1] if plan.to_snapshot else "",
+        "bytes": outcome.bytes,
+        "duration_seconds": outcome.seconds,
+    }
+    ReplicationRun.objects.filter(pk=run.pk).update(**fields)
+    if source_row is not None and plan.source_newest is not None:
+        Dataset.objects.filter(pk=source_row.pk).update(
+            newest_snapshot=plan.source_newest.short,
+            newest_snapshot_at=_snapshot_time(plan.source_newest),
+            listed_at=timezone.now(),
+        )
+    if plan.kind == "diverged":
+        report = _divergence_record(run, job, plan.divergence)
+        run_progress(run, phase="diverged")
+        return run_finish(
+            run,
+            error=f"Diverged: {plan.divergence.reason}. Report {report.pk} awaits a staff "
+            "decision; nothing on the target was changed.",
+        )
+    if plan.kind == "nothing_to_send":
+        run_progress(run, phase="nothing to send")
+        return run_finish(run, error=f"The source {run.source_dataset} has no snapshot yet.")
+    run_progress(run, phase="done")
+    if source_row is not None:
+        newest = plan.source_newest
+        ReplicationJob.objects.filter(pk=job.pk).update(
+            last_success_at=timezone.now(),
+            last_snapshot=newest.short if newest else "",
+            last_snapshot_at=_snapshot_time(newest),
+        )
+    state = run_finish(run)
+    if job.recursive and source_row is not None:
+        _start_children(job, run)
+    return state
+
+
+def _start_children(job: ReplicationJob, run: ReplicationRun) -> None:
+    """A recursive job: one run per child dataset, each with its own claim."""
+    with host_runner(job.source.host) as runner:
+        from . import commands
+
+        listed = runner.zfs(commands.dataset_names(job.source.name, recursive=True)).stdout
+    for child in listed.split():
+        if child != job.source.name:
+            try:
+                replication_run_start(job=job, source_dataset=child)
+            except Conflict:
+                continue
+
+
+def _divergence_record(run, job, divergence: Divergence) -> DivergenceReport:
+    fields = {
+        "run": run,
+        "target_dataset": run.target_dataset,
+        "reason": divergence.reason,
+        "last_common": divergence.last_common or "",
+        "source_only": divergence.source_only,
+        "target_only": divergence.target_only,
+        "name_clashes": divergence.name_clashes,
+        "source_moved_to": divergence.source_moved_to or "",
+        "fixes": [
+            {
+                **asdict(f),
+                "describe": f.describe(),
+                "commands": [" ".join(["zfs", *c]) for c in pipeline.fix_commands(f)],
+            }
+            for f in divergence.fixes
+        ],
+    }
+    with transaction.atomic():
+        existing = (
+            DivergenceReport.objects.select_for_update()
+            .filter(job=job, source_dataset=run.source_dataset, status=DivergenceReport.Status.OPEN)
+            .first()
+        )
+        if existing is not None:
+            for name, value in fields.items():
+                setattr(existing, name, value)
+            existing.save(update_fields=list(fields))
+            return existing
+        report = DivergenceReport.objects.create(
+            job=job, source_dataset=run.source_dataset, **fields
+        )
+        audit_record(
+            actor=None, action="zfs.divergence.report", obj=report, after=audit_snapshot(report)
+        )
+        return report
+
+
+# --- Divergence decisions ---------------------------------------------------------------------
+
+
+def divergence_approve(
+    *, report: DivergenceReport, fix: str, actor: User, enqueue: bool = True
+) -> DivergenceReport:
+    """Staff approve one of the offered fixes; the fix runs in a worker after commit."""
+    with transaction.atomic():
+        report = DivergenceReport.objects.select_for_update().get(pk=report.pk)
+        if report.status != DivergenceReport.Status.OPEN:
+            raise Conflict(f"Divergence report {report.pk} is {report.get_status_display()}.")
+        if report.fix(fix) is None:
+            offered = ", ".join(f["kind"] for f in report.fixes)
+            raise InvalidInput(f"'{fix}' is not a fix offered here (offered: {offered}).")
+        before = audit_snapshot(report)
+        report.status = DivergenceReport.Status.APPROVED
+        report.approved_fix = fix
+        report.approved_by = actor
+        report.approved_at = timezone.now()
+        report.save(update_fields=["status", "approved_fix", "approved_by", "approved_at"])
+        audit_record(
+            actor=actor,
+            action="zfs.divergence.approve",
+            obj=report,
+            before=before,
+            after=audit_snapshot(report),
+        )
+        if enqueue:
+            transaction.on_commit(lambda: _enqueue("divergence_fix_apply", report.pk))
+    return report
+
+
+def divergence_dismiss(*, report: DivergenceReport, actor: User) -> DivergenceReport:
+    with transaction.atomic():
+        report = DivergenceReport.objects.select_for_update().get(pk=report.pk)
+        if report.status != DivergenceReport.Status.OPEN:
+            raise Conflict(f"Divergence report {report.pk} is {report.get_status_display()}.")
+        before = audit_snapshot(report)
+        report.status = DivergenceReport.Status.DISMISSED
+        report.closed_at = timezone.now()
+        report.save(update_fields=["status", "closed_at"])
+        audit_record(
+            actor=actor,
+            action="zfs.divergence.dismiss",
+            obj=report,
+            before=before,
+            after=audit_snapshot(report),
+        )
+    return report
+
+
+def _fix_object(data: dict):
+    kind = data["kind"]
+    if kind == "rollback":
+        return RollbackToCommon(
+            target=data["target"],
+            snapshot=data["snapshot"],
+            destroys=tuple(data.get("destroys", ())),
+        )
+    if kind == "rename_aside":
+        return RenameAsideAndResend(target=data["target"], aside=data["aside"])
+    if kind == "retarget":
+        return RetargetSource(old=data["old"], new=data["new"])
+    raise InvalidInput(f"Unknown fix {kind!r}.")
+
+
+def divergence_fix_apply(*, report_id: int, enqueue: bool = True) -> DivergenceReport:
+    """Run the approved fix (once: the status is the claim), then start the job again."""
+    claimed = DivergenceReport.objects.filter(
+        pk=report_id, status=DivergenceReport.Status.APPROVED
+    ).update(status=DivergenceReport.Status.APPLYING)
+    report = DivergenceReport.objects.select_related(
+        "job__source__host", "job__target__host", "approved_by"
+    ).get(pk=report_id)
+    if not claimed:
+        return report
+    job = report.job
+    fix = _fix_object(report.fix(report.approved_fix))
+    approval = Approval(by=str(report.approved_by), at=report.approved_at)
+    try:
+        if isinstance(fix, RetargetSource):
+            pipeline.apply_fix(fix, target=None, approval=approval)
+            ran = [_job_retarget(job, fix.new, report)]
+        else:
+            with _endpoints((job.target.host, report.target_dataset)) as (tgt,):
+                ran = pipeline.apply_fix(fix, target=tgt, approval=approval)
+        status, outcome = DivergenceReport.Status.APPLIED, "\n".join(ran)
+    except (ZfsCommandError, ValueError, InvalidInput) as exc:
+        status, outcome = DivergenceReport.Status.FAILED, str(exc)
+    with transaction.atomic():
+        before = audit_snapshot(report)
+        report.status, report.outcome, report.closed_at = status, outcome, timezone.now()
+        report.save(update_fields=["status", "outcome", "closed_at"])
+        audit_record(
+            actor=report.approved_by,
+            action=f"zfs.divergence.{status}",
+            obj=report,
+            before=before,
+            after=audit_snapshot(report),
+        )
+    if status == DivergenceReport.Status.APPLIED:
+        job.refresh_from_db()
+        source = report.source_dataset
+        if isinstance(fix, RetargetSource):
+            source = job.source.name
+        with suppress(Conflict):
+            replication_run_start(job=job, source_dataset=source, enqueue=enqueue)
+    return report
+
+
+def _job_retarget(job: ReplicationJob, new: str, report: DivergenceReport) -> str:
+    with transaction.atomic():
+        dataset, _ = Dataset.objects.get_or_create(host=job.source.host, name=new)
+        before = audit_snapshot(job)
+        ReplicationJob.objects.filter(pk=job.pk).update(source=dataset)
+        job.refresh_from_db()
+        audit_record(
+            actor=report.approved_by,
+            action="zfs.job.retarget",
+            obj=job,
+            before=before,
+            after=audit_snapshot(job),
+        )
+    return f"job {job.name} now pulls {job.source.host.name}:{new}"
+
+
+# --- Snapshot jobs ----------------------------------------------------------------------------
+
+
+def snapshot_plan_preview(*, dataset: Dataset, now: dt.datetime | None = None) -> SnapshotPlan:
+    """What the snapshot job would create and destroy now (reads only)."""
+    if dataset.policy is None:
+        raise InvalidInput(f"{dataset} has no snapshot policy.")
+    jobs = list(dataset.replicated_to.select_related("target__host"))
+    pairs = [(dataset.host, dataset.name)] + [(j.target.host, j.target.name) for j in jobs]
+    with _endpoints(*pairs) as endpoints:
+        targets = {str(j.target): e for j, e in zip(jobs, endpoints[1:], strict=True)}
+        return pipeline.snapshot_plan(
+            endpoints[0], policy=dataset.policy.as_policy(), now=now, targets=targets
+        )
+
+
+def snapshot_run_start(
+    *, dataset: Dataset, actor: User | None = None, enqueue: bool = True
+) -> SnapshotRun:
+    stale = SnapshotRun.objects.filter(
+        dataset=dataset, state__in=ACTIVE_STATES, updated_at__lt=timezone.now() - stale_after()
+    )
+    stale.update(
+        state=RunState.FAILED, phase="lost", error="The worker stopped.", finished_at=timezone.now()
+    )
+    try:
+        with transaction.atomic():
+            run = SnapshotRun.objects.create(
+                dataset=dataset, created_by=actor if actor is not None and actor.pk else None
+            )
+            if enqueue:
+                transaction.on_commit(lambda: _enqueue("snapshot_run_execute", run.pk))
+    except IntegrityError:
+        raise Conflict(f"A snapshot job is already running on {dataset}.") from None
+    return run
+
+
+def snapshot_run_execute(*, run_id: int, now: dt.datetime | None = None) -> str:
+    run = SnapshotRun.objects.select_related("dataset__host", "dataset__policy").get(pk=run_id)
+    if not run_claim(run):
+        return run.state
+    dataset = run.dataset
+    try:
+        run_progress(run, phase="planning")
+        plan = snapshot_plan_preview(dataset=dataset, now=now)
+        run_progress(run, phase="applying", total=len(plan.create) + len(plan.destroy))
+        with _endpoints((dataset.host, dataset.name)) as (endpoint,):
+            done = pipeline.snapshot_apply(endpoint, plan)
+            listed = pipeline.list_snapshots(endpoint)
+    except (ZfsCommandError, InvalidInput) as exc:
+        return run_finish(run, error=str(exc))
+    _dataset_listed(dataset, listed)
+    policy = dataset.policy
+    Dataset.objects.filter(pk=dataset.pk).update(
+        next_snapshot_at=timezone.now()
+        + dt.timedelta(minutes=policy.frequent_period if policy.frequently else 15)
+    )
+    SnapshotRun.objects.filter(pk=run.pk).update(
+        created=done["created"],
+        destroyed=done["destroyed"],
+        refused=done["refused"],
+        spared=plan.spared,
+    )
+    run_progress(
+        run,
+        phase="done",
+        done=len(done["created"]) + len(done["destroyed"]),
+        failed=len(done["refused"]),
+    )
+    return run_finish(run)
+
+
+# --- The beat tick ----------------------------------------------------------------------------
+
+
+def zfs_tick(*, now: dt.datetime | None = None) -> dict[str, int]:
+    """Start due snapshot jobs and due replication jobs (each claimed by moving its
+    ``next_*_at`` forward with a conditional UPDATE, so two ticks start one run)."""
+    now = now or timezone.now()
+    started = {"snapshots": 0, "replications": 0}
+    for dataset in Dataset.objects.filter(policy__isnull=False, next_snapshot_at__lte=now):
+        claimed = Dataset.objects.filter(
+            pk=dataset.pk, next_snapshot_at=dataset.next_snapshot_at
+        ).update(next_snapshot_at=now + dt.timedelta(minutes=5))
+        if claimed:
+            try:
+                snapshot_run_start(dataset=dataset)
+                started["snapshots"] += 1
+            except Conflict:
+                pass
+    for job in ReplicationJob.objects.filter(enabled=True, next_run_at__lte=now).select_related(
+        "source"
+    ):
+        claimed = ReplicationJob.objects.filter(pk=job.pk, next_run_at=job.next_run_at).update(
+            next_run_at=now + dt.timedelta(minutes=job.every_minutes)
+        )
+        if claimed:
+            try:
+                replication_run_start(job=job)
+                started["replications"] += 1
+            except Conflict:
+                pass
+    return started
