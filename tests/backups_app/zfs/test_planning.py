@@ -122,7 +122,9 @@ def histories(draw):
     return snaps("t/a", shorts, userrefs=held), held, targets
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(policy=policies, case=histories())
 def test_pruning_never_destroys_a_held_or_shared_snapshot(policy, case):
     existing, held, targets = case

@@ -3,8 +3,10 @@
 reported and fixed only after a staff approval (audited)."""
 
 import datetime as dt
+import io
 
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 
 from backups_app.models_zfs import DivergenceReport, ReplicationRun
@@ -12,6 +14,13 @@ from backups_app.zfs import services
 from fleet_app.errors import Conflict, InvalidInput
 from fleet_app.models import AuditEntry
 from fleet_app.runs import RunState, run_claim
+
+
+def zfs_check() -> tuple[int, str]:
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as exit_:
+        call_command("zfs_check", stdout=out)
+    return exit_.value.code, out.getvalue()
 
 
 def run_job(rows, **kw):
@@ -128,6 +137,9 @@ def test_divergence_waits_for_an_approval_then_the_fix_runs(zfs_rows, alice):
     # Stopping again updates the same report rather than piling up copies.
     run_job(rows)
     assert DivergenceReport.objects.filter(job=rows.job).count() == 1
+    code, out = zfs_check()
+    assert code == 2
+    assert f"CRIT: job {rows.job.name}: diverged, report {report.pk} awaits approval" in out
 
     # Without an approval nothing runs.
     services.divergence_fix_apply(report_id=report.pk, enqueue=False)
@@ -151,6 +163,7 @@ def test_divergence_waits_for_an_approval_then_the_fix_runs(zfs_rows, alice):
     rerun.refresh_from_db()
     assert rerun.state == RunState.SUCCEEDED and rerun.plan_kind == "incremental"
     assert lab.snapshots(rows.target.name) == ["s1", "s2"]
+    assert zfs_check()[0] == 0
 
 
 def test_a_renamed_source_is_followed_once_staff_approve(zfs_rows, alice):
