@@ -15,3 +15,9 @@ class BackupCorrupt(FleetError):
     """The stored bytes are not the bytes that were uploaded: never served."""
 
     status = 500
+
+
+class StorageUnavailable(FleetError):
+    """The blob store failed while writing (disk full, bucket unreachable): retry later."""
+
+    status = 503

@@ -254,3 +254,26 @@ def test_nothing_is_audited_for_an_upload_but_a_prune_is(client, system, setting
     post_backup(client, system, b"two")
     entry = AuditEntry.objects.get(action="cluster_backup.prune")
     assert entry.actor is None and entry.before["size"] == 3
+
+
+def test_a_storage_failure_mid_upload_answers_503_and_leaves_nothing(
+    client, system, store, monkeypatch, settings
+):
+    settings.CLUSTER_BACKUP_CHUNK_BYTES = 1024
+    probe = store.writer("probe")
+    probe.abort()
+    writer_class = type(probe)
+    calls = {"n": 0}
+    original = writer_class.write
+
+    def failing_write(self, chunk):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        original(self, chunk)
+
+    monkeypatch.setattr(writer_class, "write", failing_write)
+    response = post_backup(client, system, payload(10_000))
+    assert response.status_code == 503
+    assert "No space left on device" in response.json()["message"]
+    assert_nothing_stored(store)
