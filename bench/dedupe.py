@@ -20,13 +20,13 @@ and the end: on a shared machine, re-run when it is above ~1.5.
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import database_drop, database_recreate, django_setup, run, step
+
 BIN = Path(sys.executable).parent
 TARGET_RATIO = 100
 TARGET_LARGE_SECONDS = 10
@@ -46,7 +46,7 @@ def main() -> None:
     figures: dict = {}
     try:
         step("migrate", lambda: run([BIN / "python", "manage.py", "migrate", "--noinput"]))
-        _django()
+        django_setup()
         figures["small"] = small(options)
         if options.large:
             figures["large"] = large(options)
@@ -83,20 +83,6 @@ def load() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
-def step(label: str, action):
-    began = time.monotonic()
-    print(f"  {label} …", end="", flush=True)
-    value = action()
-    print(f" {time.monotonic() - began:.1f} s", flush=True)
-    return value
-
-
-def run(command: list) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(c) for c in command], cwd=ROOT, check=True, capture_output=True, text=True
-    )
-
-
 def best(action, repeat: int) -> tuple[float, object]:
     times, value = [], None
     for _ in range(repeat):
@@ -107,45 +93,6 @@ def best(action, repeat: int) -> tuple[float, object]:
 
 
 # --- database -------------------------------------------------------------------------------
-
-
-def _admin_connection(server: str):
-    import psycopg
-
-    return psycopg.connect(f"{server.rstrip('/')}/postgres", autocommit=True)
-
-
-def database_recreate(server: str, name: str) -> None:
-    from psycopg import sql
-
-    with _admin_connection(server) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
-def database_drop(server: str, name: str) -> None:
-    from psycopg import sql
-
-    try:
-        from django.db import connections
-
-        connections.close_all()
-    except Exception:  # noqa: S110 - Django may not be set up yet; nothing to close then.
-        pass
-    with _admin_connection(server) as conn:
-        drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-        conn.execute(drop.format(sql.Identifier(name)))
-
-
-def _django():
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
-    import django
-
-    django.setup()
 
 
 def users_generate(count: int, every: int) -> int:
