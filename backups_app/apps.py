@@ -1,4 +1,4 @@
-from django.apps import AppConfig, apps
+from django.apps import AppConfig
 
 
 class BackupsConfig(AppConfig):
@@ -8,9 +8,8 @@ class BackupsConfig(AppConfig):
     def ready(self) -> None:
         # The quota jobs (manage.py quotas --verify/--sync) count each resource's real
         # usage through a source its owner registers: backup bytes are ours.
-        if apps.is_installed("migrations_app"):
-            from migrations_app.accounts import usage_source_register
+        from fleet_app.quotas import usage_source_register
 
-            from .services import backup_bytes_per_organization
+        from .services import backup_bytes_per_organization
 
-            usage_source_register("backup_bytes", "organization", backup_bytes_per_organization)
+        usage_source_register("backup_bytes", "organization", backup_bytes_per_organization)

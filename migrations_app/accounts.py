@@ -13,7 +13,7 @@ and deleted them for good after a "yes/no"; here:
 - a dedupe job (``DedupeRun``) writes a checkpoint (``DedupeCheckpoint``: the affected rows
   in ``dumpdata`` format) before its first change, then merges the confirmed plan in
   chunks; a failing group is journaled as failed and the others go on;
-- quotas: ``quotas_verify`` compares stored usage with the real usage (``USAGE_SOURCES``,
+- quotas: ``quotas_verify`` compares stored usage with the real usage (``fleet_app.quotas``,
   one grouped query per resource and holder kind), ``quotas_sync`` rewrites the differing
   ones, ``reset`` rewrites all of them.
 """
@@ -39,9 +39,10 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
+from fleet_app import quotas
 from fleet_app import services as fleet
 from fleet_app.errors import Conflict, InvalidInput
-from fleet_app.models import Membership, Organization, Quota, System, User
+from fleet_app.models import Membership, Organization, Quota, User
 from fleet_app.runs import FINISHED_STATES, RunState, run_claim, run_finish, run_log
 
 from .models import (
@@ -1261,54 +1262,6 @@ def accounts_import(
 
 # --- Quotas ---------------------------------------------------------------------------------
 
-UsageSource = Callable[[], dict[int, int]]
-
-
-def _systems_per_organization() -> dict[int, int]:
-    return dict(
-        System.objects.not_deleted()
-        .order_by()
-        .values_list("organization_id")
-        .annotate(n=Count("pk"))
-        .values_list("organization_id", "n")
-    )
-
-
-def _systems_per_user() -> dict[int, int]:
-    return dict(
-        System.objects.not_deleted()
-        .filter(created_by_id__isnull=False)
-        .order_by()
-        .values_list("created_by_id")
-        .annotate(n=Count("pk"))
-        .values_list("created_by_id", "n")
-    )
-
-
-def _nothing_stored() -> dict[int, int]:
-    # The default source; backups_app registers the real one (usage_source_register).
-    return {}
-
-
-# resource → holder kind → the real usage of every holder that has any, in one query.
-USAGE_SOURCES: dict[str, dict[str, UsageSource]] = {
-    Quota.Resource.SYSTEMS: {
-        "organization": _systems_per_organization,
-        "user": _systems_per_user,
-    },
-    Quota.Resource.BACKUP_BYTES: {
-        "organization": _nothing_stored,
-        "user": _nothing_stored,
-    },
-}
-
-
-def usage_source_register(resource: str, scope: str, source: UsageSource) -> None:
-    """Let the app that owns a resource say how its real usage is counted."""
-    if scope not in ("organization", "user"):
-        raise ValueError("scope is 'organization' or 'user'")
-    USAGE_SOURCES.setdefault(resource, {})[scope] = source
-
 
 @dataclass(frozen=True)
 class UsageDifference:
@@ -1336,7 +1289,7 @@ class UsageDifference:
 
 def _real_usage() -> dict[tuple[str, int, str], int]:
     real: dict[tuple[str, int, str], int] = {}
-    for resource, sources in USAGE_SOURCES.items():
+    for resource, sources in quotas.USAGE_SOURCES.items():
         for scope, source in sources.items():
             for account_id, n in source().items():
                 real[(scope, account_id, resource)] = n

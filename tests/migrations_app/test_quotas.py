@@ -11,7 +11,7 @@ from django.db import IntegrityError, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from fleet_app import services
+from fleet_app import quotas, services
 from fleet_app.models import AuditEntry, Quota
 from migrations_app import accounts
 from migrations_app.models import QuotaRun
@@ -88,7 +88,7 @@ def test_a_quota_without_a_limit_has_the_default_from_settings(customer, setting
 
 def test_every_resource_has_a_real_usage_source_for_both_holder_kinds():
     for resource in Quota.Resource.values:
-        assert set(accounts.USAGE_SOURCES[resource]) == {"organization", "user"}
+        assert set(quotas.USAGE_SOURCES[resource]) == {"organization", "user"}
 
 
 # --- Verify --------------------------------------------------------------------------------
@@ -101,8 +101,8 @@ def test_verify_lists_every_account_whose_stored_usage_differs(
     # and per creator, backup bytes per organization once backups_app registered its
     # source); the names of the organizations and of the users listed.
     sources = sum(
-        source is not accounts._nothing_stored
-        for per_scope in accounts.USAGE_SOURCES.values()
+        source is not quotas._nothing_stored
+        for per_scope in quotas.USAGE_SOURCES.values()
         for source in per_scope.values()
     )
     assert sources >= 2
