@@ -10,8 +10,11 @@ replicated to two targets, then brings both targets up to date:
 - through Cutover: ``pipeline.replicate`` (list both sides, plan from the common snapshot
   matched by name and GUID, the same send | receive with bytes counted through the pipe,
   hold the new common snapshot on both sides and release the previous one), and
-  ``preflight`` (pool and permission detection) as a separate figure. Each round starts
-  without an SSH master connection, so both pay one handshake.
+  ``preflight`` (pool and permission detection) as a separate figure;
+- through the job, as a worker runs it (``--no-service`` to skip): a run row claimed in a
+  scratch PostgreSQL database, preflight, the pipeline, the run and job rows written.
+
+Each round starts without an SSH master connection, so every path pays one handshake.
 
 The two run in alternating order; the script prints each round and the medians, next to
 the target (Cutover ≤ 1.3× the hand pipeline's wall time). It never passes or fails.
@@ -28,7 +31,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from common import ROOT
+from common import DEFAULT_SERVER, ROOT, database_drop, database_recreate, django_setup
 
 sys.path.insert(0, str(ROOT))
 
@@ -36,6 +39,7 @@ from backups_app.zfs.pipeline import Endpoint, preflight, replicate  # noqa: E40
 from tests.backups_app.zfs.lab import Lab  # noqa: E402
 
 TARGET_RATIO = 1.3
+DATABASE = "cutover_bench_zfs"
 
 
 def main() -> None:
@@ -43,8 +47,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--snapshots", type=int, default=50)
     parser.add_argument("--size", type=int, default=256 * 1024, help="bytes per snapshot")
+    parser.add_argument("--no-service", dest="service", action="store_false")
+    parser.add_argument("--server", default=DEFAULT_SERVER, help="PostgreSQL for the job path")
     options = parser.parse_args()
-    pool_mib = max(192, options.rounds * options.snapshots * options.size * 3 // 2**20 + 96)
+    # zfs-fuse dies when a pool fills up: room for every copy twice over (files are sparse).
+    copies = 3 if options.service else 2
+    data = (options.rounds + 1) * options.snapshots * options.size
+    pool_mib = max(256, int(data * copies * 2) // 2**20 + 128)
     print(
         f"ZFS pull replication benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
         f"{os.cpu_count()} CPUs, {options.rounds} rounds of {options.snapshots} snapshots "
@@ -52,9 +61,18 @@ def main() -> None:
     )
     lab = Lab.create(pool_mib=pool_mib)
     try:
+        if options.service:
+            database_recreate(options.server, DATABASE)
+            os.environ["DATABASE_URL"] = f"{options.server.rstrip('/')}/{DATABASE}"
+            django_setup()
+            from django.core.management import call_command
+
+            call_command("migrate", verbosity=0)
         run(lab, options)
     finally:
         lab.close()
+        if options.service:
+            database_drop(options.server, DATABASE)
 
 
 def add_snapshots(lab: Lab, dataset: str, prefix: str, count: int, size: int) -> str:
@@ -85,13 +103,19 @@ def run(lab: Lab, options) -> None:
     began = time.monotonic()
     assessment = preflight(src, tgt, user=lab.user)
     preflight_seconds = time.monotonic() - began
-    print(f"  preflight (pools, permissions): {preflight_seconds * 1000:.0f} ms, "
-          f"guarantee {assessment.guarantee}")  # fmt: skip
+    print(
+        f"  preflight (pools, permissions): {preflight_seconds * 1000:.0f} ms, "
+        f"guarantee {assessment.guarantee}"
+    )
     replicate(src, tgt, hold_tag="cutover_bench", assessment=assessment)
     first = f"/usr/sbin/zfs send {source}@{base} | /usr/sbin/zfs receive {by_hand}"
     subprocess.run(["bash", "-o", "pipefail", "-c", first], check=True)
-    print(f"  {'round':>5} {'bytes':>12} {'by hand':>9} {'Cutover':>9} {'ratio':>6} {'MB/s':>7}")
-    hands, cutovers = [], []
+    job = job_create(lab, source, base) if options.service else None
+    print(
+        f"  {'round':>5} {'bytes':>12} {'by hand':>9} {'Cutover':>9} {'ratio':>6} {'MB/s':>7}"
+        + (f" {'as a job':>9} {'ratio':>6}" if job else "")
+    )
+    hands, cutovers, jobs = [], [], []
     for round_ in range(1, options.rounds + 1):
         newest = add_snapshots(lab, source, f"r{round_}", options.snapshots, options.size)
         lab.zfs("list", "-H", "-o", "name", source)  # let the writes settle equally
@@ -114,18 +138,63 @@ def run(lab: Lab, options) -> None:
         base = newest
         hands.append(hand)
         cutovers.append(cutover)
-        print(
+        line = (
             f"  {round_:>5} {outcome.bytes:>12,} {hand:>8.2f}s {cutover:>8.2f}s "
             f"{cutover / hand:>6.2f} {outcome.bytes / cutover / 1e6:>7.1f}"
         )
+        if job is not None:
+            as_job = job_run(job)
+            jobs.append(as_job)
+            line += f" {as_job:>8.2f}s {as_job / hand:>6.2f}"
+        print(line)
     hand, cutover = statistics.median(hands), statistics.median(cutovers)
     print(
         f"  median: by hand {hand:.2f} s, Cutover {cutover:.2f} s → {cutover / hand:.2f}× "
         f"(target ≤ {TARGET_RATIO}×); with preflight each time "
         f"{(cutover + preflight_seconds) / hand:.2f}×"
     )
+    if jobs:
+        as_job = statistics.median(jobs)
+        print(
+            f"  median as a job (run row, preflight, pipeline): {as_job:.2f} s → "
+            f"{as_job / hand:.2f}× the hand pipeline"
+        )
     snapshots = lab.snapshots(f"{lab.target_pool}/ours")
     print(f"  target holds {len(snapshots)} snapshots; by hand {len(lab.snapshots(by_hand))}")
+
+
+def job_create(lab: Lab, source: str, base: str):
+    """Rows for the same pull as a job: the source over SSH, the target local."""
+    from backups_app.models_zfs import Dataset, ReplicationJob, StorageHost
+
+    remote = StorageHost.objects.create(
+        name="source",
+        address="127.0.0.1",
+        port=lab.port,
+        user=lab.user,
+        host_key=lab.host_key,
+        key_path=str(lab.keys["full"]),
+    )
+    local = StorageHost.objects.create(name="target", local=True)
+    job = ReplicationJob.objects.create(
+        name="bench",
+        source=Dataset.objects.create(host=remote, name=source),
+        target=Dataset.objects.create(host=local, name=f"{lab.target_pool}/as-job"),
+    )
+    job_run(job)  # the first run is the full one
+    return job
+
+
+def job_run(job) -> float:
+    from backups_app.zfs import services
+
+    began = time.monotonic()
+    run = services.replication_run_start(job=job, enqueue=False)
+    state = services.replication_run_execute(run_id=run.pk)
+    seconds = time.monotonic() - began
+    run.refresh_from_db()
+    assert state == "succeeded", run.error
+    return seconds
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from .planning import (
 from .runner import Runner, ZfsCommandError
 
 _CHUNK = 1 << 20
+RENAME_BUSY_RETRIES = 10
 
 
 class ReplicationError(RuntimeError):
@@ -419,12 +420,18 @@ def apply_fix(fix: Fix, *, target: Endpoint, approval: Approval | None) -> list[
         raise ValueError(f"The fix is for {fix.target}, not {target.dataset}.")
     ran = []
     for args in fix_commands(fix):
-        try:
-            target.runner.zfs(args)
-        except ZfsCommandError as exc:
-            if args[0] != "unmount":
-                raise
-            _ignore(exc, "not currently mounted")
+        for attempt in range(RENAME_BUSY_RETRIES + 1):
+            try:
+                target.runner.zfs(args)
+                break
+            except ZfsCommandError as exc:
+                if args[0] == "unmount":
+                    _ignore(exc, "not currently mounted")
+                    break
+                # zfs-fuse may report a dataset it has just unmounted busy for a moment.
+                if "dataset is busy" not in exc.stderr or attempt == RENAME_BUSY_RETRIES:
+                    raise
+                time.sleep(0.5)
         ran.append(" ".join(["zfs", *args]))
     return ran
 

@@ -11,6 +11,7 @@ Within a ``with runner:`` block the SSH connections share one master connection
 (``ControlMaster``), so listing, holds and the send pay for one handshake.
 """
 
+import os
 import re
 import shlex
 import shutil
@@ -169,7 +170,8 @@ class SshRunner(Runner):
     def workdir(self) -> Path:
         if self._dir is None:
             # Short path: the control socket's name must fit in a sun_path (108 bytes).
-            self._dir = Path(tempfile.mkdtemp(prefix="cz-", dir="/tmp"))
+            # The pid names whose it is: a killed worker's folder can be told apart.
+            self._dir = Path(tempfile.mkdtemp(prefix=f"cz-{os.getpid()}-", dir="/tmp"))
             (self._dir / "known_hosts").write_text(
                 known_hosts_line(self.host, self.port, self.host_key)
             )

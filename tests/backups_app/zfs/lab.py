@@ -71,7 +71,11 @@ def ensure_zfs_fuse() -> None:
         if not os.access(tool, os.X_OK):
             raise LabUnavailable(f"{tool} is missing: install zfs-fuse and openssh-server")
     if not zfs_fuse_ready():
-        _run("/usr/sbin/zfs-fuse", "--pidfile", "/run/zfs-fuse.pid", check=False)
+        # zfs-fuse silently refuses to start over the pid file of a daemon that died.
+        pidfile = Path("/run/zfs-fuse.pid")
+        if pidfile.exists() and not Path(f"/proc/{pidfile.read_text().strip()}").exists():
+            pidfile.unlink()
+        _run("/usr/sbin/zfs-fuse", "--pidfile", pidfile, check=False)
         deadline = time.monotonic() + 20
         while not zfs_fuse_ready():
             if time.monotonic() > deadline:
@@ -104,7 +108,7 @@ class Lab:
     # --- Building ---------------------------------------------------------------------
 
     @classmethod
-    def create(cls, *, pool_mib: int = 192) -> "Lab":
+    def create(cls, *, pool_mib: int = 256) -> "Lab":
         ensure_zfs_fuse()
         suffix = uuid.uuid4().hex[:6]
         root = Path(tempfile.mkdtemp(prefix=f"czlab-{suffix}-", dir="/tmp"))
@@ -222,10 +226,17 @@ class Lab:
                 self.sshd.kill()
 
     def close(self) -> None:
+        """Undo everything, in reverse order, carrying on past a step that fails."""
+        errors = []
         for runner in self._runners:
             runner.close()
         while self._cleanups:
-            self._cleanups.pop()()
+            try:
+                self._cleanups.pop()()
+            except Exception as exc:  # noqa: BLE001 - reported below, after the rest
+                errors.append(exc)
+        if errors:
+            raise RuntimeError(f"the ZFS lab was not fully removed: {errors}")
 
     # --- Using ----------------------------------------------------------------------
 
@@ -266,7 +277,10 @@ class Lab:
     def rename(self, old: str, new: str) -> None:
         """Rename as an operator would (zfs-fuse renames only an unmounted dataset)."""
         self.zfs("unmount", old)
-        self.zfs("rename", old, new)
+        for _ in range(10):  # zfs-fuse may call it busy for a moment after the unmount
+            if _run(ZFS, "rename", old, new, check=False).returncode == 0:
+                break
+            time.sleep(0.5)
         self.zfs("mount", new)
 
     def snapshots(self, dataset: str) -> list[str]:
