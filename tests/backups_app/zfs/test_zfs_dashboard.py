@@ -114,3 +114,53 @@ def test_staff_approve_a_fix_in_the_admin_and_it_is_audited(client, root, jobs):
     assert report.status in ("approved", "applying", "applied", "failed")
     assert report.approved_by == root and report.approved_fix == "rollback"
     assert AuditEntry.objects.filter(action="zfs.divergence.approve", actor=root).exists()
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "storagehost",
+        "snapshotpolicy",
+        "dataset",
+        "replicationjob",
+        "replicationrun",
+        "snapshotrun",
+        "divergencereport",
+    ],
+)
+def test_every_zfs_admin_page_renders(client, root, jobs, model):
+    client.force_login(root)
+    assert client.get(reverse(f"admin:backups_app_{model}_changelist")).status_code == 200
+
+
+def test_a_storage_host_is_added_with_its_pinned_key_and_audited(client, root):
+    client.force_login(root)
+    response = client.post(
+        reverse("admin:backups_app_storagehost_add"),
+        {
+            "name": "off2",
+            "address": "off2.example",
+            "port": 22,
+            "user": "ovh3operator",
+            "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPinnedKey",
+            "key_path": "/k",
+            "zfs_path": "/usr/sbin/zfs",
+            "zpool_path": "/usr/sbin/zpool",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert AuditEntry.objects.filter(action="storagehost.create").exists()
+    bad = client.post(
+        reverse("admin:backups_app_storagehost_add"),
+        {
+            "name": "off3",
+            "address": "off3.example",
+            "port": 22,
+            "user": "op",
+            "host_key": "not a key",
+            "key_path": "/k",
+            "zfs_path": "z",
+            "zpool_path": "z",
+        },
+    )
+    assert bad.status_code == 200 and "host key must be" in bad.content.decode()
