@@ -405,4 +405,6 @@ class RestoreRunAdmin(SuperuserOnly, ReadOnlyModelAdmin):
     @admin.display(description="Verify report")
     def verify_display(self, obj):
         return pretty_json(obj.verify)
+
+
 from .zfs import admin as _zfs_admin  # noqa: E402,F401

@@ -173,4 +173,6 @@ class SystemBackups(System):
         proxy = True
         verbose_name = "system's backups"
         verbose_name_plural = "backups per system"
+
+
 from .models_zfs import *  # noqa: E402,F403
