@@ -27,3 +27,12 @@ def test_a_configured_token_is_required(client, db, settings):
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me").status_code == 200
+
+
+def test_the_fleet_gauges_cost_one_query(customer, django_assert_num_queries):
+    from fleet_app.metrics import fleet_metrics
+
+    make_system(customer, name="a")
+    # 1. the status counts, one aggregate over the systems
+    with django_assert_num_queries(1):
+        assert len(list(fleet_metrics())) == 3
