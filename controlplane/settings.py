@@ -255,3 +255,8 @@ CELERY_BEAT_SCHEDULE["backups-restore-drills"] = {
     "schedule": BACKUP_DRILL_EVERY_HOURS * 3600.0,
 }
 CELERY_IMPORTS = (*globals().get("CELERY_IMPORTS", ()), "backups_app.zfs.tasks")
+
+# --- ZFS ----------------------------------------------------------------------------------
+# A snapshot or replication run whose row has not moved for this long belongs to a dead
+# worker: its (job, dataset) may be claimed again.
+ZFS_RUN_STALE_SECONDS = env.int("ZFS_RUN_STALE_SECONDS", default=600)

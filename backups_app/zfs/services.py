@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 def stale_after() -> dt.timedelta:
     """How long a running run may go without touching its row before it counts as lost."""
-    return dt.timedelta(seconds=getattr(settings, "ZFS_RUN_STALE_SECONDS", 600))
+    return dt.timedelta(seconds=settings.ZFS_RUN_STALE_SECONDS)
 
 
 # --- Reaching hosts -------------------------------------------------------------------------
