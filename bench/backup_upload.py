@@ -7,7 +7,10 @@ on the same filesystem as the file) and then, for each round:
 a) ``cp`` of the file to a new file, and ``cp`` followed by an fsync of the copy (the
    server fsyncs each backup before acknowledging it: BACKUP_LOCAL_FSYNC);
 b) ``POST {collect_url}/backups`` of the same file with curl (streamed from disk, no
-   ``Expect: 100-continue``), timed from the first byte sent to the 201 answer.
+   ``Expect: 100-continue``), timed from the first byte sent to the 201 answer;
+c) the same POST to a bare WSGI app under the same gunicorn settings that only reads
+   the body in the same chunks, hashes, writes and fsyncs it: the ceiling of any Python
+   endpoint on this stack, so what the endpoint itself costs shows apart from the stack.
 
 It prints the throughput of each, the upload/cp ratio (target ≥ 0.5× cp) and the
 gunicorn worker's peak RSS growth over the upload, from /proc/<pid>/status (VmHWM reset
@@ -101,9 +104,11 @@ def seed_system() -> tuple[str, str]:
     return issued.system.system_key, issued.system_secret
 
 
-def gunicorn_start(port: int, env: dict, log: Path) -> subprocess.Popen:
+def gunicorn_start(
+    port: int, env: dict, log: Path, app: str = "controlplane.wsgi", chdir: Path = ROOT
+) -> subprocess.Popen:
     return subprocess.Popen(
-        [BIN / "gunicorn", "controlplane.wsgi", "--workers", "1", "--worker-class", "sync",
+        [BIN / "gunicorn", app, "--chdir", str(chdir), "--workers", "1", "--worker-class", "sync",
          "--timeout", "600", "--bind", f"127.0.0.1:{port}", "--log-file", str(log)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -142,6 +147,28 @@ def upload(url: str, auth: str, path: Path) -> tuple[float, dict]:
     return elapsed, json.loads(done.stdout)
 
 
+BARE_APP = """
+import hashlib, os
+
+def app(environ, start_response):
+    size, read, digest = int(environ["CONTENT_LENGTH"]), 0, hashlib.sha256()
+    chunk = int(os.environ.get("CLUSTER_BACKUP_CHUNK_BYTES", 1024 * 1024))
+    with open(os.environ["BARE_TARGET"], "wb") as handle:
+        while read < size:
+            data = environ["wsgi.input"].read(min(chunk, size - read))
+            if not data:
+                break
+            read += len(data)
+            digest.update(data)
+            handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.unlink(os.environ["BARE_TARGET"])
+    start_response("201 Created", [("Content-Type", "application/json")])
+    return [('{"data": {"size": %d}}' % read).encode()]
+"""
+
+
 def copy(source: Path, target: Path, *, fsync: bool) -> float:
     target.unlink(missing_ok=True)
     os.sync()  # every measurement starts with no dirty pages to be throttled behind
@@ -166,7 +193,7 @@ def main() -> None:
     print(f"  before start: {load()}")
     database_url = f"{options.server.rstrip('/')}/{options.database}"
     database_recreate(options.server, options.database)
-    gunicorn = None
+    gunicorn = bare = None
     rounds = []
     try:
         os.environ["DATABASE_URL"] = database_url
@@ -195,6 +222,16 @@ def main() -> None:
                 port, env, work / "gunicorn.log"
             ))  # fmt: skip
             worker = worker_pid(gunicorn.pid)
+            (work / "bare_app.py").write_text(BARE_APP)
+            bare_port = free_port()
+            bare = gunicorn_start(
+                bare_port,
+                {**env, "BARE_TARGET": str(work / "bare.bin")},
+                work / "bare.log",
+                app="bare_app:app",
+                chdir=work,
+            )
+            bare_url = f"http://127.0.0.1:{bare_port}/"
             url = f"http://127.0.0.1:{port}/collect/api/systems/backups"
             small = work / "small.bin"
             small.write_bytes(os.urandom(64 * 1024))
@@ -218,11 +255,15 @@ def main() -> None:
                 seconds, answer = upload(url, auth, source)
                 peak = status_kib(worker, "VmHWM")
                 assert answer["data"]["size"] == size, answer
+                os.sync()
+                bare_seconds, bare_answer = upload(bare_url, auth, source)
+                assert bare_answer["data"]["size"] == size, bare_answer
                 rounds.append(
                     {
                         "cp": size / MIB / cp_plain,
                         "cp_fsync": size / MIB / cp_synced,
                         "upload": size / MIB / seconds,
+                        "bare": size / MIB / bare_seconds,
                         "growth_mib": (peak - rss_before) / 1024,
                         "rss_mib": rss_before / 1024,
                     }
@@ -231,17 +272,20 @@ def main() -> None:
                 print(
                     f"  cp {r['cp']:.0f} MiB/s, cp+fsync {r['cp_fsync']:.0f} MiB/s, "
                     f"upload {r['upload']:.0f} MiB/s → {r['upload'] / r['cp']:.2f}× cp, "
-                    f"{r['upload'] / r['cp_fsync']:.2f}× cp+fsync; worker RSS "
+                    f"{r['upload'] / r['cp_fsync']:.2f}× cp+fsync; "
+                    f"bare WSGI {r['bare']:.0f} MiB/s; worker RSS "
                     f"{r['rss_mib']:.0f} MiB, peak growth {r['growth_mib']:.1f} MiB"
                 )
                 print(f"  after: {load()}")
-            gunicorn.send_signal(signal.SIGTERM)
-            gunicorn.wait(timeout=30)
-            gunicorn = None
+            for server in (gunicorn, bare):
+                server.send_signal(signal.SIGTERM)
+                server.wait(timeout=30)
+            gunicorn = bare = None
     finally:
-        if gunicorn is not None:
-            gunicorn.kill()
-            gunicorn.wait()
+        for server in (gunicorn, bare):
+            if server is not None:
+                server.kill()
+                server.wait()
         database_drop(options.server, options.database)
 
     def median(key: str) -> float:
@@ -251,10 +295,15 @@ def main() -> None:
     print(f"  cp                 {median('cp'):7.0f} MiB/s")
     print(f"  cp + fsync         {median('cp_fsync'):7.0f} MiB/s")
     print(f"  upload (HTTP)      {median('upload'):7.0f} MiB/s")
+    print(
+        f"  bare WSGI upload   {median('bare'):7.0f} MiB/s   (read, hash, write, fsync; no Django)"
+    )
     ratio = statistics.median(r["upload"] / r["cp"] for r in rounds)
     ratio_sync = statistics.median(r["upload"] / r["cp_fsync"] for r in rounds)
     print(f"  upload / cp        {ratio:7.2f}×   (target ≥ 0.5×)")
     print(f"  upload / cp+fsync  {ratio_sync:7.2f}×")
+    bare_ratio = statistics.median(r["upload"] / r["bare"] for r in rounds)
+    print(f"  upload / bare WSGI {bare_ratio:7.2f}×")
     print(f"  worker peak RSS growth {max(r['growth_mib'] for r in rounds):.1f} MiB (max)"
           "   (target ≤ 64 MiB)")  # fmt: skip
     print(f"\ntotal run time {time.monotonic() - started:.0f} s; {load()}")
