@@ -92,6 +92,7 @@ def test_a_path_outside_the_target_cannot_be_written(tmp_path):
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("needs_postgresql")
 def test_cutover_data_is_portable_and_its_drill_loads_it_into_a_scratch_database(customer):
     for n in range(2):
         make_system(customer, name=f"cluster-{n}")

@@ -15,7 +15,7 @@ from backups_app.storage import get_store
 from tests.backups_app.conftest import pg_database_exists
 from tests.factories import make_system
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("needs_postgresql")]
 
 
 @pytest.fixture
