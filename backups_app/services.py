@@ -177,7 +177,10 @@ def cluster_backup_receive(*, system: System, upload: Upload) -> ClusterBackup:
     backup_id = uuid.uuid4()
     key = f"cluster/{system.system_key}/{backup_id}"
     chunk_size = settings.CLUSTER_BACKUP_CHUNK_BYTES
-    writer = get_store().writer(key)
+    try:
+        writer = get_store().writer(key)
+    except Exception as error:
+        raise StorageUnavailable(f"The backup storage is unavailable: {error}") from error
     sink = _Sink(writer)
     received = 0
     try:

@@ -277,3 +277,13 @@ def test_a_storage_failure_mid_upload_answers_503_and_leaves_nothing(
     assert response.status_code == 503
     assert "No space left on device" in response.json()["message"]
     assert_nothing_stored(store)
+
+
+def test_an_unreachable_bucket_answers_503(client, system, settings):
+    from tests.backups_app.conftest import _use_s3
+
+    _use_s3(settings, "http://127.0.0.1:9")  # nothing listens on the discard port
+    settings.BACKUP_STORAGE_URL = "s3://cutover-test/unreachable"
+    response = post_backup(client, system, b"abc")
+    assert response.status_code == 503
+    assert ClusterBackup.objects.count() == 0
