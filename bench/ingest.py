@@ -157,7 +157,7 @@ def seed(count: int, workdir: Path) -> tuple[Path, Path, str]:
     django.setup()
     from django.db import connections
 
-    from fleet_app import credentials, services
+    from fleet_app import credentials, inventory_diff, services
     from fleet_app.demo import ns8_inventory
     from fleet_app.models import Inventory, System, SystemActivityDay
 
@@ -203,9 +203,17 @@ def seed(count: int, workdir: Path) -> tuple[Path, Path, str]:
     )
     previous = ns8_inventory(seed=1, uptime=1000)
     previous_size = len(json.dumps(previous))
+    # As the service stores it: a steady-state inventory compares by digest.
+    previous_digest = inventory_diff.facts_digest(inventory_diff.flatten(previous))
     Inventory.objects.bulk_create(
         [
-            Inventory(system=s, received_at=earlier, data=previous, size=previous_size)
+            Inventory(
+                system=s,
+                received_at=earlier,
+                data=previous,
+                size=previous_size,
+                facts_digest=previous_digest,
+            )
             for s in systems
         ],
         batch_size=100,
