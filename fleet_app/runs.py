@@ -8,6 +8,8 @@ A concrete run model subclasses ``Run`` and adds what its job needs.
 Phases follow Velero's: ``pending → running → succeeded | partially_failed | failed``.
 """
 
+import time
+
 from django.conf import settings
 from django.db import models, transaction
 from django.db.models import F, Value
@@ -125,3 +127,19 @@ def run_finish(run: Run, *, error: str = "") -> str:
     )
     run.refresh_from_db()
     return state
+
+
+def run_wait(run: Run, *, on_phase=None, poll_seconds: float = 0.5) -> Run:
+    """Poll a run row until it finishes; call ``on_phase(run)`` whenever its phase changes.
+
+    For commands that start a job and wait for it; the row is the only thing they read.
+    """
+    last_phase = None
+    while True:
+        run.refresh_from_db()
+        if on_phase is not None and run.phase != last_phase:
+            on_phase(run)
+            last_phase = run.phase
+        if run.is_finished:
+            return run
+        time.sleep(poll_seconds)

@@ -4,17 +4,13 @@ Creates a backup run that a Celery worker carries out (in-process when no broker
 configured) and follows it to the end unless ``--no-wait``.
 """
 
-import time
-
 from django.core.management.base import BaseCommand, CommandError
 
 from fleet_app.errors import FleetError
 from fleet_app.locks import LockHeld, named_lock
+from fleet_app.runs import run_wait
 
-from ...models import BackupRun
 from ...service_backups import backup_run_start, service_by_name
-
-POLL_SECONDS = 0.5
 
 
 class Command(BaseCommand):
@@ -34,7 +30,7 @@ class Command(BaseCommand):
                 run = backup_run_start(actor=None, service=service)
                 self.stdout.write(f"Backup run {run.pk} of {service.name} started.")
                 if not options["no_wait"]:
-                    run = self._wait(run)
+                    run = run_wait(run, on_phase=self._phase)
         except LockHeld:
             raise CommandError(
                 f"Another backup of {options['service']} is being started; try again."
@@ -47,13 +43,5 @@ class Command(BaseCommand):
             raise CommandError(f"Backup run {run.pk} {run.state}: {run.error}")
         self.stdout.write(f"Backup run {run.pk} succeeded: {run.size} bytes, sha256 {run.sha256}.")
 
-    def _wait(self, run: BackupRun) -> BackupRun:
-        last_phase = None
-        while True:
-            run.refresh_from_db()
-            if run.phase != last_phase:
-                self.stderr.write(f"  {run.state}: {run.phase}")
-                last_phase = run.phase
-            if run.is_finished:
-                return run
-            time.sleep(POLL_SECONDS)
+    def _phase(self, run) -> None:
+        self.stderr.write(f"  {run.state}: {run.phase}")

@@ -7,17 +7,15 @@ where it came from. Targets: ``database=NAME`` (PostgreSQL), ``path=/folder``
 """
 
 import json
-import time
 
 from django.core.management.base import BaseCommand, CommandError
 
 from fleet_app.errors import FleetError
 from fleet_app.locks import LockHeld, named_lock
+from fleet_app.runs import run_wait
 
-from ...models import BackupRun, RestoreRun
+from ...models import BackupRun
 from ...service_backups import restore_run_start
-
-POLL_SECONDS = 0.5
 
 
 def _target(pairs: list[str]) -> dict[str, str] | None:
@@ -61,7 +59,7 @@ class Command(BaseCommand):
                     self.stdout.write("Dry run: nothing was written. Re-run with --apply.")
                     return
                 self.stdout.write(f"Restore run {run.pk} started.")
-                run = self._wait(run)
+                run = run_wait(run, on_phase=self._phase)
         except LockHeld:
             raise CommandError(
                 f"Another restore of {backup.service.name} is being started; try again."
@@ -72,13 +70,5 @@ class Command(BaseCommand):
             raise CommandError(f"Restore run {run.pk} {run.state}: {run.error or 'verify failed'}")
         self.stdout.write(f"Restore run {run.pk} succeeded and verified.")
 
-    def _wait(self, run: RestoreRun) -> RestoreRun:
-        last_phase = None
-        while True:
-            run.refresh_from_db()
-            if run.phase != last_phase:
-                self.stderr.write(f"  {run.state}: {run.phase}")
-                last_phase = run.phase
-            if run.is_finished:
-                return run
-            time.sleep(POLL_SECONDS)
+    def _phase(self, run) -> None:
+        self.stderr.write(f"  {run.state}: {run.phase}")
