@@ -13,3 +13,7 @@ class BackupsConfig(AppConfig):
         from .services import backup_bytes_per_organization
 
         usage_source_register("backup_bytes", "organization", backup_bytes_per_organization)
+
+        # Prometheus collectors register themselves on import.
+        from . import metrics  # noqa: F401
+        from .zfs import metrics as zfs_metrics  # noqa: F401

@@ -6,6 +6,6 @@ class MigrationsConfig(AppConfig):
     verbose_name = "Migrations"
 
     def ready(self) -> None:
-        from . import receivers
+        from . import metrics, receivers  # noqa: F401 - metrics registers its collector
 
         receivers.connect()

@@ -2,9 +2,7 @@
 
 from django.urls import path
 
-# The URLconf always imports this module: registering the /metrics collector here means
-# it is in place before the first scrape, in every process that serves requests.
-from . import metrics, views  # noqa: F401
+from . import views
 
 urlpatterns = [
     path("cutover/", views.cutover_dashboard, name="cutover-dashboard"),

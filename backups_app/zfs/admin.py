@@ -30,11 +30,7 @@ from ..models_zfs import (
     SnapshotRun,
     StorageHost,
 )
-from . import (
-    metrics,  # noqa: F401 - registers the Prometheus collector
-    pipeline,
-    services,
-)
+from . import pipeline, services
 from .runner import ZfsCommandError
 
 
