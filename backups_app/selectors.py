@@ -160,22 +160,27 @@ def services_overview(*, drill_max_age_days: int | None = None) -> list[dict]:
     good_drill = RestoreRun.objects.filter(
         service_id=OuterRef("pk"), purpose=RestoreRun.Purpose.DRILL, verified=True
     ).order_by("-finished_at")
-    services = Service.objects.annotate(
-        last_good_drill_at=Subquery(good_drill.values("finished_at")[:1]),
-    ).order_by("name")
+    latest_backup = BackupRun.objects.filter(service_id=OuterRef("pk")).order_by("-pk")
+    latest_drill = RestoreRun.objects.filter(
+        service_id=OuterRef("pk"), purpose=RestoreRun.Purpose.DRILL
+    ).order_by("-pk")
+    services = list(
+        Service.objects.annotate(
+            last_good_drill_at=Subquery(good_drill.values("finished_at")[:1]),
+            last_backup_id=Subquery(latest_backup.values("pk")[:1]),
+            last_drill_id=Subquery(latest_drill.values("pk")[:1]),
+        ).order_by("name")
+    )
+    # Three queries however many services: the latest rows are fetched together.
+    backups = BackupRun.objects.in_bulk([s.last_backup_id for s in services if s.last_backup_id])
+    drills = RestoreRun.objects.in_bulk([s.last_drill_id for s in services if s.last_drill_id])
     result = []
     for service in services:
-        last_backup = BackupRun.objects.filter(service=service).order_by("-pk").first()
-        last_drill = (
-            RestoreRun.objects.filter(service=service, purpose=RestoreRun.Purpose.DRILL)
-            .order_by("-pk")
-            .first()
-        )
         result.append(
             {
                 "service": service,
-                "last_backup": last_backup,
-                "last_drill": last_drill,
+                "last_backup": backups.get(service.last_backup_id),
+                "last_drill": drills.get(service.last_drill_id),
                 "last_good_drill_at": service.last_good_drill_at,
                 "drill_overdue": service.enabled
                 and (service.last_good_drill_at is None or service.last_good_drill_at < cutoff),
