@@ -23,6 +23,7 @@ from django.utils import timezone
 from fleet_app import services
 from fleet_app.demo import ns8_inventory
 from fleet_app.models import Inventory, Organization, System, SystemActivityDay, User
+from fleet_app.progress import ProgressBar
 
 OWNER = "Cutover Demo Owner"
 DISTRIBUTORS = ("Northwind Distribution", "Southgate Distribution")
@@ -109,27 +110,6 @@ def _fate(organization_name: str, index: int) -> tuple[str, Fate]:
         last_heartbeat_ago=last_ago,
         miss_rate=rng.choice((0.0, 0.02, 0.05, 0.15)),
     )
-
-
-class Progress:
-    """One line redrawn in place on a terminal; a line every 10 % elsewhere (logs, tests)."""
-
-    def __init__(self, stdout, label: str, total: int) -> None:
-        self.stdout, self.label, self.total = stdout, label, max(total, 1)
-        self.tty = hasattr(stdout, "isatty") and stdout.isatty()
-        self.shown = -1
-
-    def update(self, done: int) -> None:
-        percent = 100 * done // self.total
-        if self.tty:
-            bar = "#" * (percent // 4)
-            self.stdout.write(f"\r  {self.label} [{bar:<25}] {done}/{self.total}", ending="")
-            self.stdout.flush()
-            if done >= self.total:
-                self.stdout.write("")
-        elif percent // 10 > self.shown:
-            self.shown = percent // 10
-            self.stdout.write(f"  {self.label}: {done}/{self.total}")
 
 
 class Command(BaseCommand):
@@ -240,10 +220,11 @@ class Command(BaseCommand):
             (present[(org.pk, name)], fate) for org, name, fate in plan if (org.pk, name) in present
         ]
         created = []
-        progress = Progress(self.stdout, "systems", len(missing))
+        progress = ProgressBar(self.stdout, len(missing), "systems")
         for done, (organization, name, fate) in enumerate(missing, start=1):
             created.append((self._system(organization, name, fate), fate))
-            progress.update(done)
+            progress.show(done)
+        progress.close()
         return created, existing
 
     def _system(self, organization: Organization, name: str, fate: Fate) -> System:

@@ -14,10 +14,10 @@ from django.core.management.base import BaseCommand, CommandError
 
 from fleet_app.errors import FleetError
 from fleet_app.locks import LockHeld, named_lock
+from fleet_app.progress import ProgressBar
 
 from ... import accounts
 from ...models import DedupeJournal, DedupeRun
-from .import_legacy_accounts import Progress
 
 LOCKED = (
     "Another dedupe is running (a dedupe_users command or a dedupe job started from the "
@@ -119,7 +119,7 @@ class Command(BaseCommand):
         return run
 
     def _apply(self, groups, *, delete: bool, prefer: list[int]) -> DedupeRun:
-        progress = Progress(self.stderr, len(groups), "groups")
+        progress = ProgressBar(self.stderr, len(groups), "groups")
         try:
             with named_lock("dedupe_users"):
                 run = accounts.dedupe_run_create(
@@ -138,7 +138,7 @@ class Command(BaseCommand):
         try:
             with named_lock("dedupe_users"):
                 undo = accounts.dedupe_undo_create(actor=None, run=run, force=force)
-                progress = Progress(self.stderr, undo.total, "groups")
+                progress = ProgressBar(self.stderr, undo.total, "groups")
                 undo = accounts.dedupe_run_process(run=undo, progress=progress.step)
                 progress.close()
         except LockHeld:

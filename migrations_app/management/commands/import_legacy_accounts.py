@@ -23,6 +23,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from fleet_app.locks import LockHeld, named_lock
 from fleet_app.models import Organization
+from fleet_app.progress import ProgressBar
 
 from ... import accounts
 
@@ -98,7 +99,7 @@ class Command(BaseCommand):
                 sections.setdefault(name, []).extend(rows)
         parent = _organization(under)
         total = sum(len(rows) for rows in sections.values())
-        progress = Progress(self.stderr, total, "rows")
+        progress = ProgressBar(self.stderr, total, "rows")
         try:
             with named_lock("import_legacy_accounts"):
                 report = accounts.accounts_import(
@@ -140,29 +141,3 @@ def _organization(ref: str | None) -> Organization | None:
         return found
     owners = list(Organization.objects.filter(kind=Organization.Kind.OWNER)[:2])
     return owners[0] if len(owners) == 1 else None
-
-
-class Progress:
-    """A one-line progress bar on a terminal, a line every 10% otherwise (on stderr)."""
-
-    def __init__(self, stream, total: int, unit: str):
-        self.stream, self.total, self.done, self.unit = stream, total, 0, unit
-        self.tty = stream.isatty()
-        self.next_report = max(1, total // 10)
-
-    def step(self, *args) -> None:
-        if not self.total:
-            return
-        self.done += 1
-        if self.tty:
-            filled = 30 * self.done // self.total
-            self.stream.write(
-                f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} {self.unit}",
-                ending="",
-            )
-        elif self.done % self.next_report == 0 or self.done == self.total:
-            self.stream.write(f"{self.done}/{self.total} {self.unit}")
-
-    def close(self) -> None:
-        if self.tty and self.total:
-            self.stream.write("")

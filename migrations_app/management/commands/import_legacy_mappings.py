@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from fleet_app.locks import LockHeld, named_lock
 from fleet_app.models import Organization
+from fleet_app.progress import ProgressBar
 
 from ... import services
 
@@ -83,7 +84,7 @@ class Command(BaseCommand):
                 raise CommandError(f"Organization {organization!r} does not exist.")
         rows, unit = read_rows(file)
         total = len(rows)
-        progress = _Progress(self.stderr, total) if total else None
+        progress = ProgressBar(self.stderr, total, "rows")
         try:
             with named_lock("import_legacy_mappings"):
                 report = services.mappings_import(
@@ -91,12 +92,11 @@ class Command(BaseCommand):
                     apply=apply,
                     default_organization=default_org,
                     born_registered=born_registered,
-                    progress=progress.step if progress else None,
+                    progress=progress.step,
                 )
         except LockHeld:
             raise CommandError("Another import_legacy_mappings is running; try later.") from None
-        if progress:
-            progress.close()
+        progress.close()
         for number, message in report.errors:
             self.stderr.write(self.style.ERROR(f"{unit} {number}: {message}"))
         verb = "Imported" if apply else "Would import"
@@ -106,26 +106,3 @@ class Command(BaseCommand):
         )
         if not apply:
             self.stdout.write("Dry run: nothing was written. Re-run with --apply to import.")
-
-
-class _Progress:
-    """A one-line progress bar on a terminal, a line every 10% otherwise."""
-
-    def __init__(self, stream, total: int):
-        self.stream, self.total, self.done = stream, total, 0
-        self.tty = stream.isatty()
-        self.next_report = max(1, total // 10)
-
-    def step(self, _number: int) -> None:
-        self.done += 1
-        if self.tty:
-            filled = 30 * self.done // self.total
-            self.stream.write(
-                f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}", ending=""
-            )
-        elif self.done % self.next_report == 0 or self.done == self.total:
-            self.stream.write(f"{self.done}/{self.total} rows")
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("")

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from fleet_app.errors import InvalidInput
 from fleet_app.locks import LockHeld, named_lock
+from fleet_app.progress import ProgressBar
 from fleet_app.runs import RunState
 
 from ...models import RotationRun
@@ -123,7 +124,7 @@ class Command(BaseCommand):
             )
 
     def _wait(self, run: RotationRun) -> None:
-        bar = _Bar(self.stderr)
+        bar = ProgressBar(self.stderr, 0, "mappings rotated")
         try:
             while True:
                 run.refresh_from_db()
@@ -139,26 +140,3 @@ class Command(BaseCommand):
         self.stdout.write(f"Run {run.pk} {run.state}: rotated {run.done} of {run.total}.")
         if run.error:
             raise CommandError(f"Run {run.pk} failed: {run.error}")
-
-
-class _Bar:
-    """A one-line progress bar on a terminal; a line every 10% otherwise."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.last_tenth = -1
-
-    def show(self, done: int, total: int) -> None:
-        fraction = done / total if total else 1.0
-        if self.tty:
-            filled = int(30 * fraction)
-            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{total}", ending="")
-            self.stream.flush()
-        elif int(fraction * 10) != self.last_tenth:
-            self.last_tenth = int(fraction * 10)
-            self.stream.write(f"{done}/{total} mappings rotated")
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("")
