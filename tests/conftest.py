@@ -28,6 +28,18 @@ def forget_hot_systems():
 
 
 @pytest.fixture
+def celery_eager(settings):
+    """Tasks run in-process, as in the embedded default without a broker."""
+    from controlplane.celery import app
+
+    previous = app.conf.task_always_eager
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = previous
+
+
+@pytest.fixture
 def owner(db):
     return OrganizationFactory(name="Owner", kind=Organization.Kind.OWNER)
 

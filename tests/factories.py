@@ -91,3 +91,37 @@ def make_mapping(
     mapping = LegacyMapping.objects.select_related("system").get(legacy_system_id=legacy_system_id)
     mapping.legacy_token = legacy_token
     return mapping
+
+
+def bulk_mappings(organization, count, *, prefix="bulk", **system_fields):
+    """``count`` mappings with real digests, inserted in bulk (the import service makes
+    them one transaction each, too slow for thousands)."""
+    from fleet_app import credentials
+    from fleet_app.models import System
+    from migrations_app.models import LegacyMapping
+
+    systems = []
+    for number in range(count):
+        public, secret = credentials.system_secret_generate()
+        systems.append(
+            System(
+                organization=organization,
+                name=f"{prefix}-{number}",
+                system_key=credentials.system_key_generate(),
+                secret_public=public,
+                secret_digest=credentials.digest(secret),
+                registered_at=timezone.now(),
+                **system_fields,
+            )
+        )
+    System.objects.bulk_create(systems, batch_size=1000)
+    mappings = [
+        LegacyMapping(
+            legacy_system_id=f"{prefix}-{number:05d}",
+            legacy_token_digest=credentials.digest(f"token-{prefix}-{number}"),
+            system=system,
+        )
+        for number, system in enumerate(systems)
+    ]
+    LegacyMapping.objects.bulk_create(mappings, batch_size=1000)
+    return mappings

@@ -62,14 +62,8 @@ def store(request, settings, local_store):
 
 
 @pytest.fixture(autouse=True)
-def celery_eager():
+def tasks_in_process(celery_eager):
     """Tasks run in-process unless a test asks for the real worker (which overrides this)."""
-    from controlplane.celery import app
-
-    previous = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = previous
 
 
 def pg_database_exists(name: str) -> bool:

@@ -16,18 +16,6 @@ PLAN = "admin:migrations_app_deduperun_plan"
 
 
 @pytest.fixture
-def eager(settings):
-    """Tasks run in-process, as in the embedded default without a broker."""
-    from controlplane.celery import app
-
-    previous = app.conf.task_always_eager
-    settings.CELERY_TASK_ALWAYS_EAGER = True
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = previous
-
-
-@pytest.fixture
 def root(owner):
     return UserFactory(email="root@example.com", organization=owner, is_superuser=True)
 
@@ -56,7 +44,7 @@ def test_the_plan_is_shown_before_anything_starts(client, root, duplicates):
 
 
 def test_confirming_the_plan_starts_a_job_that_merges_it(
-    client, root, duplicates, eager, django_capture_on_commit_callbacks
+    client, root, duplicates, celery_eager, django_capture_on_commit_callbacks
 ):
     survivor, other = duplicates
     client.force_login(root)
@@ -92,7 +80,7 @@ def test_a_plan_that_changed_since_it_was_shown_is_not_started(client, root, dup
 
 
 def test_prefer_and_delete_from_the_plan_page(
-    client, root, duplicates, eager, django_capture_on_commit_callbacks
+    client, root, duplicates, celery_eager, django_capture_on_commit_callbacks
 ):
     survivor, other = duplicates
     client.force_login(root)
@@ -118,7 +106,7 @@ def test_only_superusers_dedupe(client, alice, duplicates):
 
 
 def test_the_undo_action_restores_the_run(
-    client, root, duplicates, eager, django_capture_on_commit_callbacks
+    client, root, duplicates, celery_eager, django_capture_on_commit_callbacks
 ):
     before = snapshot(ignore=(root.pk,))
     with django_capture_on_commit_callbacks(execute=True):
@@ -139,7 +127,7 @@ def test_the_undo_action_restores_the_run(
     assert snapshot(ignore=(root.pk,)) == before
 
 
-def test_the_journal_page_masks_credentials(client, root, duplicates, eager):
+def test_the_journal_page_masks_credentials(client, root, duplicates, celery_eager):
     survivor, other = duplicates
     Token.objects.create(user=survivor)
     other.set_password("correct horse battery staple")

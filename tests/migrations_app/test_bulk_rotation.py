@@ -15,7 +15,6 @@ import pytest
 from django.db import OperationalError
 from django.utils import timezone
 
-from fleet_app import credentials
 from fleet_app.errors import InvalidInput
 from fleet_app.models import AuditEntry, System
 from fleet_app.runs import run_claim
@@ -27,52 +26,10 @@ from migrations_app.rotation import (
     rotation_run_start,
 )
 from tests.conftest import basic_auth, wait_for
-from tests.factories import make_mapping
+from tests.factories import bulk_mappings, make_mapping
 
 PROXY = "/proxy/credentials"
 HEARTBEAT = "/collect/api/systems/heartbeat"
-
-
-@pytest.fixture
-def eager(settings):
-    """Tasks run in-process, as in the embedded default without a broker."""
-    from controlplane.celery import app
-
-    previous = app.conf.task_always_eager
-    settings.CELERY_TASK_ALWAYS_EAGER = True
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = previous
-
-
-def bulk_mappings(organization, count, *, prefix="bulk", **system_fields):
-    """``count`` mappings with real digests, inserted in bulk (the import service makes
-    them one transaction each, too slow for thousands)."""
-    systems = []
-    for number in range(count):
-        public, secret = credentials.system_secret_generate()
-        systems.append(
-            System(
-                organization=organization,
-                name=f"{prefix}-{number}",
-                system_key=credentials.system_key_generate(),
-                secret_public=public,
-                secret_digest=credentials.digest(secret),
-                registered_at=timezone.now(),
-                **system_fields,
-            )
-        )
-    System.objects.bulk_create(systems, batch_size=1000)
-    mappings = [
-        LegacyMapping(
-            legacy_system_id=f"{prefix}-{number:05d}",
-            legacy_token_digest=credentials.digest(f"token-{prefix}-{number}"),
-            system=system,
-        )
-        for number, system in enumerate(systems)
-    ]
-    LegacyMapping.objects.bulk_create(mappings, batch_size=1000)
-    return mappings
 
 
 def selected(filters):
@@ -191,7 +148,7 @@ def test_only_unused_credentials_of_active_systems_are_rekeyed(customer):
 
 
 def test_a_handed_out_unused_secret_stops_working(
-    client, customer, eager, django_capture_on_commit_callbacks
+    client, customer, celery_eager, django_capture_on_commit_callbacks
 ):
     mapping = make_mapping(customer)
     legacy_auth = basic_auth(mapping.legacy_system_id, mapping.legacy_token)
@@ -219,7 +176,7 @@ def test_a_handed_out_unused_secret_stops_working(
 
 
 def test_credentials_fetched_within_the_grace_period_are_left_alone(
-    client, customer, eager, settings, django_capture_on_commit_callbacks
+    client, customer, celery_eager, settings, django_capture_on_commit_callbacks
 ):
     settings.ROTATION_GRACE_MINUTES = 60
     mapping = make_mapping(customer)
@@ -236,7 +193,7 @@ def test_credentials_fetched_within_the_grace_period_are_left_alone(
 
 
 def test_credentials_in_use_keep_working(
-    client, customer, eager, django_capture_on_commit_callbacks
+    client, customer, celery_eager, django_capture_on_commit_callbacks
 ):
     mapping = make_mapping(customer)
     legacy_auth = basic_auth(mapping.legacy_system_id, mapping.legacy_token)
@@ -333,7 +290,7 @@ def test_a_chunk_delivered_twice_rotates_each_mapping_once(customer):
     assert CutoverDay.objects.get().rotated == 4
 
 
-def test_a_message_for_a_finished_run_does_nothing(customer, eager):
+def test_a_message_for_a_finished_run_does_nothing(customer, celery_eager):
     bulk_mappings(customer, 3)
     run = rotation_run_start(actor=None, filters={})
     run_to_the_end(run)
@@ -346,7 +303,9 @@ def test_a_message_for_a_finished_run_does_nothing(customer, eager):
     assert set(LegacyMapping.objects.values_list("rotation_count", flat=True)) == {1}
 
 
-def test_eager_runs_loop_over_many_chunks(customer, eager, django_capture_on_commit_callbacks):
+def test_eager_runs_loop_over_many_chunks(
+    customer, celery_eager, django_capture_on_commit_callbacks
+):
     bulk_mappings(customer, 150)
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -356,7 +315,7 @@ def test_eager_runs_loop_over_many_chunks(customer, eager, django_capture_on_com
     assert (run.state, run.done) == ("succeeded", 150)
 
 
-def test_a_transient_database_error_is_retried(customer, eager, monkeypatch):
+def test_a_transient_database_error_is_retried(customer, celery_eager, monkeypatch):
     bulk_mappings(customer, 3)
     run = rotation_run_start(actor=None, filters={})
     real = rotation.rotation_run_execute_chunk
@@ -377,7 +336,7 @@ def test_a_transient_database_error_is_retried(customer, eager, monkeypatch):
     assert (run.state, run.done, len(calls)) == ("succeeded", 3, 2)
 
 
-def test_any_other_error_fails_the_run_with_its_message(customer, eager, monkeypatch):
+def test_any_other_error_fails_the_run_with_its_message(customer, celery_eager, monkeypatch):
     bulk_mappings(customer, 3)
     run = rotation_run_start(actor=None, filters={})
 

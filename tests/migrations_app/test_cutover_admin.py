@@ -377,19 +377,8 @@ def test_a_reader_cannot_resolve_an_anomaly(client, bob, mapping):
     assert FingerprintAnomaly.objects.get(pk=anomaly.pk).resolved_at is None
 
 
-@pytest.fixture
-def eager_celery(settings):
-    from controlplane.celery import app
-
-    previous = app.conf.task_always_eager
-    settings.CELERY_TASK_ALWAYS_EAGER = True
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = previous
-
-
 def test_bulk_rotation_starts_a_run_and_links_to_it(
-    client, alice, customer, eager_celery, django_capture_on_commit_callbacks
+    client, alice, customer, celery_eager, django_capture_on_commit_callbacks
 ):
     pytest.importorskip("migrations_app.rotation")
     chosen = [

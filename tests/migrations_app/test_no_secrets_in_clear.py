@@ -94,17 +94,6 @@ class Secrets:
 
 
 @pytest.fixture
-def eager_celery(settings):
-    from controlplane.celery import app
-
-    previous = app.conf.task_always_eager
-    settings.CELERY_TASK_ALWAYS_EAGER = True
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = previous
-
-
-@pytest.fixture
 def sql_logged(settings, caplog):
     """Everything at DEBUG, including each SQL statement with its parameters."""
     settings.DEBUG = True  # the database backend logs queries only when DEBUG is on
@@ -126,7 +115,7 @@ def postgresql(transactional_db):
 
 
 def test_no_secret_or_legacy_token_is_in_the_dump_or_the_logs(
-    postgresql, customer, eager_celery, sql_logged, capfd, tmp_path
+    postgresql, customer, celery_eager, sql_logged, capfd, tmp_path
 ):
     caplog = sql_logged
     issued = Secrets()

@@ -11,19 +11,7 @@ from django.utils import timezone
 
 from fleet_app.models import AuditEntry, System
 from migrations_app.models import CutoverDay, LegacyMapping, RotationRun
-from tests.migrations_app.test_bulk_rotation import bulk_mappings
-
-
-@pytest.fixture
-def eager(settings):
-    """No broker: tasks run in-process, as in the embedded default."""
-    from controlplane.celery import app
-
-    previous = app.conf.task_always_eager
-    settings.CELERY_TASK_ALWAYS_EAGER = True
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = previous
+from tests.factories import bulk_mappings
 
 
 def rotate(*args):
@@ -60,7 +48,7 @@ def test_the_dry_run_honours_never_rotated_and_created_before(customer):
     assert "1 mapping(s) would be rotated." in out and "First: bulk-00000\n" in out
 
 
-def test_apply_runs_in_process_without_a_broker(transactional_db, customer, eager):
+def test_apply_runs_in_process_without_a_broker(transactional_db, customer, celery_eager):
     bulk_mappings(customer, 25)
 
     out, _ = rotate("--apply", "--chunk-size", "10")
@@ -76,7 +64,7 @@ def test_apply_runs_in_process_without_a_broker(transactional_db, customer, eage
     assert audit.actor is None and audit.actor_repr == "system"
 
 
-def test_wait_shows_progress_until_the_run_ends(transactional_db, customer, eager):
+def test_wait_shows_progress_until_the_run_ends(transactional_db, customer, celery_eager):
     bulk_mappings(customer, 5, prefix="eu")
     bulk_mappings(customer, 5, prefix="us")
 
@@ -106,7 +94,7 @@ def test_bad_arguments_are_one_sentence(db, args, message):
     assert not RotationRun.objects.exists()
 
 
-def test_two_applies_cannot_overlap(transactional_db, customer, eager):
+def test_two_applies_cannot_overlap(transactional_db, customer, celery_eager):
     """The lock is held elsewhere, as by another copy of the command."""
     bulk_mappings(customer, 2)
 
@@ -139,7 +127,7 @@ def _lock_held_elsewhere(name):
         yield
 
 
-def test_it_will_not_start_while_a_run_is_in_progress(customer, eager):
+def test_it_will_not_start_while_a_run_is_in_progress(customer, celery_eager):
     bulk_mappings(customer, 2)
     busy = RotationRun.objects.create(state="running", total=2)
 
