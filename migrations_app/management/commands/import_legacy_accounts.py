@@ -16,7 +16,6 @@ them: the first active one stays active, later ones are imported inactive and fl
 """
 
 import csv
-import json
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -26,6 +25,7 @@ from fleet_app.models import Organization
 from fleet_app.progress import ProgressBar
 
 from ... import accounts
+from ..exports import export_read
 
 # A CSV's section is the first whose telltale column its header has.
 CSV_SECTIONS = (
@@ -38,17 +38,9 @@ CSV_SECTIONS = (
 
 def read_sections(path: Path) -> dict[str, list[tuple[str, dict]]]:
     """``section → [(where, row)]`` from one JSON or CSV file."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise CommandError(f"{path} does not exist.") from None
-    except UnicodeDecodeError:
-        raise CommandError(f"{path} is not UTF-8 text.") from None
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except ValueError as error:
-            raise CommandError(f"{path} is not valid JSON: {error}.") from None
+    kind, content = export_read(path)
+    if kind == "json":
+        data = content
         if not isinstance(data, dict):
             raise CommandError(
                 f"{path} must hold a JSON object with lists named "
@@ -65,8 +57,7 @@ def read_sections(path: Path) -> dict[str, list[tuple[str, dict]]]:
                 (f"{path.name} {name} item {n}", row) for n, row in enumerate(rows, 1)
             ]
         return sections
-    if path.suffix.lower() != ".csv":
-        raise CommandError(f"{path} must end in .csv or .json.")
+    text = content
     reader = csv.DictReader(text.splitlines())
     header = set(reader.fieldnames or [])
     section = next((name for column, name in CSV_SECTIONS if column in header), None)

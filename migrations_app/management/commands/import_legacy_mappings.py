@@ -5,7 +5,6 @@ organization (id or name), type, legacy_last_seen_at (ISO 8601). Dry run by defa
 """
 
 import csv
-import json
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -15,30 +14,22 @@ from fleet_app.models import Organization
 from fleet_app.progress import ProgressBar
 
 from ... import services
+from ..exports import export_read
 
 REQUIRED = ("legacy_system_id", "legacy_token")
 
 
 def read_rows(path: Path) -> tuple[list[tuple[int, dict]], str]:
     """``(number, row)`` pairs and what the number counts ("line" or "item")."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise CommandError(f"{path} does not exist.") from None
-    except UnicodeDecodeError:
-        raise CommandError(f"{path} is not UTF-8 text.") from None
-    if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except ValueError as error:
-            raise CommandError(f"{path} is not valid JSON: {error}.") from None
+    kind, content = export_read(path)
+    if kind == "json":
+        data = content
         if isinstance(data, dict) and isinstance(data.get("proxy_mappings"), list):
             data = data["proxy_mappings"]
         if not isinstance(data, list):
             raise CommandError(f"{path} must hold a JSON list of mappings.")
         return [(n, row if isinstance(row, dict) else {}) for n, row in enumerate(data, 1)], "item"
-    if path.suffix.lower() != ".csv":
-        raise CommandError(f"{path} must end in .csv or .json.")
+    text = content
     reader = csv.DictReader(text.splitlines())
     missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
     if missing:
