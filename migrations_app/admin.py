@@ -23,10 +23,10 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from fleet_app.admin import (
-    CHANGE_LIST_AND_FORM,
     EstimatedCountPaginator,
     ReadOnlyModelAdmin,
     SystemOrganizationFilter,
+    form_action,
 )
 from fleet_app.errors import InvalidInput
 from fleet_app.models import System, User
@@ -231,10 +231,9 @@ class LegacyMappingAdmin(ReadOnlyModelAdmin):
         ]
         return format_html_join(" · ", '<a href="{}?{}">{}</a>', links)
 
-    @admin.action(
+    @form_action(
         permissions=["reopen"],
         description="Re-open mapping (native credentials lost: allow another rotation)",
-        location=CHANGE_LIST_AND_FORM,
     )
     def reopen(self, request, queryset):
         # One transaction: every selected mapping is re-opened and audited, or none.
@@ -435,10 +434,9 @@ class FingerprintAnomalyAdmin(ReadOnlyModelAdmin):
             return "-"
         return _admin_link("admin:migrations_app_legacymapping_change", mapping.pk, mapping)
 
-    @admin.action(
+    @form_action(
         permissions=["resolve"],
         description="Mark resolved",
-        location=CHANGE_LIST_AND_FORM,
     )
     def resolve(self, request, queryset):
         with transaction.atomic(using=router.db_for_write(FingerprintAnomaly)):

@@ -223,6 +223,31 @@ def test_a_support_user_cannot_soft_delete(client, customer, system):
     assert "soft_delete" not in actions
 
 
+def test_the_change_form_offers_the_actions_the_user_may_run(client, customer, system):
+    _as(client, UserFactory(organization=customer, roles=["support"]))
+
+    page = client.get(_change_url(system)).content.decode()
+
+    assert 'name="CHANGE_FORM-action"' in page and 'value="suspend"' in page
+    assert 'value="soft_delete"' not in page
+    assert f'name="_selected_action" value="{system.pk}"' in page
+
+
+def test_a_change_form_action_only_acts_on_the_object_of_the_page(
+    client, alice, system, other_system
+):
+    _as(client, alice)
+
+    response = client.post(
+        _change_url(system), {"CHANGE_FORM-action": "suspend", "_selected_action": other_system.pk}
+    )
+
+    assert response.status_code == 400
+    system.refresh_from_db()
+    other_system.refresh_from_db()
+    assert system.suspended_at is None and other_system.suspended_at is None
+
+
 def test_an_action_runs_from_the_change_form_too(client, alice, system):
     _as(client, alice)
 
