@@ -10,6 +10,7 @@ import uuid
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 
 from fleet_app.models import Organization, System
 from fleet_app.runs import Run
@@ -78,30 +79,27 @@ class Service(models.Model):
 class BackupSchedule(models.Model):
     """When to back a service up and how many of its scheduled backups to keep.
 
-    ``next_run_at`` is claimed by the beat tick with a conditional UPDATE, so two beats
-    (or a tick redelivered) start one run, never two.
+    The timing is a django-celery-beat ``PeriodicTask`` (an interval or a crontab, edited by
+    staff in the admin) that sends ``backup_schedule_run`` with this schedule's id. It is
+    written only by ``service_backups.backup_schedule_periodic_task_sync``, which mirrors
+    ``enabled`` onto it. ``last_run_at`` is claimed with a conditional UPDATE, so a message
+    sent twice (two beats, a redelivery) for one due time starts one backup, never two.
     """
 
-    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="schedules")
-    every_minutes = models.PositiveIntegerField(default=24 * 60)
+    service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="schedules")
+    # PROTECT: the task is removed with its schedule by the service, never on its own.
+    periodic_task = models.OneToOneField(
+        PeriodicTask, on_delete=models.PROTECT, related_name="backup_schedule", editable=False
+    )
     keep_count = models.PositiveIntegerField(default=7, help_text="Keep at most this many.")
     keep_days = models.PositiveIntegerField(
         default=30, help_text="Delete scheduled backups older than this many days."
     )
     enabled = models.BooleanField(default=True)
-    next_run_at = models.DateTimeField(default=timezone.now)
     last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
 
-    class Meta:
-        indexes = [
-            # The beat tick: enabled schedules that are due.
-            models.Index(
-                fields=["next_run_at"], condition=Q(enabled=True), name="bkp_sched_due_idx"
-            ),
-        ]
-
     def __str__(self) -> str:
-        return f"{self.service} every {self.every_minutes} min"
+        return f"{self.service} ({self.periodic_task.scheduler})"
 
 
 class BackupRun(Run):

@@ -10,9 +10,11 @@ managers), as run rows worked by Celery tasks.
 - A drill is a restore of a service's latest good backup to a scratch target, verified,
   then dropped; ``selectors.services_overview`` flags a service whose latest good drill
   is older than ``BACKUP_DRILL_MAX_AGE_DAYS``.
-- Schedules are claimed by ``backup_schedules_tick`` with a conditional UPDATE; retention
-  per schedule (count and age) removes archives but keeps the rows as history, and never
-  removes a service's latest good backup.
+- A schedule's timing is a django-celery-beat entry kept in step by
+  ``backup_schedule_periodic_task_sync``; beat sends ``backup_schedule_run`` at each due
+  time, which claims it with a conditional UPDATE. Retention per schedule (count and age)
+  removes archives but keeps the rows as history, and never removes a service's latest
+  good backup.
 
 Execution is idempotent on the run id: a finished run is left alone, and a run found
 ``running`` (its worker died, the message came back) starts its work again from the top;
@@ -21,6 +23,7 @@ archive keys are derived from the run id, so a second attempt overwrites the fir
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import shutil
 import uuid
@@ -28,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
+from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
 from fleet_app import services as fleet
 from fleet_app.errors import InvalidInput
@@ -377,25 +382,197 @@ def restore_drills_start(*, queue: str | None = None) -> list[RestoreRun]:
 # --- Schedules and retention --------------------------------------------------------------------
 
 
-def backup_schedules_tick(*, now: dt.datetime | None = None, queue: str | None = None) -> int:
-    """Start a backup for every enabled schedule that is due; returns how many started."""
-    now = now or timezone.now()
-    started = 0
-    due = BackupSchedule.objects.filter(
-        enabled=True, next_run_at__lte=now, service__enabled=True
-    ).select_related("service")
-    for schedule in due:
-        # Claim: only the tick that moves next_run_at on from the value it read starts it.
-        claimed = BackupSchedule.objects.filter(
-            pk=schedule.pk, next_run_at=schedule.next_run_at
-        ).update(
-            next_run_at=now + dt.timedelta(minutes=max(1, schedule.every_minutes)),
-            last_run_at=now,
+SCHEDULE_TASK = "backups_app.tasks.backup_schedule_run"
+
+# A schedule's timing: beat's interval or crontab row, which staff pick or edit in the admin.
+ScheduleTiming = IntervalSchedule | CrontabSchedule
+
+
+def _schedule_state(schedule: BackupSchedule) -> dict[str, Any]:
+    """A schedule as the audit log shows it: its own fields and its timing."""
+    state = fleet.audit_snapshot(schedule)
+    task = schedule.periodic_task
+    state["timing"] = str(task.scheduler) if task.scheduler else None
+    state["periodic_task_enabled"] = task.enabled
+    return state
+
+
+def backup_schedule_periodic_task_sync(
+    *, schedule: BackupSchedule, timing: ScheduleTiming | None = None, deleted: bool = False
+) -> PeriodicTask | None:
+    """Make the beat entry of ``schedule`` match it: the only code that writes those entries.
+
+    - a schedule not saved yet is saved here, after its entry (which it points at) and
+      before the entry names it (the entry's argument is the schedule's id); ``timing`` is
+      required then;
+    - a saved schedule's entry takes ``timing`` when given, and mirrors ``enabled``;
+    - ``deleted``: the schedule's row is gone, its entry goes too.
+
+    Entries are saved through the model, so beat's change marker moves and a running
+    ``DatabaseScheduler`` reloads them.
+    """
+    if deleted:
+        if schedule.periodic_task_id:
+            PeriodicTask.objects.get(pk=schedule.periodic_task_id).delete()
+        return None
+    if schedule.pk is None:
+        if timing is None:
+            raise InvalidInput("A schedule needs an interval or a crontab.")
+        schedule.periodic_task = PeriodicTask.objects.create(
+            name=f"backup schedule {uuid.uuid4().hex}",
+            task=SCHEDULE_TASK,
+            enabled=False,
+            **{"interval" if isinstance(timing, IntervalSchedule) else "crontab": timing},
         )
-        if claimed:
-            backup_run_start(actor=None, service=schedule.service, schedule=schedule, queue=queue)
-            started += 1
-    return started
+        schedule.save()
+    task = schedule.periodic_task
+    if timing is not None:
+        task.interval = timing if isinstance(timing, IntervalSchedule) else None
+        task.crontab = timing if isinstance(timing, CrontabSchedule) else None
+    task.name = f"backup schedule {schedule.pk}"
+    task.task = SCHEDULE_TASK
+    task.args = json.dumps([schedule.pk])
+    task.description = f"Back up service {schedule.service.name} (schedule {schedule.pk})."
+    task.enabled = schedule.enabled
+    try:
+        task.save()
+    except ValidationError as error:
+        raise InvalidInput("; ".join(error.messages)) from None
+    return task
+
+
+@transaction.atomic
+def backup_schedule_create(
+    *,
+    actor: User | None,
+    service: Service,
+    timing: ScheduleTiming,
+    keep_count: int = 7,
+    keep_days: int = 30,
+    enabled: bool = True,
+) -> BackupSchedule:
+    """A schedule of ``service`` and its beat entry, which sends ``backup_schedule_run``."""
+    if timing.pk is None:
+        timing.save()
+    schedule = BackupSchedule(
+        service=service, keep_count=keep_count, keep_days=keep_days, enabled=enabled
+    )
+    backup_schedule_periodic_task_sync(schedule=schedule, timing=timing)
+    fleet.audit_record(
+        actor=actor, action="backupschedule.create", obj=schedule, after=_schedule_state(schedule)
+    )
+    return schedule
+
+
+@transaction.atomic
+def backup_schedule_update(
+    *,
+    actor: User | None,
+    schedule: BackupSchedule,
+    timing: ScheduleTiming | None = None,
+    keep_count: int | None = None,
+    keep_days: int | None = None,
+    enabled: bool | None = None,
+) -> BackupSchedule:
+    """Change a schedule's timing, retention or ``enabled``; its beat entry follows."""
+    current = (
+        BackupSchedule.objects.select_for_update()
+        .select_related("service", "periodic_task__interval", "periodic_task__crontab")
+        .get(pk=schedule.pk)
+    )
+    before = _schedule_state(current)
+    changes = {
+        name: value
+        for name, value in (
+            ("keep_count", keep_count),
+            ("keep_days", keep_days),
+            ("enabled", enabled),
+        )
+        if value is not None and getattr(current, name) != value
+    }
+    for name, value in changes.items():
+        setattr(current, name, value)
+    if changes:
+        current.save(update_fields=list(changes))
+    if timing is not None and timing.pk is None:
+        timing.save()
+    backup_schedule_periodic_task_sync(schedule=current, timing=timing)
+    after = _schedule_state(current)
+    if after != before:
+        fleet.audit_record(
+            actor=actor, action="backupschedule.update", obj=current, before=before, after=after
+        )
+    return current
+
+
+@transaction.atomic
+def backup_schedule_delete(*, actor: User | None, schedule: BackupSchedule) -> None:
+    """Delete a schedule and its beat entry; its backups stay (``schedule`` emptied)."""
+    fleet.audit_record(
+        actor=actor,
+        action="backupschedule.delete",
+        obj=schedule,
+        before=_schedule_state(schedule),
+    )
+    schedule.delete()
+    backup_schedule_periodic_task_sync(schedule=schedule, deleted=True)
+
+
+def _schedule_due(schedule: BackupSchedule, now: dt.datetime) -> bool:
+    """Whether a due time of the schedule's timing has come since its last start.
+
+    An interval counts as due half an interval early: the worker's clock for one message
+    is not beat's (queue latency varies), and a duplicate of one due time arrives well
+    within half an interval of the first. A crontab's due times are fixed instants, which
+    need no such margin.
+    """
+    if schedule.last_run_at is None:
+        return True
+    task = schedule.periodic_task
+    if task.interval is not None:
+        every = task.interval.schedule.run_every
+        return now - schedule.last_run_at >= every / 2
+    if task.crontab is not None:
+        crontab = task.crontab.schedule
+        crontab.nowfun = lambda: now.astimezone(crontab.tz)
+        return crontab.is_due(schedule.last_run_at)[0]
+    return False
+
+
+def backup_schedule_run(
+    *, schedule_id: int, now: dt.datetime | None = None, queue: str | None = None
+) -> BackupRun | None:
+    """Start the backup of a due schedule (beat sends this at each due time).
+
+    Once per due time: the start is claimed by moving ``last_run_at`` on from the value
+    read, in the transaction that writes the run, so two copies of one message (two beats,
+    a redelivery) start one backup, and a copy that arrives after the start finds the
+    schedule not due. None when nothing was started.
+    """
+    now = now or timezone.now()
+    schedule = (
+        BackupSchedule.objects.select_related(
+            "service", "periodic_task__interval", "periodic_task__crontab"
+        )
+        .filter(pk=schedule_id)
+        .first()
+    )
+    if schedule is None or not schedule.enabled or not schedule.service.enabled:
+        return None
+    if not _schedule_due(schedule, now):
+        logger.info("backup schedule %s: not due, a copy of a message already run", schedule.pk)
+        return None
+    with transaction.atomic():
+        claimed = (
+            BackupSchedule.objects.filter(pk=schedule.pk, last_run_at=schedule.last_run_at)
+            if schedule.last_run_at is not None
+            else BackupSchedule.objects.filter(pk=schedule.pk, last_run_at__isnull=True)
+        ).update(last_run_at=now)
+        if not claimed:
+            return None
+        return backup_run_start(
+            actor=None, service=schedule.service, schedule=schedule, queue=queue
+        )
 
 
 def backup_retention_apply(

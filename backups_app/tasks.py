@@ -47,9 +47,11 @@ def restore_run_execute(self, run_id: int) -> None:
 
 
 @shared_task(acks_late=True)
-def backup_schedules_tick() -> int:
-    """Run by beat every minute: start the backups that are due."""
-    return service_backups.backup_schedules_tick()
+def backup_schedule_run(schedule_id: int) -> int | None:
+    """Sent by beat at each due time of a schedule (its django-celery-beat entry): start its
+    backup. A copy of the message for a due time already served starts nothing."""
+    run = service_backups.backup_schedule_run(schedule_id=schedule_id)
+    return run.pk if run is not None else None
 
 
 @shared_task(acks_late=True)

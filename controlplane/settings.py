@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_celery_beat",
     "fleet_app",
     "migrations_app",
     "backups_app",
@@ -129,6 +130,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)
 }
+# Beat reads its entries from the database (django-celery-beat), where staff edit backup
+# schedules in the admin; the static entries below are written there when beat starts.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "fleet-prune-history": {"task": "fleet_app.tasks.fleet_prune_history", "schedule": 3600.0},
 }
@@ -246,10 +250,6 @@ BACKUP_WORK_DIR = Path(env.str("BACKUP_WORK_DIR", default=str(BASE_DIR / "var" /
 BACKUP_PG_BIN_DIR = env.str("BACKUP_PG_BIN_DIR", default="")
 BACKUP_DRILL_MAX_AGE_DAYS = env.int("BACKUP_DRILL_MAX_AGE_DAYS", default=7)
 BACKUP_DRILL_EVERY_HOURS = env.int("BACKUP_DRILL_EVERY_HOURS", default=24)
-CELERY_BEAT_SCHEDULE["backups-schedules-tick"] = {
-    "task": "backups_app.tasks.backup_schedules_tick",
-    "schedule": 60.0,
-}
 CELERY_BEAT_SCHEDULE["backups-restore-drills"] = {
     "task": "backups_app.tasks.restore_drills_start",
     "schedule": BACKUP_DRILL_EVERY_HOURS * 3600.0,
