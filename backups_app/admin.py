@@ -432,8 +432,12 @@ class PeriodicTaskAdmin(BeatAuditedAdmin, beat_admin.PeriodicTaskAdmin):
 
     def _audited_bulk(self, request, queryset, action: str, apply) -> None:
         with transaction.atomic(using=router.db_for_write(PeriodicTask)):
-            queryset = queryset.filter(backup_schedule__isnull=True)
-            before = dict(queryset.select_for_update().values_list("pk", "enabled"))
+            chosen = queryset.filter(backup_schedule__isnull=True).values("pk")
+            before = dict(
+                PeriodicTask.objects.select_for_update()
+                .filter(pk__in=chosen)
+                .values_list("pk", "enabled")
+            )
             apply(request, PeriodicTask.objects.filter(pk__in=before))
             for task in PeriodicTask.objects.filter(pk__in=before):
                 fleet.audit_record(

@@ -476,7 +476,7 @@ def backup_schedule_update(
 ) -> BackupSchedule:
     """Change a schedule's timing, retention or ``enabled``; its beat entry follows."""
     current = (
-        BackupSchedule.objects.select_for_update()
+        BackupSchedule.objects.select_for_update(of=("self",))
         .select_related("service", "periodic_task__interval", "periodic_task__crontab")
         .get(pk=schedule.pk)
     )

@@ -1,15 +1,23 @@
-"""Schedules claimed once per due time; retention by count and age per schedule; the
+"""Schedules: their beat entries (django-celery-beat) kept in step, seen by a real
+DatabaseScheduler, one backup per due time; retention by count and age per schedule; the
 backup and restore commands."""
 
 import datetime as dt
+import json
+import threading
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.utils import timezone
+from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+from django_celery_beat.schedulers import DatabaseScheduler
 
 from backups_app import service_backups
 from backups_app.models import BackupRun, BackupSchedule, RestoreRun
 from backups_app.storage import get_store
+from controlplane.celery import app as celery_app
+from fleet_app.models import AuditEntry
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,32 +32,181 @@ def service(tmp_path):
     )
 
 
-def test_a_due_schedule_starts_one_backup_and_moves_on(service):
-    now = timezone.now()
-    schedule = BackupSchedule.objects.create(service=service, every_minutes=60, next_run_at=now)
-    assert service_backups.backup_schedules_tick(now=now) == 1
-    # The same tick again (a second beat, a redelivery) finds nothing due.
-    assert service_backups.backup_schedules_tick(now=now) == 0
+@pytest.fixture
+def daily():
+    return IntervalSchedule.objects.create(every=1, period=IntervalSchedule.DAYS)
+
+
+def _beat_entry(schedule: BackupSchedule) -> PeriodicTask:
+    return PeriodicTask.objects.get(pk=schedule.periodic_task_id)
+
+
+def test_a_schedule_gets_a_beat_entry_that_sends_its_run(service, daily):
+    schedule = service_backups.backup_schedule_create(
+        actor=None, service=service, timing=daily, keep_count=3
+    )
+
+    entry = _beat_entry(schedule)
+    assert entry.task == "backups_app.tasks.backup_schedule_run"
+    assert json.loads(entry.args) == [schedule.pk]
+    assert entry.interval == daily and entry.crontab is None and entry.enabled
+    assert AuditEntry.objects.get(action="backupschedule.create").after["timing"] == str(daily)
+
+
+def test_the_beat_entry_follows_edits_and_enabled(service, daily):
+    schedule = service_backups.backup_schedule_create(actor=None, service=service, timing=daily)
+    nightly = CrontabSchedule.objects.create(minute="30", hour="2")
+
+    service_backups.backup_schedule_update(
+        actor=None, schedule=schedule, timing=nightly, keep_days=10, enabled=False
+    )
+
+    entry = _beat_entry(schedule)
+    assert entry.crontab == nightly and entry.interval is None and not entry.enabled
     schedule.refresh_from_db()
-    assert schedule.next_run_at == now + dt.timedelta(minutes=60)
+    assert (schedule.keep_days, schedule.enabled) == (10, False)
+    audit = AuditEntry.objects.get(action="backupschedule.update")
+    assert audit.before["timing"] == str(daily) and audit.after["timing"] == str(nightly)
+
+    service_backups.backup_schedule_update(actor=None, schedule=schedule, enabled=True)
+    assert _beat_entry(schedule).enabled and _beat_entry(schedule).crontab == nightly
+
+
+def test_the_beat_entry_goes_with_its_schedule_and_the_backups_stay(service, daily):
+    schedule = service_backups.backup_schedule_create(actor=None, service=service, timing=daily)
+    run = service_backups.backup_run_start(actor=None, service=service, schedule=schedule)
+    entry_pk = schedule.periodic_task_id
+
+    service_backups.backup_schedule_delete(actor=None, schedule=schedule)
+
+    assert not BackupSchedule.objects.exists()
+    assert not PeriodicTask.objects.filter(pk=entry_pk).exists()
+    run.refresh_from_db()
+    assert run.schedule is None and run.state == "succeeded"
+    assert AuditEntry.objects.filter(action="backupschedule.delete").exists()
+
+
+def _scheduler() -> DatabaseScheduler:
+    """Beat's scheduler as ``celery beat`` makes it: the project's app, its settings."""
+    celery_app.loader.import_default_modules()
+    assert celery_app.conf.beat_scheduler == "django_celery_beat.schedulers:DatabaseScheduler"
+    return DatabaseScheduler(app=celery_app)
+
+
+def test_beat_lists_the_schedule_and_finds_it_due_once_an_interval_passed(service, daily):
+    schedule = service_backups.backup_schedule_create(actor=None, service=service, timing=daily)
+    name = _beat_entry(schedule).name
+
+    entries = _scheduler().schedule
+    # The static entries of CELERY_BEAT_SCHEDULE are there too.
+    assert {"fleet-prune-history", "backups-restore-drills", "zfs-tick"} <= set(entries)
+    entry = entries[name]
+    assert entry.task == "backups_app.tasks.backup_schedule_run"
+    assert entry.args == [schedule.pk]
+    # Just created: the first backup is one interval away.
+    assert entry.is_due().is_due is False
+
+    # Beat last sent it 25 hours ago.
+    PeriodicTask.objects.filter(name=name).update(
+        last_run_at=timezone.now() - dt.timedelta(hours=25)
+    )
+    assert _scheduler().schedule[name].is_due().is_due is True
+
+
+def test_beat_leaves_out_a_disabled_schedule(service, daily):
+    schedule = service_backups.backup_schedule_create(
+        actor=None, service=service, timing=daily, enabled=False
+    )
+    assert _beat_entry(schedule).name not in _scheduler().schedule
+
+
+def test_a_due_time_sent_twice_starts_one_backup(service, daily):
+    schedule = service_backups.backup_schedule_create(actor=None, service=service, timing=daily)
+    PeriodicTask.objects.filter(pk=schedule.periodic_task_id).update(
+        last_run_at=timezone.now() - dt.timedelta(days=2)
+    )
+    scheduler = _scheduler()
+    entry = scheduler.schedule[_beat_entry(schedule).name]
+    assert entry.is_due().is_due
+
+    # Beat sends the entry's message (run in-process here); a second beat, or the broker
+    # redelivering it, sends the same due time again.
+    scheduler.apply_async(entry, advance=False)
+    scheduler.apply_async(entry, advance=False)
+
     run = BackupRun.objects.get()
     assert run.schedule == schedule and run.state == "succeeded"
-    assert service_backups.backup_schedules_tick(now=now + dt.timedelta(minutes=61)) == 1
+    schedule.refresh_from_db()
+    assert schedule.last_run_at is not None
 
 
-def test_a_disabled_schedule_or_service_is_not_run(service):
+def test_the_next_due_time_starts_the_next_backup(service, daily):
+    schedule = service_backups.backup_schedule_create(actor=None, service=service, timing=daily)
     now = timezone.now()
-    BackupSchedule.objects.create(service=service, next_run_at=now, enabled=False)
-    assert service_backups.backup_schedules_tick(now=now) == 0
-    BackupSchedule.objects.create(service=service, next_run_at=now)
+
+    assert service_backups.backup_schedule_run(schedule_id=schedule.pk, now=now) is not None
+    # A copy an hour later (a redelivery): the same due time.
+    later = now + dt.timedelta(hours=1)
+    assert service_backups.backup_schedule_run(schedule_id=schedule.pk, now=later) is None
+    # Beat's next send comes a day later, a little early by the worker's clock.
+    next_day = now + dt.timedelta(days=1, seconds=-3)
+    assert service_backups.backup_schedule_run(schedule_id=schedule.pk, now=next_day) is not None
+    assert BackupRun.objects.count() == 2
+
+
+def test_a_crontab_schedule_runs_once_per_due_time(service):
+    nightly = CrontabSchedule.objects.create(minute="0", hour="2")
+    schedule = service_backups.backup_schedule_create(actor=None, service=service, timing=nightly)
+    due = dt.datetime(2030, 1, 1, 2, 0, tzinfo=dt.UTC)
+
+    assert service_backups.backup_schedule_run(schedule_id=schedule.pk, now=due) is not None
+    for copy_at in (due + dt.timedelta(seconds=4), due + dt.timedelta(hours=20)):
+        assert service_backups.backup_schedule_run(schedule_id=schedule.pk, now=copy_at) is None
+    tomorrow = due + dt.timedelta(days=1, seconds=1)
+    assert service_backups.backup_schedule_run(schedule_id=schedule.pk, now=tomorrow) is not None
+    assert BackupRun.objects.count() == 2
+
+
+def test_two_copies_at_the_same_instant_start_one_backup(service, daily):
+    schedule = service_backups.backup_schedule_create(actor=None, service=service, timing=daily)
+    barrier = threading.Barrier(2)
+    now = timezone.now()
+    started = []
+
+    def deliver():
+        try:
+            barrier.wait()
+            started.append(service_backups.backup_schedule_run(schedule_id=schedule.pk, now=now))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=deliver) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len([run for run in started if run is not None]) == 1
+    assert BackupRun.objects.count() == 1
+
+
+def test_a_disabled_schedule_or_service_is_not_run(service, daily):
+    now = timezone.now()
+    off = service_backups.backup_schedule_create(
+        actor=None, service=service, timing=daily, enabled=False
+    )
+    assert service_backups.backup_schedule_run(schedule_id=off.pk, now=now) is None
+    on = service_backups.backup_schedule_create(actor=None, service=service, timing=daily)
     service.enabled = False
     service.save()
-    assert service_backups.backup_schedules_tick(now=now) == 0
+    assert service_backups.backup_schedule_run(schedule_id=on.pk, now=now) is None
+    assert service_backups.backup_schedule_run(schedule_id=999_999, now=now) is None
+    assert not BackupRun.objects.exists()
 
 
-def test_retention_keeps_the_newest_by_count_and_drops_the_old(service):
-    schedule = BackupSchedule.objects.create(
-        service=service, keep_count=2, keep_days=30, next_run_at=timezone.now()
+def test_retention_keeps_the_newest_by_count_and_drops_the_old(service, daily):
+    schedule = service_backups.backup_schedule_create(
+        actor=None, service=service, timing=daily, keep_count=2, keep_days=30
     )
     runs = [
         service_backups.backup_run_start(actor=None, service=service, schedule=schedule)
@@ -68,8 +225,10 @@ def test_retention_keeps_the_newest_by_count_and_drops_the_old(service):
     assert list(get_store().keys()) == [BackupRun.objects.get(pk=runs[3].pk).storage_key]
 
 
-def test_a_pruned_backup_cannot_be_restored(service):
-    schedule = BackupSchedule.objects.create(service=service, keep_count=1)
+def test_a_pruned_backup_cannot_be_restored(service, daily):
+    schedule = service_backups.backup_schedule_create(
+        actor=None, service=service, timing=daily, keep_count=1
+    )
     first = service_backups.backup_run_start(actor=None, service=service, schedule=schedule)
     service_backups.backup_run_start(actor=None, service=service, schedule=schedule)
     first.refresh_from_db()
