@@ -1,5 +1,7 @@
 """Admin for backups: cluster backups per system (quota used, streamed download, audited
-delete), services, schedules (editable, audited), backup and restore runs.
+delete), services, schedules (editable, audited; timed by django-celery-beat entries, whose
+own admin pages are re-registered here for superusers only, audited), backup and restore
+runs.
 
 Every queryset is scoped like the fleet's: a backup outside the staff user's organization
 subtree does not exist for them. Service backups are Cutover's own, so their admin is for

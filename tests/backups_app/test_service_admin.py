@@ -90,6 +90,8 @@ def test_a_schedule_is_edited_and_deleted_in_the_admin_and_its_entry_follows(cli
     schedule = service_backups.backup_schedule_create(actor=None, service=service, timing=hourly)
     url = reverse("admin:backups_app_backupschedule_change", args=[schedule.pk])
     client.force_login(root)
+    listing = client.get(reverse("admin:backups_app_backupschedule_changelist"))
+    assert listing.status_code == 200 and str(hourly) in listing.content.decode()
     assert f'value="{hourly.pk}" selected' in client.get(url).content.decode()
 
     response = client.post(url, {"crontab": nightly.pk, "keep_count": 2, "keep_days": 9})
