@@ -28,7 +28,6 @@ from fleet_app.errors import InvalidInput, PayloadTooLarge, TooManyRequests
 from fleet_app.models import Organization, Quota, System, User
 
 from . import throttle
-from .body import ReadInto, readinto_from
 from .errors import BackupCorrupt, LengthRequired, NotFound, StorageUnavailable
 from .models import ClusterBackup
 from .storage import StorageError, get_store
@@ -143,17 +142,12 @@ def backup_bytes_per_organization() -> dict[int, int]:
 
 @dataclass(frozen=True)
 class Upload:
-    """What the view parsed from the request; ``read(n)`` returns up to n body bytes.
-
-    ``readinto(view)``, when given, fills a buffer the service reuses instead (the
-    body straight from the server's socket, see ``body.py``) and ``read`` is not used.
-    """
+    """What the view parsed from the request; ``read(n)`` returns up to n body bytes."""
 
     read: Callable[[int], bytes]
     content_length: str | None
     content_type: str | None
     filename: str | None
-    readinto: ReadInto | None = None
 
 
 def cluster_backup_receive(*, system: System, upload: Upload) -> ClusterBackup:
@@ -187,22 +181,20 @@ def cluster_backup_receive(*, system: System, upload: Upload) -> ClusterBackup:
         writer = get_store().writer(key)
     except Exception as error:
         raise StorageUnavailable(f"The backup storage is unavailable: {error}") from error
-    readinto = upload.readinto or readinto_from(upload.read)
-    sink = _Sink(writer, chunk_size)
+    sink = _Sink(writer)
     received = 0
     try:
         while received < size:
-            buffer = sink.buffer()
             try:
-                count = readinto(buffer[: min(chunk_size, size - received)])
+                chunk = upload.read(min(chunk_size, size - received))
             except OSError as error:  # Django's UnreadablePostError is an OSError
                 raise InvalidInput(
                     f"The upload broke after {received} of {size} bytes: {error}"
                 ) from None
-            if not count:
+            if not chunk:
                 raise InvalidInput(f"The upload ended after {received} of {size} bytes.")
-            sink.put(buffer, count)
-            received += count
+            sink.put(chunk)
+            received += len(chunk)
         sha256 = sink.finish()
         try:
             writer.commit()
@@ -229,36 +221,32 @@ def cluster_backup_receive(*, system: System, upload: Upload) -> ClusterBackup:
 
 
 class _Sink(threading.Thread):
-    """Stores the chunks the request thread reads and hashes, alongside it.
+    """Hashes and stores the chunks the request thread reads, alongside it.
 
-    Reading plus hashing on the request thread and writing on this one (each releases
-    the GIL) then use two cores at once. The chunks live in ``DEPTH + 2`` buffers of one
-    chunk each, reused: one being filled, one being written, ``DEPTH`` waiting. So
-    memory stays a few chunks whatever the body size.
+    Reading the socket (gunicorn's parser, Python copies) and hashing plus writing
+    (which release the GIL) then use two cores instead of one, in turn. The queue holds
+    at most ``DEPTH`` chunks, so memory stays a few chunks whatever the body size.
     """
 
     DEPTH = 2
 
-    def __init__(self, writer, chunk_size: int):
+    def __init__(self, writer):
         super().__init__(name="cluster-backup-sink", daemon=True)
         self.writer = writer
         self.digest = hashlib.sha256()
-        self.free: queue.Queue[memoryview] = queue.Queue()
-        for _ in range(self.DEPTH + 2):
-            self.free.put(memoryview(bytearray(chunk_size)))
-        self.queue: queue.Queue[tuple[memoryview, int] | None] = queue.Queue()
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=self.DEPTH)
         self.error: BaseException | None = None
         self.start()
 
     def run(self) -> None:
-        while (item := self.queue.get()) is not None:
-            buffer, count = item
-            if self.error is None:  # else drain what the reader still hands over
-                try:
-                    self.writer.write(buffer[:count])
-                except BaseException as error:
-                    self.error = error
-            self.free.put(buffer)
+        while (chunk := self.queue.get()) is not None:
+            if self.error is not None:
+                continue  # drain what the reader still hands over
+            try:
+                self.digest.update(chunk)
+                self.writer.write(chunk)
+            except BaseException as error:
+                self.error = error
 
     def _raise(self) -> None:
         if self.error is not None:
@@ -266,15 +254,9 @@ class _Sink(threading.Thread):
                 f"The backup could not be stored: {self.error}"
             ) from self.error
 
-    def buffer(self) -> memoryview:
-        """A chunk-sized buffer to fill, once one is free."""
+    def put(self, chunk: bytes) -> None:
         self._raise()
-        return self.free.get()
-
-    def put(self, buffer: memoryview, count: int) -> None:
-        """Hash the first ``count`` bytes of ``buffer`` here, store them there, free it."""
-        self.digest.update(buffer[:count])
-        self.queue.put((buffer, count))
+        self.queue.put(chunk)
 
     def finish(self) -> str:
         """Wait for every chunk to be written; the SHA-256 of them all."""

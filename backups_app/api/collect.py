@@ -2,8 +2,7 @@
 
 Plain Django views like the fleet's collect views (curl clients, the collect envelope).
 The upload never touches ``request.body``: the view hands ``request.read`` to the
-service, which streams the body to storage in chunks; under gunicorn, the body is read
-from its socket instead (``body.py``).
+service, which streams the body to storage in chunks.
 """
 
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
@@ -12,7 +11,6 @@ from fleet_app.api.collect import collect_endpoint, envelope
 from fleet_app.models import System
 
 from .. import services
-from ..body import gunicorn_readinto
 from ..models import ClusterBackup
 
 
@@ -36,7 +34,6 @@ def backups(request: HttpRequest, system: System) -> JsonResponse:
         system=system,
         upload=services.Upload(
             read=request.read,
-            readinto=gunicorn_readinto(request.META),
             content_length=request.META.get("CONTENT_LENGTH"),
             content_type=request.META.get("CONTENT_TYPE"),
             filename=request.META.get("HTTP_X_FILENAME"),
