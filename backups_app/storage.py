@@ -13,6 +13,7 @@ Selected by settings: ``BACKUP_STORAGE_URL`` empty → a folder under ``MEDIA_RO
 keys from ``BACKUP_S3_*`` (any S3-compatible server).
 """
 
+import datetime as dt
 import os
 import uuid
 from collections.abc import Iterator
@@ -64,12 +65,22 @@ class BlobStore:
         """Delete the object if it exists."""
         raise NotImplementedError
 
-    def keys(self, prefix: str = "") -> list[str]:
-        """Committed objects under ``prefix`` (for tests and the orphan sweep)."""
+    def listing(self, prefix: str = "") -> Iterator[tuple[str, dt.datetime]]:
+        """Committed objects under ``prefix``, each with when it was last written (UTC)."""
         raise NotImplementedError
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Committed objects under ``prefix``."""
+        return sorted(key for key, _ in self.listing(prefix))
 
     def pending(self) -> list[str]:
         """Temporary objects not yet committed or aborted."""
+        raise NotImplementedError
+
+    def pending_abort(self, *, idle_since: dt.datetime, dry_run: bool = False) -> list[str]:
+        """Throw away temporary objects not written to since ``idle_since`` (a writer that
+        died: its process killed, its machine gone); returns their names. ``dry_run`` only
+        names them."""
         raise NotImplementedError
 
     def put_file(self, key: str, path: Path, chunk_size: int = CHUNK) -> None:
@@ -153,19 +164,39 @@ class LocalStore(BlobStore):
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def listing(self, prefix: str = "") -> Iterator[tuple[str, dt.datetime]]:
         if not self.root.exists():
-            return []
-        found = []
+            return
         for path in self.root.rglob("*"):
             relative = path.relative_to(self.root).as_posix()
-            if path.is_file() and not relative.startswith(".tmp/") and relative.startswith(prefix):
-                found.append(relative)
-        return sorted(found)
+            if relative.startswith(".tmp/") or not relative.startswith(prefix):
+                continue
+            try:
+                if path.is_file():
+                    yield relative, _mtime(path)
+            except FileNotFoundError:  # deleted while listing
+                continue
 
     def pending(self) -> list[str]:
         temp = self.root / ".tmp"
         return sorted(p.name for p in temp.glob("*.part")) if temp.exists() else []
+
+    def pending_abort(self, *, idle_since: dt.datetime, dry_run: bool = False) -> list[str]:
+        temp = self.root / ".tmp"
+        aborted = []
+        for path in sorted(temp.glob("*.part")) if temp.exists() else []:
+            try:
+                if _mtime(path) < idle_since:
+                    if not dry_run:
+                        path.unlink()
+                    aborted.append(path.name)
+            except FileNotFoundError:  # committed or aborted meanwhile
+                continue
+        return aborted
+
+
+def _mtime(path: Path) -> dt.datetime:
+    return dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
 
 
 # --- S3-compatible bucket --------------------------------------------------------------------
@@ -278,16 +309,30 @@ class S3Store(BlobStore):
     def delete(self, key: str) -> None:
         self.bucket.Object(self.full_key(key)).delete()
 
-    def keys(self, prefix: str = "") -> list[str]:
+    def listing(self, prefix: str = "") -> Iterator[tuple[str, dt.datetime]]:
         full = self.full_key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
-        return sorted(self._relative(o.key) for o in self.bucket.objects.filter(Prefix=full))
+        for summary in self.bucket.objects.filter(Prefix=full):
+            yield self._relative(summary.key), summary.last_modified
+
+    def _uploads(self):
+        for upload in self.bucket.multipart_uploads.all():
+            if not self.prefix or upload.object_key.startswith(self.prefix + "/"):
+                yield upload
 
     def pending(self) -> list[str]:
-        return sorted(
-            self._relative(u.object_key)
-            for u in self.bucket.multipart_uploads.all()
-            if not self.prefix or u.object_key.startswith(self.prefix + "/")
-        )
+        return sorted(self._relative(u.object_key) for u in self._uploads())
+
+    def pending_abort(self, *, idle_since: dt.datetime, dry_run: bool = False) -> list[str]:
+        # S3 says when a multipart upload began, not when its last part came: a part is
+        # at most a few MiB, so an upload begun before ``idle_since`` (hours ago) and not
+        # completed is one whose writer is gone.
+        aborted = []
+        for upload in list(self._uploads()):
+            if upload.initiated < idle_since:
+                if not dry_run:
+                    upload.abort()
+                aborted.append(self._relative(upload.object_key))
+        return sorted(aborted)
 
 
 # --- Selection -------------------------------------------------------------------------------

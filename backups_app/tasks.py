@@ -10,7 +10,7 @@ import random
 from celery import shared_task
 from django.db import OperationalError
 
-from . import service_backups
+from . import service_backups, sweep
 
 logger = logging.getLogger(__name__)
 
@@ -58,3 +58,11 @@ def backup_schedule_run(schedule_id: int) -> int | None:
 def restore_drills_start() -> int:
     """Run by beat (``BACKUP_DRILL_EVERY_HOURS``): a restore drill of every service."""
     return len(service_backups.restore_drills_start())
+
+
+@shared_task
+def storage_sweep() -> int:
+    """Run by beat every six hours: orphan objects and unfinished uploads past the grace
+    period are removed (backups_app/sweep.py); returns how many."""
+    result = sweep.storage_sweep(apply=True)
+    return len(result.orphans) - len(result.failed) + len(result.unfinished)

@@ -254,6 +254,13 @@ CELERY_BEAT_SCHEDULE["backups-restore-drills"] = {
     "task": "backups_app.tasks.restore_drills_start",
     "schedule": BACKUP_DRILL_EVERY_HOURS * 3600.0,
 }
+# Storage sweep (backups_app/sweep.py): objects no row points at and uploads left unfinished
+# are removed once older than this; an object is committed just before its row.
+BACKUP_SWEEP_GRACE_HOURS = env.int("BACKUP_SWEEP_GRACE_HOURS", default=24)
+CELERY_BEAT_SCHEDULE["backups-storage-sweep"] = {
+    "task": "backups_app.tasks.storage_sweep",
+    "schedule": 6 * 3600.0,
+}
 CELERY_IMPORTS = (*globals().get("CELERY_IMPORTS", ()), "backups_app.zfs.tasks")
 
 # --- ZFS ----------------------------------------------------------------------------------

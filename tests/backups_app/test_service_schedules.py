@@ -99,7 +99,12 @@ def test_beat_lists_the_schedule_and_finds_it_due_once_an_interval_passed(servic
 
     entries = _scheduler().schedule
     # The static entries of CELERY_BEAT_SCHEDULE are there too.
-    assert {"fleet-prune-history", "backups-restore-drills", "zfs-tick"} <= set(entries)
+    assert {
+        "fleet-prune-history",
+        "backups-restore-drills",
+        "backups-storage-sweep",
+        "zfs-tick",
+    } <= set(entries)
     entry = entries[name]
     assert entry.task == "backups_app.tasks.backup_schedule_run"
     assert entry.args == [schedule.pk]
