@@ -135,7 +135,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "fleet-prune-history": {"task": "fleet_app.tasks.fleet_prune_history", "schedule": 3600.0},
+    "fleet-runs-reap": {"task": "fleet_app.tasks.runs_reap", "schedule": 3600.0},
 }
+# A run (rotation, dedupe, backup, restore, ZFS…) no worker has written to for this long is
+# failed by the hourly reaper: its worker or its message is gone. Longer than any one step
+# of any job (a pg_dump of the largest database writes nothing until it ends).
+RUN_STALE_HOURS = env.int("RUN_STALE_HOURS", default=24)
 
 
 # --- Cache (throttles) --------------------------------------------------------------------

@@ -8,13 +8,18 @@ A concrete run model subclasses ``Run`` and adds what its job needs.
 Phases follow Velero's: ``pending → running → succeeded | partially_failed | failed``.
 """
 
+import datetime as dt
+import logging
 import time
 
+from django.apps import apps
 from django.conf import settings
 from django.db import models, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+
+logger = logging.getLogger(__name__)
 
 
 class RunState(models.TextChoices):
@@ -143,3 +148,38 @@ def run_wait(run: Run, *, on_phase=None, poll_seconds: float = 0.5) -> Run:
         if run.is_finished:
             return run
         time.sleep(poll_seconds)
+
+
+def run_models() -> list[type[Run]]:
+    """Every concrete run model of every app."""
+    return [model for model in apps.get_models() if issubclass(model, Run)]
+
+
+def runs_reap(*, now: dt.datetime | None = None) -> dict[str, int]:
+    """Fail the runs no worker has touched for ``RUN_STALE_HOURS``; returns how many of each.
+
+    A run is pending until a worker claims it and running until it finishes, and every
+    step writes ``updated_at``. One that has not moved for that long lost its worker for
+    good: its message vanished with a broker that keeps nothing on disk, or it was
+    redelivered and died again. Left alone it would look busy forever and a command
+    following it would wait forever; failed, it says so and can be started again. A
+    message that still arrives later finds it finished and does nothing (``run_claim``).
+    """
+    now = now or timezone.now()
+    hours = settings.RUN_STALE_HOURS
+    reaped = {}
+    for model in run_models():
+        count = model.objects.filter(
+            state__in=(RunState.PENDING, RunState.RUNNING),
+            updated_at__lt=now - dt.timedelta(hours=hours),
+        ).update(
+            state=RunState.FAILED,
+            error=f"No worker has touched this run for {hours} hours: its worker or its "
+            "queued message was lost. Start it again.",
+            finished_at=now,
+            updated_at=now,
+        )
+        if count:
+            logger.warning("failed %d stale %s run(s)", count, model._meta.label)
+            reaped[model._meta.label] = count
+    return reaped

@@ -3,9 +3,14 @@
 from celery import shared_task
 from django.conf import settings
 
-from . import services
+from . import runs, services
 
 
 @shared_task(acks_late=True)
 def fleet_prune_history() -> dict[str, int]:
     return services.fleet_prune_history(days=settings.FLEET_HISTORY_DAYS)
+
+
+@shared_task(acks_late=True)
+def runs_reap() -> dict[str, int]:
+    return runs.runs_reap()

@@ -101,6 +101,7 @@ def test_beat_lists_the_schedule_and_finds_it_due_once_an_interval_passed(servic
     # The static entries of CELERY_BEAT_SCHEDULE are there too.
     assert {
         "fleet-prune-history",
+        "fleet-runs-reap",
         "backups-restore-drills",
         "backups-storage-sweep",
         "zfs-tick",
