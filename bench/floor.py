@@ -1,0 +1,65 @@
+"""Floors for the ingest benchmark: the least work each collect endpoint cannot avoid.
+
+Served only by the benchmark's gunicorn (``bench/settings.py`` points ``ROOT_URLCONF``
+here); the product never routes to them. Each does a strict subset of what the real
+endpoint does, on the same server, through the same middleware, so its req/s ÷ bare is
+the best ratio the real endpoint could reach on this machine:
+
+- ``POST /bench/floor/update``: the heartbeat's database write and nothing else: one
+  single-row UPDATE of ``last_heartbeat_at`` (rotating over the seeded systems) and its
+  commit; no credentials read, no digest, no response envelope.
+- ``POST /bench/floor/store``: the inventory's unavoidable part: read the ~50 KB body and
+  store it as it came, in one INSERT and its commit; no authentication, no JSON parsing,
+  no history, no diff.
+"""
+
+import itertools
+
+from django.http import HttpResponse
+from django.urls import path
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+
+from controlplane.urls import urlpatterns as product_urlpatterns
+from fleet_app import hot
+from fleet_app.models import System
+
+FLOOR_TABLE = "bench_floor_store"
+_ids: list[int] = []
+_turn = itertools.count()
+
+
+def _next_system_id() -> int:
+    if not _ids:
+        _ids.extend(System.objects.order_by("pk").values_list("pk", flat=True))
+    return _ids[next(_turn) % len(_ids)]
+
+
+@csrf_exempt
+def floor_update(request):
+    # The fast path's own cursor (parameters bound by the server), so the floor is not
+    # slower than the heartbeat for a reason of its own.
+    with hot._cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {System._meta.db_table} SET last_heartbeat_at = %s WHERE id = %s",  # noqa: S608
+            [timezone.now(), _next_system_id()],
+        )
+    return HttpResponse(b"ok", content_type="text/plain")
+
+
+@csrf_exempt
+def floor_store(request):
+    body = request.read()
+    with hot._cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {FLOOR_TABLE} (received_at, body) VALUES (%s, %s)",  # noqa: S608
+            [timezone.now(), body],
+        )
+    return HttpResponse(b"ok", status=202, content_type="text/plain")
+
+
+urlpatterns = [
+    path("bench/floor/update", floor_update),
+    path("bench/floor/store", floor_store),
+    *product_urlpatterns,
+]
