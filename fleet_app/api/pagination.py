@@ -28,9 +28,9 @@ class StrictCursorPagination(CursorPagination):
         if not 1 <= value <= self.max_page_size:
             raise ValidationError(
                 {
-                    self.page_size_query_param: (
+                    self.page_size_query_param: [
                         f"Give page_size as a whole number from 1 to {self.max_page_size}."
-                    )
+                    ]
                 }
             )
         return value
