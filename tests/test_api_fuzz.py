@@ -19,6 +19,8 @@ from rest_framework.authtoken.models import Token
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from backups_app import service_backups
+from backups_app.models import BackupRun
 from controlplane.wsgi import application
 from fleet_app import services
 from fleet_app.demo import ns8_inventory
@@ -71,15 +73,22 @@ CHECKS_ADDED = [positive_data_acceptance_of_existing_rows]
 
 
 @pytest.fixture
-def world(customer, other_customer):
+def world(customer, other_customer, tmp_path, settings):
     """A small fleet with something behind most routes: systems in two customers, an
-    inventory and its changes, a legacy mapping."""
+    inventory and its changes, a legacy mapping, a backed-up service with a backup."""
+    settings.BACKUP_LOCAL_ROOT = tmp_path / "store"
+    settings.BACKUP_WORK_DIR = tmp_path / "work"
     a1 = make_system(customer, name="a1")
     make_system(customer, name="a2")
     make_system(other_customer, name="b1")
     for seed in (7, 8):
         services.inventory_ingest(system=a1, payload=ns8_inventory(seed=seed), size=50_000)
     make_mapping(customer)
+    (tmp_path / "files").mkdir()
+    service = service_backups.service_create(
+        actor=None, name="files", adapter="directory", config={"path": str(tmp_path / "files")}
+    )
+    BackupRun.objects.create(service=service, state="succeeded")
 
 
 @pytest.fixture
@@ -98,12 +107,12 @@ def in_test_transaction():
 
 
 @pytest.fixture
-def personas(db, customer, world, in_test_transaction):
+def personas(db, customer, bob, world, in_test_transaction):
+    """A superuser, and bob: the reader of one customer (tests/conftest.py)."""
     root = UserFactory(email="root@example.com", organization=customer, is_superuser=True)
-    reader = UserFactory(email="reader@example.com", organization=customer, roles=["reader"])
     return {
         name: {"Authorization": f"Token {Token.objects.create(user=user).key}"}
-        for name, user in (("superuser", root), ("reader", reader))
+        for name, user in (("superuser", root), ("reader", bob))
     }
 
 
@@ -113,7 +122,9 @@ def personas(db, customer, world, in_test_transaction):
     deadline=None,
     derandomize=True,
     database=None,
-    suppress_health_check=list(HealthCheck),
+    # The database fixtures are function-scoped on purpose: every example of an operation
+    # runs in that operation's test transaction, rolled back at its end.
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 def test_staff_api_answers_every_input_without_a_server_error(case, personas):
     for headers in personas.values():
