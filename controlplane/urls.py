@@ -1,8 +1,9 @@
 """Top-level routes: system-facing endpoints, the staff API, dashboards and the admin."""
 
 from django.contrib import admin
-from django.http import HttpResponse
+from django.http import HttpResponse, JsonResponse
 from django.urls import include, path, re_path
+from django.views import defaults
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -15,6 +16,16 @@ def healthz(request):
     baseline the ingest benchmark compares against."""
     return HttpResponse(b"ok", content_type="text/plain")
 
+
+def not_found(request, exception=None):
+    """An address no route matches: the staff API answers in its own JSON shape, one
+    sentence; everything else gets Django's page."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "No staff API route matches this address."}, status=404)
+    return defaults.page_not_found(request, exception)
+
+
+handler404 = not_found
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),

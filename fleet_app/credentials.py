@@ -40,8 +40,11 @@ def system_secret_generate() -> tuple[str, str]:
 
 
 def system_secret_public_part(secret: str) -> str | None:
-    """The lookup part of a ``my_<public>.<secret>`` secret, or None if malformed."""
-    if not secret.startswith(SECRET_PREFIX):
+    """The lookup part of a ``my_<public>.<secret>`` secret, or None if malformed.
+
+    Secrets are ASCII without NUL: anything else is malformed (and could not be a query
+    parameter on PostgreSQL, nor digested)."""
+    if not secret.startswith(SECRET_PREFIX) or not secret.isascii() or "\x00" in secret:
         return None
     public, sep, rest = secret[len(SECRET_PREFIX) :].partition(".")
     if not sep or not public or not rest or len(public) > 32:

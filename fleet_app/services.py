@@ -320,10 +320,46 @@ def _address(value: Any, version: int) -> str | None:
     return str(address) if address.version == version else None
 
 
+# A phonehome document nests about six levels; far deeper is not one, and would exhaust the
+# recursion of the change detection.
+INVENTORY_MAX_DEPTH = 64
+
+
+def _inventory_storable(payload: dict) -> None:
+    """Refuse a document nested beyond ``INVENTORY_MAX_DEPTH`` or holding text that no
+    database column can keep: NUL (PostgreSQL refuses it) or an unpaired surrogate (not
+    UTF-8). One walk, without recursion."""
+    pending: list[tuple[Any, int]] = [(payload, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > INVENTORY_MAX_DEPTH:
+            raise InvalidInput(f"The inventory nests deeper than {INVENTORY_MAX_DEPTH} levels.")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            for text in (key, item):
+                if isinstance(text, str) and ("\x00" in text or not _utf8(text)):
+                    raise InvalidInput(
+                        "The inventory holds a NUL character or an unpaired surrogate."
+                    )
+            if isinstance(item, dict | list):
+                pending.append((item, depth + 1))
+
+
+def _utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def inventory_validate(payload: Any) -> dict:
     """Refuse what is not an ns8 phonehome document, with one sentence saying why."""
     if not isinstance(payload, dict):
         raise InvalidInput("The inventory must be a JSON object.")
+    _inventory_storable(payload)
     facts = payload.get("facts")
     if not isinstance(facts, dict):
         raise InvalidInput("The inventory must carry a 'facts' object.")

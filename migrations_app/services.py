@@ -217,6 +217,8 @@ class Rotation:
 def _legacy_authenticate(*, legacy_system_id: str, legacy_token: str, address: str):
     if not legacy_system_id or not legacy_token:
         raise NotAuthenticated("HTTP Basic legacy_system_id:legacy_token is required.")
+    if "\x00" in legacy_system_id or "\x00" in legacy_token:
+        raise InvalidInput("The legacy id and token must not contain NUL characters.")
     wait = throttle.throttled(legacy_system_id=legacy_system_id, address=address)
     if wait:
         raise TooManyRequests(

@@ -1,5 +1,6 @@
 """Staff API serializers for backups."""
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..models import BackupRun, ClusterBackup, RestoreRun, Service
@@ -64,8 +65,21 @@ class BackupRunSerializer(serializers.ModelSerializer):
         ]
 
 
+@extend_schema_field({"type": "string", "minLength": 1, "pattern": "^[-a-zA-Z0-9_]+$"})
+class ServiceNameField(serializers.SlugRelatedField):
+    """A service by its name (a slug)."""
+
+
 class BackupRunCreateSerializer(serializers.Serializer):
-    service = serializers.SlugRelatedField(slug_field="name", queryset=Service.objects.all())
+    service = ServiceNameField(slug_field="name", queryset=Service.objects.all())
+
+
+class ServiceOverviewSerializer(serializers.Serializer):
+    service = serializers.CharField(help_text="The service's name.")
+    last_backup = serializers.IntegerField(allow_null=True, help_text="Latest backup run.")
+    last_drill = serializers.IntegerField(allow_null=True, help_text="Latest restore drill.")
+    last_good_drill_at = serializers.DateTimeField(allow_null=True)
+    drill_overdue = serializers.BooleanField(help_text="No verified drill within the threshold.")
 
 
 class RestoreRunSerializer(serializers.ModelSerializer):

@@ -6,15 +6,15 @@ only. Starting a run answers 202 with the run's URL; the run row is the status.
 """
 
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 
 from fleet_app import services as fleet
+from fleet_app.api.pagination import NewestFirst
 from fleet_app.errors import FleetError
 
 from .. import selectors, service_backups, services
@@ -24,14 +24,14 @@ from . import serializers
 from .collect import download_response
 
 
-class NewestFirst(CursorPagination):
-    ordering = "-pk"
-    page_size_query_param = "page_size"
-    max_page_size = 1000
-
-
 class NewestUploadFirst(NewestFirst):
     ordering = ("-uploaded_at", "-pk")
+
+
+class ByName(NewestFirst):
+    """Services in name order (a name is unique)."""
+
+    ordering = "name"
 
 
 class IsSuperuser(BasePermission):
@@ -64,7 +64,15 @@ class ClusterBackupViewSet(
     def perform_destroy(self, instance):
         services.cluster_backup_delete(backup=instance, actor=self.request.user)
 
-    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @extend_schema(
+        responses={
+            (200, "application/octet-stream"): bytes,
+            500: OpenApiResponse(
+                description="The stored object failed its integrity check: "
+                "a fault of the store, not of the request."
+            ),
+        }
+    )
     @action(detail=True, methods=["get"])
     def download(self, request, pk=None):
         backup = self.get_object()
@@ -89,9 +97,10 @@ class ServiceViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = serializers.ServiceSerializer
     queryset = Service.objects.all()
     lookup_field = "name"
+    pagination_class = ByName
 
-    @extend_schema(responses={200: dict})
-    @action(detail=False, methods=["get"])
+    @extend_schema(responses=serializers.ServiceOverviewSerializer(many=True))
+    @action(detail=False, methods=["get"], pagination_class=None)
     def overview(self, request):
         rows = selectors.services_overview()
         return Response(

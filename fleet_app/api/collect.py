@@ -7,7 +7,6 @@ the product and is kept to one indexed lookup, one UPDATE and a tiny response.
 """
 
 import base64
-import binascii
 import json
 from collections.abc import Callable
 from functools import wraps
@@ -44,11 +43,14 @@ def basic_credentials(request: HttpRequest) -> tuple[str, str]:
         raise NotAuthenticated("HTTP Basic credentials system_key:system_secret are required.")
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise NotAuthenticated("The Basic credentials are not valid base64.") from None
+    except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8 once decoded
+        raise NotAuthenticated("The Basic credentials are not valid base64 of UTF-8.") from None
     key, sep, secret = decoded.partition(":")
     if not sep or not key or not secret:
         raise NotAuthenticated("HTTP Basic credentials system_key:system_secret are required.")
+    if "\x00" in decoded:
+        # No key or secret holds one, and PostgreSQL refuses it in a query parameter.
+        raise NotAuthenticated("The Basic credentials must not contain NUL characters.")
     return key, secret
 
 
@@ -124,6 +126,8 @@ def inventory(request: HttpRequest, system: System) -> JsonResponse:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("The inventory is not valid JSON.") from None
+    except RecursionError:
+        raise InvalidInput("The inventory nests too deeply to be read.") from None
     stored = services.inventory_ingest(system=system, payload=payload, size=len(body))
     return envelope(
         202,
@@ -166,7 +170,7 @@ def register(request: HttpRequest) -> JsonResponse:
     try:
         try:
             payload = json.loads(request.read(64 * 1024) or b"null")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidInput('The body must be JSON: {"system_secret": "…"}.') from None
         if not isinstance(payload, dict):
             raise InvalidInput('The body must be JSON: {"system_secret": "…"}.')

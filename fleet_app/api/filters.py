@@ -1,8 +1,46 @@
 """Query filters of the staff API."""
 
 import django_filters
+from django import forms
+from django.core.exceptions import ValidationError
+from django_filters.rest_framework import BooleanFilter
+from django_filters.widgets import BooleanWidget
 
 from ..models import InventoryChange, Organization, System
+
+
+class TrueOrFalseWidget(BooleanWidget):
+    """Reads true/false (or 1/0) like django-filter's, and hands anything else on to the
+    field to refuse instead of reading it as "not given"."""
+
+    def value_from_datadict(self, data, files, name):
+        raw = data.get(name)
+        if raw is None or raw == "":
+            return None
+        value = super().value_from_datadict(data, files, name)
+        return raw if value is None else value
+
+
+class TrueOrFalseField(forms.NullBooleanField):
+    widget = TrueOrFalseWidget
+
+    def to_python(self, value):
+        if value is None or isinstance(value, bool):
+            return value
+        raise ValidationError("Give true or false.", code="invalid")
+
+    def validate(self, value):
+        pass
+
+
+class StrictBooleanFilter(BooleanFilter):
+    """A true/false filter that answers 400 for any other value rather than ignore it."""
+
+    field_class = TrueOrFalseField
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("widget", TrueOrFalseWidget)
+        super().__init__(*args, **kwargs)
 
 
 class SystemFilter(django_filters.FilterSet):
@@ -15,9 +53,7 @@ class SystemFilter(django_filters.FilterSet):
     q = django_filters.CharFilter(method="filter_search", label="Name, FQDN or key contains")
     seen_before = django_filters.IsoDateTimeFilter(field_name="last_heartbeat_at", lookup_expr="lt")
     seen_after = django_filters.IsoDateTimeFilter(field_name="last_heartbeat_at", lookup_expr="gte")
-    deleted = django_filters.BooleanFilter(
-        field_name="deleted_at", lookup_expr="isnull", exclude=True
-    )
+    deleted = StrictBooleanFilter(field_name="deleted_at", lookup_expr="isnull", exclude=True)
 
     class Meta:
         model = System

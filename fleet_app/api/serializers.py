@@ -1,5 +1,6 @@
 """Staff API serializers (read-only views of the fleet)."""
 
+from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 from ..models import Inventory, InventoryChange, Organization, System
@@ -53,3 +54,26 @@ class InventoryChangeSerializer(serializers.ModelSerializer):
     class Meta:
         model = InventoryChange
         fields = ["id", "system", "inventory", "detected_at", "path", "old", "new", "severity"]
+
+
+class StatusCountsSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    unknown = serializers.IntegerField(help_text="Never sent a heartbeat.")
+    active = serializers.IntegerField()
+    inactive = serializers.IntegerField()
+    suspended = serializers.IntegerField()
+    never_inventoried = serializers.IntegerField()
+    unregistered = serializers.IntegerField()
+
+
+class TypeCountSerializer(serializers.Serializer):
+    type = serializers.CharField()
+    count = serializers.IntegerField()
+
+
+@extend_schema_serializer(many=False)
+class FleetSummarySerializer(serializers.Serializer):
+    """Counts by status and by type of the visible fleet (deleted systems left out)."""
+
+    status = StatusCountsSerializer()
+    types = TypeCountSerializer(many=True)

@@ -3,18 +3,12 @@
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 
 from .. import selectors
 from . import serializers
 from .filters import InventoryChangeFilter, SystemFilter
-
-
-class NewestFirst(CursorPagination):
-    ordering = "-id"
-    page_size_query_param = "page_size"
-    max_page_size = 1000
+from .pagination import NewestFirst
 
 
 class SystemViewSet(viewsets.ReadOnlyModelViewSet):
@@ -73,7 +67,7 @@ class InventoryChangeViewSet(viewsets.ReadOnlyModelViewSet):
 class FleetSummaryViewSet(viewsets.ViewSet):
     """Counts by status and type of the visible fleet (what the dashboard shows)."""
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(responses=serializers.FleetSummarySerializer)
     def list(self, request):
         systems = selectors.systems_visible_to(request.user)
         return Response(

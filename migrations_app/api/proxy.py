@@ -5,7 +5,9 @@ native credentials in the collect envelope; ``POST /api/Utils/freekey`` with the
 fields ``lk`` and ``secret`` releases the legacy slot.
 """
 
+from django.core.exceptions import BadRequest, SuspiciousOperation
 from django.http import HttpRequest, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.views.decorators.csrf import csrf_exempt
 
 from fleet_app.api.collect import basic_credentials, envelope, error_response
@@ -61,8 +63,14 @@ def freekey(request: HttpRequest) -> JsonResponse:
     if refused := _only(request, "POST"):
         return refused
     try:
-        legacy_id = (request.POST.get("lk") or "").strip()
-        token = request.POST.get("secret") or ""
+        try:
+            form = request.POST
+        except (MultiPartParserError, SuspiciousOperation, BadRequest):
+            # A broken multipart body, too many fields, too large: Django would answer
+            # its own HTML 400.
+            raise InvalidInput("The body must be a form with the fields lk and secret.") from None
+        legacy_id = (form.get("lk") or "").strip()
+        token = form.get("secret") or ""
         if not legacy_id or not token:
             raise InvalidInput("Form fields lk and secret are required.")
         mapping = services.mapping_release(

@@ -1,5 +1,6 @@
 """Cutover staff API serializers (read-only). Digests of legacy tokens never leave."""
 
+from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
 from fleet_app.models import System
@@ -38,6 +39,7 @@ class ProjectionSerializer(serializers.Serializer):
     note = serializers.CharField()
 
 
+@extend_schema_serializer(many=False)
 class SummarySerializer(serializers.Serializer):
     as_of = serializers.DateTimeField()
     totals = TotalsSerializer()

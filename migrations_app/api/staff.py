@@ -9,10 +9,11 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, viewsets
 from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 
+from fleet_app.api.filters import StrictBooleanFilter
+from fleet_app.api.pagination import NewestFirst, StrictCursorPagination
 from fleet_app.api.permissions import IsStaffWithRole
 
 from .. import selectors
@@ -33,18 +34,10 @@ class SeesCutover(BasePermission):
 PERMISSIONS = [IsStaffWithRole, SeesCutover]
 
 
-class NewestFirst(CursorPagination):
-    ordering = "-id"
-    page_size_query_param = "page_size"
-    max_page_size = 1000
-
-
-class OldestFirst(CursorPagination):
+class OldestFirst(StrictCursorPagination):
     """Stragglers in the order of their partial index; the view says which."""
 
     page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 1000
 
     def get_ordering(self, request, queryset, view):
         return tuple(queryset.query.order_by)
@@ -99,7 +92,7 @@ class StragglerViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
 
 class AnomalyFilter(filters.FilterSet):
-    open = filters.BooleanFilter(
+    open = StrictBooleanFilter(
         field_name="resolved_at", lookup_expr="isnull", label="Open (not resolved) only"
     )
 

@@ -222,3 +222,20 @@ def test_the_first_call_with_a_new_secret_confirms_it(client, system, auth_heade
     assert confirmed_at is not None
     assert seen == [system.pk, system.pk]  # once per issued secret, not per call
     assert System.objects.get(pk=system.pk).secret_confirmed_at > confirmed_at
+
+
+@pytest.mark.parametrize(
+    ("authorization", "message"),
+    [
+        # Each was a 500: a NUL reached PostgreSQL as a query parameter; a header that is
+        # not ASCII made base64 raise a ValueError nobody caught.
+        (basic_auth("NETH-\x00", "my_\x00.\x00"), "must not contain NUL characters"),
+        ("Basic \xe9\xe8\xff", "not valid base64"),
+    ],
+)
+def test_malformed_basic_credentials_are_401(client, system, authorization, message):
+    response = client.post(URL, HTTP_AUTHORIZATION=authorization)
+
+    assert response.status_code == 401
+    assert message in response.json()["message"]
+    assert System.objects.get(pk=system.pk).last_heartbeat_at is None

@@ -159,6 +159,14 @@ def _nothing_written(system):
         (b'{"facts": {"migration": "yes"}}', "facts.migration"),
         (b'{"facts": {"nodes": 5}}', "facts.nodes"),
         (b"\xff\xfe", "not valid JSON"),
+        # Each of these was a 500: PostgreSQL refuses NUL and unpaired surrogates in jsonb,
+        # and the JSON reader and the change detection recurse.
+        (b'{"facts": {"x": "a\\u0000b"}}', "NUL character"),
+        (b'{"facts": {"\\u0000": 1}}', "NUL character"),
+        (b'{"facts": {"x": "\\ud800"}}', "unpaired surrogate"),
+        (b'{"facts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nests too deeply"),
+        (b'{"facts": ' + b'{"a":' * 5_000 + b"{}" + b"}" * 5_000 + b"}", "nests"),
+        (b'{"facts": {"a": ' + b"[" * 200 + b"]" * 200 + b"}}", "deeper than 64 levels"),
     ],
 )
 def test_it_answers_400_and_writes_nothing_for_bad_bodies(

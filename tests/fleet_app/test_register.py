@@ -90,7 +90,14 @@ def test_it_refuses_suspended_or_deleted_systems(client, customer, field):
 
 @pytest.mark.parametrize(
     "body",
-    ["", "not json", "[]", json.dumps({}), json.dumps({"system_secret": 5})],
+    [
+        "",
+        "not json",
+        "[]",
+        json.dumps({}),
+        json.dumps({"system_secret": 5}),
+        "[" * 100_000 + "]" * 100_000,  # was a 500: the JSON reader recursed too deep
+    ],
 )
 def test_it_answers_400_for_a_malformed_body(client, unregistered, body):
     audit_before = AuditEntry.objects.count()
@@ -108,3 +115,12 @@ def test_it_only_allows_post(client, unregistered):
 
     assert response.status_code == 405
     assert response["Allow"] == "POST"
+
+
+@pytest.mark.parametrize("secret", ["my_\u0000.\u0000", "my_\ud800.x", "my_caf\u00e9.x"])
+def test_a_secret_with_nul_or_not_ascii_is_unknown_not_a_crash(client, unregistered, secret):
+    """A NUL was a 500 on PostgreSQL (the public part is a query parameter)."""
+    response = post(client, json.dumps({"system_secret": secret}))
+
+    assert response.status_code == 401
+    assert response.json()["message"] == "Unknown system secret."

@@ -149,3 +149,95 @@ def test_the_openapi_schema_and_docs_are_served(api, alice, client):
     assert schema.status_code == 200
     assert "/api/systems/" in json.loads(schema.content)["paths"]
     assert docs.status_code == 200
+
+
+# --- Bad input: a clear 4xx, one sentence (found by tests/test_api_fuzz.py) -----------------
+
+
+@pytest.mark.parametrize("page_size", ["0", "-1", "1001", "null", "1.5", "ten", "99999999999"])
+def test_a_wrong_page_size_is_400_not_ignored(api, alice, fleet, page_size):
+    api.force_authenticate(alice)
+
+    response = api.get("/api/systems/", {"page_size": page_size})
+
+    assert response.status_code == 400
+    assert response.json() == {"page_size": ["Give page_size as a whole number from 1 to 1000."]}
+
+
+def test_a_page_size_in_bounds_or_blank_is_taken(api, alice, fleet):
+    api.force_authenticate(alice)
+
+    assert len(api.get("/api/systems/", {"page_size": "1"}).json()["results"]) == 1
+    assert len(api.get("/api/systems/", {"page_size": ""}).json()["results"]) == 2
+
+
+def test_a_deleted_filter_that_is_not_true_or_false_is_400(api, alice, fleet):
+    api.force_authenticate(alice)
+
+    response = api.get("/api/systems/", {"deleted": "-58800"})
+
+    assert response.status_code == 400
+    assert response.json() == {"deleted": ["Give true or false."]}
+    assert names(api.get("/api/systems/", {"deleted": "false"})) == ["a1", "a2"]
+    assert names(api.get("/api/systems/", {"deleted": ""})) == ["a1", "a2"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/systems/0.5/changes/", "/api/cutover/anomalies/-3.9e-67/", "/api/no-such-thing/"],
+)
+def test_an_address_no_api_route_matches_is_a_json_404(api, alice, path):
+    api.force_authenticate(alice)
+
+    response = api.get(path)
+
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "No staff API route matches this address."}
+
+
+def test_an_address_outside_the_api_still_gets_the_page(client, db):
+    response = client.get("/dashboard/no-such-thing/")
+
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"organization": "99999999999999999999"},
+        {"organization": "-1"},
+        {"seen_before": "not a date"},
+        {"seen_after": "99999-01-01T00:00:00Z"},
+    ],
+)
+def test_out_of_range_or_malformed_filters_are_400(api, alice, fleet, query):
+    api.force_authenticate(alice)
+
+    response = api.get("/api/systems/", query)
+
+    assert response.status_code == 400, response.content
+    [(field, [message])] = response.json().items()
+    assert field in query and message.endswith(".")
+
+
+def test_an_id_too_large_for_the_database_is_404(api, alice, fleet):
+    api.force_authenticate(alice)
+
+    assert api.get("/api/systems/99999999999999999999/").status_code == 404
+    assert api.get("/api/changes/99999999999999999999/").status_code == 404
+
+
+def test_the_schema_documents_the_errors_and_the_fleet_summary(api, alice):
+    api.force_authenticate(alice)
+
+    paths = api.get("/api/schema/", {"format": "json"}).json()["paths"]
+
+    listing = paths["/api/systems/"]["get"]
+    assert set(listing["responses"]) == {"200", "400", "403", "404"}
+    page_size = next(p for p in listing["parameters"] if p["name"] == "page_size")
+    assert page_size["schema"] == {"type": "integer", "minimum": 1, "maximum": 1000}
+    assert set(paths["/api/systems/{id}/"]["get"]["responses"]) == {"200", "403", "404"}
+    summary = paths["/api/fleet-summary/"]["get"]["responses"]["200"]["content"]
+    assert summary["application/json"]["schema"] == {"$ref": "#/components/schemas/FleetSummary"}

@@ -220,6 +220,25 @@ def test_anomalies_are_listed_and_filtered(api, olivia, mix):
     assert open_[0]["system"]["system_key"] == mix[6].system.system_key
 
 
+@pytest.mark.parametrize("value", ["-58800", "maybe", "yes please"])
+def test_an_open_filter_that_is_not_true_or_false_is_400(api, olivia, mix, value):
+    api.force_authenticate(olivia)
+
+    response = api.get(API + "anomalies/", {"open": value})
+
+    assert response.status_code == 400
+    assert response.json() == {"open": ["Give true or false."]}
+
+
+def test_a_wrong_page_size_of_stragglers_is_400(api, olivia, mix):
+    api.force_authenticate(olivia)
+
+    response = api.get(API + "stragglers/", {"kind": "not_rotated", "page_size": "null"})
+
+    assert response.status_code == 400
+    assert response.json() == {"page_size": ["Give page_size as a whole number from 1 to 1000."]}
+
+
 # --- Mappings -------------------------------------------------------------------------------
 
 
@@ -300,3 +319,12 @@ def test_the_openapi_schema_still_builds_and_lists_the_cutover(api, olivia):
     kind = next(p for p in paths[API + "stragglers/"]["get"]["parameters"] if p["name"] == "kind")
     assert kind["required"] is True
     assert kind["schema"]["enum"] == ["not_rotated", "unconfirmed"]
+
+
+def test_the_schema_says_the_summary_is_one_object(api, olivia):
+    api.force_authenticate(olivia)
+
+    paths = api.get("/api/schema/", {"format": "json"}).json()["paths"]
+
+    summary = paths[API + "summary/"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert summary["schema"] == {"$ref": "#/components/schemas/Summary"}
