@@ -163,16 +163,23 @@ class System(models.Model):
         ACTIVE = "active", "Active"
         INACTIVE = "inactive", "Inactive"
 
-    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="systems")
+    # Every index here is written by every heartbeat (the index on last_heartbeat_at keeps
+    # the update from being HOT), so there are no redundant ones: organization_id lookups
+    # use (organization, name), and the unique keys are constraints, which Django does not
+    # twin with the varchar_pattern_ops indexes that unique=True and db_index=True add on
+    # PostgreSQL for LIKE queries nobody makes.
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="systems", db_index=False
+    )
     name = models.CharField(max_length=255)
-    type = models.CharField(max_length=64, blank=True, db_index=True)
+    type = models.CharField(max_length=64, blank=True)
     fqdn = models.CharField(max_length=255, blank=True)
     ipv4_address = models.GenericIPAddressField(protocol="IPv4", null=True, blank=True)
     ipv6_address = models.GenericIPAddressField(protocol="IPv6", null=True, blank=True)
     version = models.CharField(max_length=64, blank=True)
-    system_key = models.CharField(max_length=64, unique=True, editable=False)
+    system_key = models.CharField(max_length=64, editable=False)
     # Lookup part of the secret (my_<public>.<secret>): register finds the system by it.
-    secret_public = models.CharField(max_length=32, unique=True, editable=False)
+    secret_public = models.CharField(max_length=32, editable=False)
     secret_digest = models.CharField(max_length=64, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     created_by = models.ForeignKey(
@@ -204,6 +211,11 @@ class System(models.Model):
                 name="fleet_sys_no_inventory_idx",
             ),
             models.Index(fields=["organization", "name"], name="fleet_sys_org_name_idx"),
+            models.Index(fields=["type"], name="fleet_sys_type_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["system_key"], name="fleet_sys_key_uniq"),
+            models.UniqueConstraint(fields=["secret_public"], name="fleet_sys_secret_public_uniq"),
         ]
 
     def __str__(self) -> str:

@@ -3,6 +3,7 @@
 import datetime as dt
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from fleet_app.models import System, SystemActivityDay
@@ -239,3 +240,25 @@ def test_malformed_basic_credentials_are_401(client, system, authorization, mess
     assert response.status_code == 401
     assert message in response.json()["message"]
     assert System.objects.get(pk=system.pk).last_heartbeat_at is None
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="pg_indexes is PostgreSQL's")
+@pytest.mark.django_db
+def test_the_system_table_has_no_index_a_heartbeat_writes_for_nothing():
+    # Every heartbeat writes an entry into each of these (the one on last_heartbeat_at
+    # makes every update a non-HOT one): a new one must earn its place.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = %s", [System._meta.db_table]
+        )
+        columns = sorted(row[0].split(" USING btree ")[1] for row in cursor.fetchall())
+    assert columns == [
+        "(created_at DESC) WHERE (last_inventory_at IS NULL)",
+        "(created_by_id)",
+        "(id)",
+        "(last_heartbeat_at)",
+        "(organization_id, name)",
+        "(secret_public)",
+        "(system_key)",
+        "(type)",
+    ]
