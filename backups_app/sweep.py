@@ -12,8 +12,9 @@ before the row that points at it, and a sweep must never race an upload.
 """
 
 import datetime as dt
+import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -27,13 +28,13 @@ logger = logging.getLogger(__name__)
 BATCH = 500
 
 
-def _cluster_owned(keys: list[str]) -> set[str]:
+def _cluster_owned(keys: Collection[str]) -> set[str]:
     return set(
         ClusterBackup.objects.filter(storage_key__in=keys).values_list("storage_key", flat=True)
     )
 
 
-def _service_owned(keys: list[str]) -> set[str]:
+def _service_owned(keys: Collection[str]) -> set[str]:
     # A pruned run's archive was meant to be gone: if it is still there, its delete failed.
     return set(
         BackupRun.objects.filter(storage_key__in=keys, pruned_at__isnull=True).values_list(
@@ -43,7 +44,7 @@ def _service_owned(keys: list[str]) -> set[str]:
 
 
 # Key prefix → which of a batch of its keys rows still point at.
-OWNERS: dict[str, Callable[[list[str]], set[str]]] = {
+OWNERS: dict[str, Callable[[Collection[str]], set[str]]] = {
     "cluster/": _cluster_owned,
     "services/": _service_owned,
 }
@@ -54,17 +55,6 @@ class SweepResult:
     orphans: list[str] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
-
-
-def _batches(keys: Iterable[str]) -> Iterable[list[str]]:
-    batch = []
-    for key in keys:
-        batch.append(key)
-        if len(batch) == BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def storage_sweep(
@@ -80,7 +70,7 @@ def storage_sweep(
     try:
         for prefix, owned in OWNERS.items():
             old = (key for key, modified in store.listing(prefix) if modified < cutoff)
-            for batch in _batches(old):
+            for batch in itertools.batched(old, BATCH):
                 kept = owned(batch)
                 result.orphans += [key for key in batch if key not in kept]
         result.unfinished = store.pending_abort(idle_since=cutoff, dry_run=not apply)

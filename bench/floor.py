@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from controlplane.urls import urlpatterns as product_urlpatterns
-from fleet_app import hot
+from fleet_app.db import bound_cursor
 from fleet_app.models import System
 
 FLOOR_TABLE = "bench_floor_store"
@@ -37,9 +37,9 @@ def _next_system_id() -> int:
 
 @csrf_exempt
 def floor_update(request):
-    # The fast path's own cursor (parameters bound by the server), so the floor is not
+    # The heartbeat's own cursor (parameters bound by the server), so the floor is not
     # slower than the heartbeat for a reason of its own.
-    with hot._cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(
             f"UPDATE {System._meta.db_table} SET last_heartbeat_at = %s WHERE id = %s",  # noqa: S608
             [timezone.now(), _next_system_id()],
@@ -50,7 +50,7 @@ def floor_update(request):
 @csrf_exempt
 def floor_store(request):
     body = request.read()
-    with hot._cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {FLOOR_TABLE} (received_at, body) VALUES (%s, %s)",  # noqa: S608
             [timezone.now(), body],

@@ -13,6 +13,7 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 
 from . import credentials, inventory_diff
+from .db import bound_cursor
 from .errors import Conflict, Forbidden, InvalidInput, NotAuthenticated
 from .models import (
     AuditEntry,
@@ -274,7 +275,7 @@ def system_heartbeat(*, system: System) -> dt.datetime:
     now = timezone.now()
     previous = system.last_heartbeat_at
     # Raw for the same reason as system_authenticate: it runs on every heartbeat.
-    with connection.cursor() as cursor:
+    with bound_cursor() as cursor:
         cursor.execute(
             f"UPDATE {System._meta.db_table} SET last_heartbeat_at = %s WHERE id = %s",  # noqa: S608
             [connection.ops.adapt_datetimefield_value(now), system.pk],
