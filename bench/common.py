@@ -3,6 +3,7 @@
 Imported by the scripts in this folder (``python bench/<name>.py`` puts it on the path).
 """
 
+import argparse
 import os
 import subprocess
 import sys
@@ -11,6 +12,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SERVER = "postgres://postgres@127.0.0.1:5432"
+
+
+def scratch_parser(doc: str, database: str) -> argparse.ArgumentParser:
+    """The options every benchmark on a scratch database takes: ``--server``,
+    ``--database`` (dropped and re-created) and ``--keep``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument(
+        "--server", default=DEFAULT_SERVER, help="PostgreSQL server URL (without a database name)."
+    )
+    parser.add_argument(
+        "--database",
+        default=database,
+        help="Scratch database: dropped and re-created, dropped at the end.",
+    )
+    parser.add_argument("--keep", action="store_true", help="Do not drop the database.")
+    return parser
 
 
 def timed(label: str, action):

@@ -30,7 +30,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from common import database_drop, database_recreate, django_setup, run, timed
+from common import database_drop, database_recreate, django_setup, run, scratch_parser, timed
 
 TARGET_MS = 200.0
 PAGES = {
@@ -46,13 +46,10 @@ PAGES = {
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--server", default="postgres://postgres@127.0.0.1:5432")
-    parser.add_argument("--database", default="cutover_bench_dash")
+    parser = scratch_parser(__doc__, "cutover_bench_dash")
     parser.add_argument("--scales", type=int, nargs="+", default=[1_000, 1_000_000])
     parser.add_argument("--requests", type=int, default=50, help="timed requests per page")
     parser.add_argument("--explain", action="store_true", help="EXPLAIN ANALYZE at the top scale")
-    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     return parser.parse_args()
 
 

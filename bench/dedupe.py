@@ -25,7 +25,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common import database_drop, database_recreate, django_setup, run, step
+from common import database_drop, database_recreate, django_setup, run, scratch_parser, step
 
 BIN = Path(sys.executable).parent
 TARGET_RATIO = 100
@@ -59,18 +59,7 @@ def main() -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--server",
-        default="postgres://postgres@127.0.0.1:5432",
-        help="PostgreSQL server URL (without a database name).",
-    )
-    parser.add_argument(
-        "--database",
-        default="cutover_bench_dedupe",
-        help="Scratch database: dropped and re-created, dropped at the end.",
-    )
-    parser.add_argument("--keep", action="store_true", help="Do not drop the database.")
+    parser = scratch_parser(__doc__, "cutover_bench_dedupe")
     parser.add_argument("--small", type=int, default=20_000, help="Users for the comparison.")
     parser.add_argument("--large", type=int, default=1_000_000, help="Users (0: skip).")
     parser.add_argument("--every", type=int, default=100, help="One duplicate every N users.")

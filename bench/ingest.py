@@ -41,7 +41,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from common import ROOT, admin_connection, database_drop, database_recreate, run, step
+from common import (
+    ROOT,
+    admin_connection,
+    database_drop,
+    database_recreate,
+    run,
+    scratch_parser,
+    step,
+)
 
 BIN = Path(sys.executable).parent
 LUA = ROOT / "bench" / "collect.lua"
@@ -118,18 +126,7 @@ def main() -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--server",
-        default="postgres://postgres@127.0.0.1:5432",
-        help="PostgreSQL server URL (without a database name).",
-    )
-    parser.add_argument(
-        "--database",
-        default="cutover_bench",
-        help="Scratch database: dropped and re-created, dropped at the end.",
-    )
-    parser.add_argument("--keep", action="store_true", help="Do not drop the database.")
+    parser = scratch_parser(__doc__, "cutover_bench")
     parser.add_argument("--systems", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes.")
     parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker.")

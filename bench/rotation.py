@@ -24,7 +24,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common import ROOT, database_drop, database_recreate, django_setup, run, step
+from common import ROOT, database_drop, database_recreate, django_setup, run, scratch_parser, step
 
 BIN = Path(sys.executable).parent
 TARGET_SECONDS = 120
@@ -69,18 +69,7 @@ def main() -> None:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--server",
-        default="postgres://postgres@127.0.0.1:5432",
-        help="PostgreSQL server URL (without a database name).",
-    )
-    parser.add_argument(
-        "--database",
-        default="cutover_bench_rot",
-        help="Scratch database: dropped and re-created, dropped at the end.",
-    )
-    parser.add_argument("--keep", action="store_true", help="Do not drop the database.")
+    parser = scratch_parser(__doc__, "cutover_bench_rot")
     # A Redis database of its own, so the worker never restores other users' messages.
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/12", help="Broker URL.")
     parser.add_argument("--mappings", type=int, default=TARGET_MAPPINGS)
