@@ -230,25 +230,6 @@ class SystemBackupsAdmin(FleetModelAdmin):
 # --- Service backups: Cutover's own, superusers only -----------------------------------------
 
 
-class SuperuserOnly:
-    """Cutover's own services (its database, its folders): superusers only."""
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return self.has_view_permission(request)
-
-    def has_add_permission(self, request: HttpRequest, *args) -> bool:
-        return self.has_view_permission(request)
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self.has_view_permission(request)
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self.has_view_permission(request)
-
-
 def _progress(obj) -> str:
     return format_html(
         '<progress value="{}" max="100" style="width:6em">{}%</progress> {}',
@@ -275,7 +256,7 @@ class ServiceForm(forms.ModelForm):
 
 
 @admin.register(Service)
-class ServiceAdmin(SuperuserOnly, AuditedModelAdmin):
+class ServiceAdmin(AuditedModelAdmin):
     form = ServiceForm
     list_display = ("name", "adapter", "enabled", "created_at")
     list_filter = ("adapter", "enabled")
@@ -339,7 +320,7 @@ class BackupScheduleForm(forms.ModelForm):
 
 
 @admin.register(BackupSchedule)
-class BackupScheduleAdmin(SuperuserOnly, AuditedModelAdmin):
+class BackupScheduleAdmin(AuditedModelAdmin):
     """Schedules are edited here (audited) through the schedule services, which keep the
     schedule's beat entry in step; beat sends its backups at each due time."""
 
@@ -410,7 +391,7 @@ class BackupScheduleAdmin(SuperuserOnly, AuditedModelAdmin):
 # --- Beat's own admin (django-celery-beat): superusers only, audited ------------------------
 
 
-class BeatAuditedAdmin(SuperuserOnly, AuditedModelAdmin):
+class BeatAuditedAdmin(AuditedModelAdmin):
     """Beat's models in the admin: what runs when is Cutover's own business."""
 
     def audit_state(self, obj) -> dict[str, Any]:
@@ -479,7 +460,7 @@ _beat_admins_for_superusers_only()
 
 
 @admin.register(BackupRun)
-class BackupRunAdmin(SuperuserOnly, ReadOnlyModelAdmin):
+class BackupRunAdmin(ReadOnlyModelAdmin):
     list_display = ("id", "service", "state", "progress", "size_display", "created_at", "pruned_at")
     list_filter = ("state", "service")
     list_select_related = ("service",)
@@ -533,7 +514,7 @@ class BackupRunAdmin(SuperuserOnly, ReadOnlyModelAdmin):
 
 
 @admin.register(RestoreRun)
-class RestoreRunAdmin(SuperuserOnly, ReadOnlyModelAdmin):
+class RestoreRunAdmin(ReadOnlyModelAdmin):
     list_display = (
         "id",
         "service",

@@ -6,6 +6,12 @@ class BackupsConfig(AppConfig):
     verbose_name = "Backups"
 
     def ready(self) -> None:
+        from fleet_app.access import rules_register
+
+        from . import access_table
+
+        rules_register(access_table.RULES)
+
         # The quota jobs (manage.py quotas --verify/--sync) count each resource's real
         # usage through a source its owner registers: backup bytes are ours.
         from fleet_app.quotas import usage_source_register

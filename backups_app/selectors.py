@@ -18,6 +18,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from fleet_app import access
 from fleet_app import selectors as fleet
 from fleet_app.models import Quota, System, User
 
@@ -26,12 +27,7 @@ from .models import BackupRun, ClusterBackup, RestoreRun, Service
 
 def cluster_backups_visible_to(user: User) -> QuerySet[ClusterBackup]:
     """Backups of the systems in the user's organization subtree (as the fleet scopes)."""
-    backups = ClusterBackup.objects.all()
-    if user.is_superuser:
-        return backups
-    if not user.is_active or user.organization_id is None:
-        return backups.none()
-    return backups.filter(organization__path__startswith=user.organization.path)
+    return access.scope_queryset(user, ClusterBackup.objects.all())
 
 
 def _latest_backup_at() -> Subquery:

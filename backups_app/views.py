@@ -2,10 +2,11 @@
 
 from django.conf import settings
 from django.contrib import admin
-from django.contrib.admin.views.decorators import staff_member_required
 from django.shortcuts import render
 
+from fleet_app import access
 from fleet_app import selectors as fleet_selectors
+from fleet_app.access_http import dashboard
 
 from . import selectors
 
@@ -24,7 +25,7 @@ def _tiles(counts: dict, days: int) -> list[dict]:
     ]
 
 
-@staff_member_required
+@dashboard("backup-dashboard")
 def backup_dashboard(request):
     """Backup freshness of the user's subtree, quota use, and (for superusers, whose
     Cutover's own services they are) service backups and restore drills."""
@@ -41,7 +42,11 @@ def backup_dashboard(request):
         "stale": selectors.systems_backup_stale(systems, days=days),
         "never": selectors.systems_never_backed_up(systems),
         "quotas": selectors.organizations_quota_usage(request.user),
-        "services": selectors.services_overview() if request.user.is_superuser else None,
+        "services": (
+            selectors.services_overview()
+            if access.allowed(request.user, "model", "backups_app.service")
+            else None
+        ),
         "drill_days": settings.BACKUP_DRILL_MAX_AGE_DAYS,
     }
     return render(request, "backups_app/dashboard.html", context)

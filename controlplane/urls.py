@@ -26,6 +26,7 @@ def not_found(request, exception=None):
 
 
 handler404 = not_found
+handler403 = "fleet_app.access_http.permission_denied"
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
@@ -44,7 +45,7 @@ urlpatterns = [
     path("dashboard/", include("backups_app.urls")),
     path("admin/", admin.site.urls),
     path("dashboard/zfs/", include("backups_app.zfs.urls")),
-    path("", RedirectView.as_view(pattern_name="fleet-dashboard", permanent=False)),
+    path("", RedirectView.as_view(pattern_name="fleet-dashboard", permanent=False), name="home"),
 ]
 
 admin.site.site_header = "Cutover"

@@ -42,7 +42,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 
-from . import selectors, services
+from . import access, selectors, services
 from .errors import InvalidInput
 from .models import AuditEntry, Inventory, InventoryChange, Organization, System, User
 
@@ -142,9 +142,54 @@ def form_action(**kwargs: Any):
     return decorator
 
 
-class FleetModelAdmin(admin.ModelAdmin):
-    """Defaults for every fleet admin: no full-table count, FK choices scoped, actions
-    marked with ``form_action`` offered on the change page (``admin/change_form.html``)."""
+class TableAdminMixin:
+    """The permission table (access.py) decides for every model admin, in this one place.
+
+    View, add, change and delete come from the model's row; the rows a user sees are
+    scoped by ``access.scope_queryset``; an action is offered only when its own row
+    grants ``run`` (``delete_selected`` follows the model's delete right). A model with
+    no row is refused to everyone. A subclass may refuse more, never grant more.
+    """
+
+    def _table(self, request: HttpRequest, right: str) -> bool:
+        return access.allowed(request.user, "model", access.model_key(self.model), right)
+
+    def has_view_permission(self, request, obj=None):
+        return self._table(request, "v")
+
+    def has_add_permission(self, request, *args):
+        return self._table(request, "a")
+
+    def has_change_permission(self, request, obj=None):
+        return self._table(request, "c")
+
+    def has_delete_permission(self, request, obj=None):
+        return self._table(request, "d")
+
+    def has_module_permission(self, request):
+        return self._table(request, "v")
+
+    def get_queryset(self, request):
+        return access.scope_queryset(request.user, super().get_queryset(request))
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        key = access.model_key(self.model)
+        return {
+            name: action
+            for name, action in actions.items()
+            if (
+                self._table(request, "d")
+                if name == "delete_selected"
+                else access.allowed(request.user, "action", f"{key}.{name}", "r")
+            )
+        }
+
+
+class FleetModelAdmin(TableAdminMixin, admin.ModelAdmin):
+    """Defaults for every admin: the permission table, no full-table count, FK choices
+    scoped, actions marked with ``form_action`` offered on the change page
+    (``admin/change_form.html``)."""
 
     show_full_result_count = False
 
@@ -369,9 +414,6 @@ class OrganizationAdmin(AuditedModelAdmin):
     search_fields = ("name", "=path")
     ordering = ("path",)
 
-    def get_queryset(self, request):
-        return selectors.organizations_visible_to(request.user)
-
     def get_fields(self, request, obj=None):
         if obj is None:
             return ("name", "kind", "parent")
@@ -475,11 +517,17 @@ class UserAdmin(AuditedModelAdmin, DjangoUserAdmin):
     filter_horizontal = ("groups", "user_permissions")
 
     def get_queryset(self, request):
-        users = selectors.users_visible_to(request.user)
-        if not request.user.is_superuser:
-            # A scoped admin cannot edit (or reset the password of) an account above them.
-            users = users.filter(is_superuser=False)
+        users = super().get_queryset(request)
+        if not access.is_platform(request.user):
+            # A tenant admin cannot edit (or reset the password of) an account above them.
+            users = users.filter(is_superuser=False).exclude(groups__name=access.OPERATOR)
         return users
+
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        if db_field.name == "groups" and not request.user.is_superuser:
+            # A tenant admin hands out the tenant roles only, never the platform's.
+            kwargs["queryset"] = Group.objects.filter(name__in=access.TENANT_PERSONAS)
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
 
     def get_readonly_fields(self, request, obj=None):
         readonly = list(super().get_readonly_fields(request, obj))
@@ -522,19 +570,16 @@ admin.site.unregister(Group)
 class GroupAdmin(AuditedModelAdmin, DjangoGroupAdmin):
     """The role groups are global: a scoped admin may grant them, not redefine them.
 
-    roles.py gives the admin role the auth permissions so it can manage accounts; editing
-    a group would change what every organization's readers or admins may do. A
-    superuser's edits are audited like any other (filed under no organization).
+    The table lets tenant admins view the tenant roles (to grant them); editing a group
+    would change what every organization's readers or admins may do, so only superusers
+    add, change or delete one. Their edits are audited like any other.
     """
 
-    def has_add_permission(self, request):
-        return request.user.is_superuser
-
-    def has_change_permission(self, request, obj=None):
-        return request.user.is_superuser
-
-    def has_delete_permission(self, request, obj=None):
-        return request.user.is_superuser
+    def get_queryset(self, request):
+        groups = super().get_queryset(request)
+        if not access.is_platform(request.user):
+            return groups.filter(name__in=access.TENANT_PERSONAS)
+        return groups
 
 
 # --- Systems ------------------------------------------------------------------------------
@@ -711,9 +756,6 @@ class SystemAdmin(AuditedModelAdmin):
         "related",
     )
 
-    def get_queryset(self, request):
-        return selectors.systems_visible_to(request.user)
-
     def get_fieldsets(self, request, obj=None):
         return self.add_fieldsets if obj is None else self.fieldsets
 
@@ -875,9 +917,6 @@ class InventoryAdmin(ReadOnlyModelAdmin):
     fields = ("system", "received_at", "size", "document")
     readonly_fields = ("document",)
 
-    def get_queryset(self, request):
-        return selectors.inventories_visible_to(request.user)
-
     @admin.display(description="data")
     def document(self, obj: Inventory) -> str:
         return pretty_json(obj.data)
@@ -900,9 +939,6 @@ class InventoryChangeAdmin(ReadOnlyModelAdmin):
         "new_value",
     )
     readonly_fields = ("inventory_link", "old_value", "new_value")
-
-    def get_queryset(self, request):
-        return selectors.changes_visible_to(request.user)
 
     @admin.display(description="inventory")
     def inventory_link(self, obj: InventoryChange) -> str:
@@ -978,9 +1014,6 @@ class AuditEntryAdmin(ReadOnlyModelAdmin):
         "after_json",
     )
     readonly_fields = ("object_link", "before_json", "after_json")
-
-    def get_queryset(self, request):
-        return selectors.audit_entries_visible_to(request.user)
 
     @admin.display(description="object", ordering="object_repr")
     def object_link(self, obj: AuditEntry) -> str:

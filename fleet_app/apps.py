@@ -7,6 +7,9 @@ class FleetConfig(AppConfig):
     verbose_name = "Fleet"
 
     def ready(self) -> None:
+        from . import access, access_table
+
+        access.rules_register(access_table.RULES)
         # Permissions exist only after every app has migrated; keep the role groups in
         # step with them after each migrate (idempotent).
         post_migrate.connect(_sync_roles, dispatch_uid="fleet_roles_sync")

@@ -1,47 +1,44 @@
-"""Roles: Django groups whose permissions are derived from the project's own apps.
+"""Role groups, whose Django permissions are derived from the permission table.
 
-- reader: view everything of the Cutover apps;
-- support: reader, plus add and change (suspend a system, re-issue a secret);
-- admin: every permission of the Cutover apps and of API tokens; may view (and so
-  assign) the role groups, not redefine them.
-
-Deriving from the action prefix means a model added later joins the roles without a
-hand-kept list. What a role sees is further scoped to the user's organization subtree.
+The groups are ``operator`` (the platform's own staff) and the tenant roles ``admin``,
+``support`` and ``reader``. ``access.py`` says what each may do; this module only keeps
+Django's permission rows in step with it, so ``user.has_perm`` and the admin's own
+checks agree with the table. Only a superuser may redefine a group.
 """
 
 from django.contrib.auth.models import Group, Permission
-from django.db.models import Q
 
-ROLE_READER = "reader"
-ROLE_SUPPORT = "support"
-ROLE_ADMIN = "admin"
-ROLES = (ROLE_READER, ROLE_SUPPORT, ROLE_ADMIN)
-CUTOVER_APPS = ("fleet_app", "migrations_app", "backups_app")
-ROLE_ACTIONS = {
-    ROLE_READER: ("view_",),
-    ROLE_SUPPORT: ("view_", "add_", "change_"),
-    ROLE_ADMIN: ("view_", "add_", "change_", "delete_"),
-}
+from . import access
+
+ROLE_OPERATOR = access.OPERATOR
+ROLE_READER = access.READER
+ROLE_SUPPORT = access.SUPPORT
+ROLE_ADMIN = access.ADMIN
+# The tenant roles (scoped to an organization subtree).
+ROLES = access.TENANT_PERSONAS
+ALL_ROLES = access.ROLE_GROUPS
+_MODEL_ACTIONS = {"v": "view", "a": "add", "c": "change", "d": "delete"}
+
+
+def role_permissions(role: str) -> set[tuple[str, str]]:
+    """(app_label, codename) of every model permission the table grants ``role``."""
+    wanted = set()
+    for item in access.rules_all():
+        if item.kind != "model":
+            continue
+        app_label, model_name = item.key.split(".")
+        for letter in item.rights(role):
+            if letter in _MODEL_ACTIONS:
+                wanted.add((app_label, f"{_MODEL_ACTIONS[letter]}_{model_name}"))
+    return wanted
 
 
 def roles_sync(*, using: str = "default") -> None:
     """Create the role groups and give them their permissions (idempotent)."""
-    permissions = list(
-        Permission.objects.using(using)
-        .filter(content_type__app_label__in=CUTOVER_APPS)
-        .select_related("content_type")
-    )
-    # Roles are global groups: an organization's admin may assign them and manage API
-    # tokens, but only a superuser may redefine what a role grants.
-    admin_extra = list(
-        Permission.objects.using(using).filter(
-            Q(content_type__app_label="authtoken")
-            | Q(content_type__app_label="auth", codename__startswith="view_")
-        )
-    )
-    for role in ROLES:
+    permissions = {
+        (p.content_type.app_label, p.codename): p
+        for p in Permission.objects.using(using).select_related("content_type")
+    }
+    for role in ALL_ROLES:
         group, _ = Group.objects.using(using).get_or_create(name=role)
-        wanted = [p for p in permissions if p.codename.startswith(ROLE_ACTIONS[role])]
-        if role == ROLE_ADMIN:
-            wanted += admin_extra
-        group.permissions.set(wanted)
+        group.permissions.set([permissions[k] for k in role_permissions(role) if k in permissions])

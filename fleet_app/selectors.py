@@ -5,6 +5,7 @@ import datetime as dt
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
+from . import access
 from .models import (
     AuditEntry,
     Inventory,
@@ -17,20 +18,19 @@ from .models import (
 
 
 def organizations_visible_to(user: User) -> QuerySet[Organization]:
-    """The user's organization and everything below it; all of them for a superuser."""
-    if user.is_superuser:
-        return Organization.objects.all()
-    if not user.is_active or user.organization_id is None:
-        return Organization.objects.none()
-    # One indexed prefix match on the materialized path.
-    return Organization.objects.filter(path__startswith=user.organization.path)
+    """The user's organization and everything below it; all of them for the platform."""
+    return access.scope_queryset(user, Organization.objects.all())
 
 
 def _scoped(queryset: QuerySet, user: User, field: str = "organization") -> QuerySet:
-    if user.is_superuser:
+    """Rows whose organization (through ``field``) is in the user's subtree; all of them
+    for the platform's personas; none for anybody without a role."""
+    who = access.persona(user)
+    if who in access.PLATFORM_PERSONAS:
         return queryset
-    if not user.is_active or user.organization_id is None:
+    if who is None:
         return queryset.none()
+    # One indexed prefix match on the materialized path.
     return queryset.filter(**{f"{field}__path__startswith": user.organization.path})
 
 

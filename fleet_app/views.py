@@ -4,10 +4,10 @@ import datetime as dt
 import math
 
 from django.contrib import admin
-from django.contrib.admin.views.decorators import staff_member_required
 from django.shortcuts import render
 
 from . import selectors
+from .access_http import dashboard
 from .charts import nice_step
 from .models import System
 
@@ -88,7 +88,7 @@ def _tiles(counts: dict[str, int], timeout_minutes: int) -> list[dict]:
     ]
 
 
-@staff_member_required
+@dashboard("fleet-dashboard")
 def fleet_dashboard(request):
     """The fleet at a glance, scoped to the user's organization subtree.
 

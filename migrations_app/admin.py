@@ -17,11 +17,12 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.contenttypes.models import ContentType
 from django.db import router, transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, Q
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from fleet_app import access
 from fleet_app.admin import (
     EstimatedCountPaginator,
     ReadOnlyModelAdmin,
@@ -29,7 +30,7 @@ from fleet_app.admin import (
     form_action,
 )
 from fleet_app.errors import InvalidInput
-from fleet_app.models import System, User
+from fleet_app.models import System
 
 from . import services
 from .models import CutoverDay, FingerprintAnomaly, LegacyMapping, RotationRun
@@ -37,16 +38,6 @@ from .models import CutoverDay, FingerprintAnomaly, LegacyMapping, RotationRun
 # A bulk rotation carries its mapping ids in the run row; beyond this many, the selection
 # is too big for one row (and for one click): narrow it, or use a filter-based run.
 BULK_ROTATION_MAX_IDS = 10_000
-
-
-def _scoped(queryset: QuerySet, user: User, organization: str) -> QuerySet:
-    """The rows under the user's organization subtree (``organization`` is the path to the
-    row's organization); all of them for a superuser, none for an account without one."""
-    if user.is_superuser:
-        return queryset
-    if not user.is_active or user.organization_id is None:
-        return queryset.none()
-    return queryset.filter(**{f"{organization}__path__startswith": user.organization.path})
 
 
 def _open_anomaly() -> Exists:
@@ -157,11 +148,7 @@ class LegacyMappingAdmin(ReadOnlyModelAdmin):
     actions = ("reopen", "start_rotation")
 
     def get_queryset(self, request):
-        return _scoped(
-            super().get_queryset(request).select_related("system__organization"),
-            request.user,
-            "system__organization",
-        )
+        return super().get_queryset(request).select_related("system__organization")
 
     def get_search_results(self, request, queryset, search_term):
         """Exact matches on the two unique indexes.
@@ -319,9 +306,6 @@ class RotationRunAdmin(ReadOnlyModelAdmin):
     )
     readonly_fields = ("progress", "selection", "error_text", "log_text")
 
-    def get_queryset(self, request):
-        return _scoped(super().get_queryset(request), request.user, "created_by__organization")
-
     @admin.display(description="progress")
     def progress(self, obj: RotationRun) -> str:
         percent = obj.percent
@@ -401,11 +385,40 @@ class FingerprintAnomalyAdmin(ReadOnlyModelAdmin):
         "inventory_link",
         "resolved_at",
     )
-    readonly_fields = ("claimed_mapping", "inventory_link")
+    readonly_fields = ("claimed_mapping", "inventory_link", "fit")
     actions = ("resolve",)
 
-    def get_queryset(self, request):
-        return _scoped(super().get_queryset(request), request.user, "system__organization")
+    # Whether a claimed legacy id is unknown or belongs to another system is a fact about
+    # the whole fleet: a tenant's staff are told only that it does not fit, so an anomaly
+    # never reveals whether a legacy id exists in another tenant.
+    @staticmethod
+    def _fleet_wide(request: HttpRequest) -> bool:
+        return access.allowed(request.user, "route", "cutover-anomaly-list", "v")
+
+    def _tenant_view(self, request: HttpRequest, names: tuple) -> tuple:
+        if self._fleet_wide(request):
+            return names
+        shown = tuple("fit" if name == "kind" else name for name in names)
+        return tuple(name for name in shown if name != "claimed_mapping")
+
+    def get_list_display(self, request):
+        return self._tenant_view(request, super().get_list_display(request))
+
+    def get_list_filter(self, request):
+        filters = super().get_list_filter(request)
+        return filters if self._fleet_wide(request) else tuple(f for f in filters if f != "kind")
+
+    def get_fields(self, request, obj=None):
+        return self._tenant_view(request, tuple(super().get_fields(request, obj)))
+
+    def lookup_allowed(self, lookup, value, request):
+        if lookup.split("__")[0] == "kind" and not self._fleet_wide(request):
+            return False
+        return super().lookup_allowed(lookup, value, request)
+
+    @admin.display(description="kind")
+    def fit(self, obj: FingerprintAnomaly) -> str:
+        return "Does not fit this system's mapping"
 
     def has_resolve_permission(self, request: HttpRequest) -> bool:
         return _has_model_perm(request, FingerprintAnomaly, "change")
@@ -459,12 +472,6 @@ class CutoverDayAdmin(ReadOnlyModelAdmin):
     list_filter = (("day", admin.DateFieldListFilter),)
     ordering = ("-day",)
     actions = None
-
-    def has_view_permission(self, request, obj=None):
-        return request.user.is_active and request.user.is_superuser
-
-    def has_module_permission(self, request):
-        return self.has_view_permission(request)
 
 
 import migrations_app.admin_accounts  # noqa: E402,F401

@@ -68,16 +68,6 @@ def mask_credentials(value: Any, label: str | None = None) -> Any:
     return masked
 
 
-class SuperuserOnly:
-    """Fleet-wide account operations: superusers only."""
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.is_active and request.user.is_superuser
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return self.has_view_permission(request)
-
-
 def _progress(obj) -> str:
     percent = obj.percent
     return format_html(
@@ -97,7 +87,7 @@ def _ids(text: str) -> list[int]:
 
 
 @admin.register(DedupeRun)
-class DedupeRunAdmin(SuperuserOnly, ReadOnlyModelAdmin):
+class DedupeRunAdmin(ReadOnlyModelAdmin):
     change_list_template = "admin/migrations_app/deduperun/change_list.html"
     list_display = (
         "id",
@@ -260,7 +250,7 @@ def _link(viewname: str, pk: Any, text: Any) -> str:
 
 
 @admin.register(DedupeJournal)
-class DedupeJournalAdmin(SuperuserOnly, ReadOnlyModelAdmin):
+class DedupeJournalAdmin(ReadOnlyModelAdmin):
     list_display = (
         "run",
         "position",
@@ -295,7 +285,7 @@ class DedupeJournalAdmin(SuperuserOnly, ReadOnlyModelAdmin):
 
 
 @admin.register(LegacyAccount)
-class LegacyAccountAdmin(SuperuserOnly, ReadOnlyModelAdmin):
+class LegacyAccountAdmin(ReadOnlyModelAdmin):
     list_display = ("legacy_id", "user", "was_active", "flagged_duplicate", "imported_at")
     list_filter = ("flagged_duplicate", "was_active")
     list_select_related = ("user",)
@@ -307,7 +297,7 @@ class LegacyAccountAdmin(SuperuserOnly, ReadOnlyModelAdmin):
 
 
 @admin.register(QuotaRun)
-class QuotaRunAdmin(SuperuserOnly, ReadOnlyModelAdmin):
+class QuotaRunAdmin(ReadOnlyModelAdmin):
     change_list_template = "admin/migrations_app/quotarun/change_list.html"
     list_display = ("id", "mode", "state", "differing", "done", "created_by", "created_at")
     list_filter = ("mode", "state")
@@ -360,7 +350,7 @@ class QuotaRunAdmin(SuperuserOnly, ReadOnlyModelAdmin):
 
 
 @admin.register(Quota)
-class QuotaAdmin(SuperuserOnly, AuditedModelAdmin):
+class QuotaAdmin(AuditedModelAdmin):
     """Limits are edited here (audited); usage is written by the quota jobs only."""
 
     list_display = ("holder", "resource", "limit", "effective_limit", "usage", "updated_at")
@@ -390,7 +380,7 @@ class QuotaAdmin(SuperuserOnly, AuditedModelAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(SuperuserOnly, ReadOnlyModelAdmin):
+class MembershipAdmin(ReadOnlyModelAdmin):
     list_display = ("user", "organization", "role", "created_at")
     list_filter = ("role",)
     list_select_related = ("user", "organization")

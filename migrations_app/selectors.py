@@ -12,36 +12,11 @@ from dataclasses import dataclass, replace
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from fleet_app.models import Organization, User
-from fleet_app.roles import ROLES
-
 from .models import CutoverDay, FingerprintAnomaly, LegacyMapping, RotationRun
 
 # The projection extrapolates the fingerprints of this many days, today included.
 PROJECTION_WINDOW_DAYS = 7
 STRAGGLER_KINDS = ("not_rotated", "unconfirmed")
-
-
-# --- Who sees it ----------------------------------------------------------------------------
-
-
-def cutover_visible_to(user: User) -> bool:
-    """The cutover counts are global: superusers, and staff with a role at the owner.
-
-    A distributor's or customer's staff would otherwise read fleet-wide numbers they
-    cannot see system by system, so they are refused rather than shown a subset that
-    the counters cannot produce.
-    """
-    if not (user.is_authenticated and user.is_active and user.is_staff):
-        return False
-    if user.is_superuser:
-        return True
-    if user.organization_id is None:
-        return False
-    # One query: a role and an owner organization.
-    return User.objects.filter(
-        pk=user.pk, organization__kind=Organization.Kind.OWNER, groups__name__in=ROLES
-    ).exists()
 
 
 # --- Totals, burn-down and projection -------------------------------------------------------

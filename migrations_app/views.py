@@ -4,11 +4,11 @@ import datetime as dt
 import math
 
 from django.contrib import admin
-from django.contrib.admin.views.decorators import staff_member_required
 from django.shortcuts import render
 from django.utils import timezone
 from django.utils.timesince import timesince
 
+from fleet_app.access_http import dashboard
 from fleet_app.charts import nice_step
 
 from . import selectors
@@ -27,10 +27,6 @@ CHART_BOTTOM = 30  # room for the date labels
 CHART_MIN_DAYS = 14
 CHART_DATE_LABELS = 7  # about this many date labels, counted back from today
 
-REFUSED = (
-    "The cutover dashboard shows fleet-wide numbers: it is open to superusers and to "
-    "staff with a role at the owner organization."
-)
 
 
 def _compact(value: int) -> str:
@@ -205,7 +201,7 @@ def _with_ages(rows: list, **stamps: str) -> list:
     return rows
 
 
-@staff_member_required
+@dashboard("cutover-dashboard")
 def cutover_dashboard(request):
     """Where the cutover stands: totals, readiness, burn-down, stragglers, anomalies, runs.
 
@@ -213,11 +209,6 @@ def cutover_dashboard(request):
     CutoverDay rows, the open anomaly count, two straggler lists on their partial
     indexes, the latest anomalies and the latest rotation runs.
     """
-    if not selectors.cutover_visible_to(request.user):
-        context = {**admin.site.each_context(request), "title": "Cutover dashboard"}
-        context["is_nav_sidebar_enabled"] = False
-        context["message"] = REFUSED
-        return render(request, "migrations_app/cutover_refused.html", context, status=403)
     summary = selectors.cutover_summary(with_points=True)
     context = {
         **admin.site.each_context(request),

@@ -1,27 +1,37 @@
 """The backups staff API under /api/backups/.
 
 Cluster backups are scoped to the caller's organization subtree like every fleet list.
-Service backups and restores are Cutover's own (its database, its folders): superusers
-only. Starting a run answers 202 with the run's URL; the run row is the status.
+Service backups and restores are Cutover's own (its database, its folders): the
+platform's alone (the permission table). Starting a run answers 202 with the run's URL;
+the run row is the status.
 """
 
 from django.urls import reverse
+from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
-from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 
 from fleet_app import services as fleet
+from fleet_app.api.filters import visible_systems
 from fleet_app.api.pagination import NewestFirst
 from fleet_app.errors import FleetError
 
 from .. import selectors, service_backups, services
 from ..errors import BackupCorrupt
-from ..models import BackupRun, RestoreRun, Service
+from ..models import BackupRun, ClusterBackup, RestoreRun, Service
 from . import serializers
 from .collect import download_response
+
+
+class ClusterBackupFilter(filters.FilterSet):
+    system = filters.ModelChoiceFilter(queryset=visible_systems, label="System (id)")
+
+    class Meta:
+        model = ClusterBackup
+        fields = ["system"]
 
 
 class NewestUploadFirst(NewestFirst):
@@ -32,13 +42,6 @@ class ByName(NewestFirst):
     """Services in name order (a name is unique)."""
 
     ordering = "name"
-
-
-class IsSuperuser(BasePermission):
-    message = "Service backups and restores are open to superusers only."
-
-    def has_permission(self, request, view) -> bool:
-        return bool(request.user and request.user.is_active and request.user.is_superuser)
 
 
 def _invalid(error: FleetError) -> ValidationError:
@@ -55,8 +58,7 @@ class ClusterBackupViewSet(
 
     serializer_class = serializers.ClusterBackupSerializer
     pagination_class = NewestUploadFirst
-    filterset_fields = ["system"]
-    write_permission = "backups_app.delete_clusterbackup"
+    filterset_class = ClusterBackupFilter
 
     def get_queryset(self):
         return selectors.cluster_backups_visible_to(self.request.user).select_related("system")
@@ -93,7 +95,6 @@ class ClusterBackupViewSet(
 class ServiceViewSet(viewsets.ReadOnlyModelViewSet):
     """Backed-up services with their drill status."""
 
-    permission_classes = [IsSuperuser]
     serializer_class = serializers.ServiceSerializer
     queryset = Service.objects.all()
     lookup_field = "name"
@@ -125,7 +126,6 @@ class BackupRunViewSet(
 ):
     """Backup runs; POST ``{"service": name}`` starts one and answers 202."""
 
-    permission_classes = [IsSuperuser]
     serializer_class = serializers.BackupRunSerializer
     pagination_class = NewestFirst
     queryset = BackupRun.objects.select_related("service")
@@ -156,7 +156,6 @@ class RestoreRunViewSet(
     """Restore runs and drills. POST ``{"backup", "target", "dry_run"}``: a dry run
     (the default) answers 200 with the plan; a real restore answers 202."""
 
-    permission_classes = [IsSuperuser]
     serializer_class = serializers.RestoreRunSerializer
     pagination_class = NewestFirst
     queryset = RestoreRun.objects.select_related("service")

@@ -256,11 +256,6 @@ class DivergenceReportAdmin(ReadOnlyModelAdmin):
     exclude = ("fixes",)
     actions = ("approve_rollback", "approve_rename_aside", "approve_retarget", "dismiss")
 
-    def has_view_permission(self, request, obj=None):
-        return _perm(request, DivergenceReport, "view") or _perm(
-            request, DivergenceReport, "change"
-        )
-
     def has_approve_permission(self, request: HttpRequest) -> bool:
         return _perm(request, DivergenceReport, "change")
 

@@ -2,10 +2,11 @@
 awaiting a decision; snapshot freshness per dataset. Reads recorded state only."""
 
 from django.contrib import admin
-from django.contrib.admin.views.decorators import staff_member_required
 from django.db.models import Sum
 from django.shortcuts import render
 from django.utils import timezone
+
+from fleet_app.access_http import dashboard
 
 from ..models_zfs import DivergenceReport, ReplicationRun
 from . import monitoring
@@ -22,7 +23,7 @@ def _human_bytes(value: int) -> str:
     return f"{value} B"
 
 
-@staff_member_required
+@dashboard("zfs-dashboard")
 def zfs_dashboard(request):
     now = timezone.now()
     jobs = monitoring.job_rows(now)

@@ -6,7 +6,8 @@ from django.core.exceptions import ValidationError
 from django_filters.rest_framework import BooleanFilter
 from django_filters.widgets import BooleanWidget
 
-from ..models import InventoryChange, Organization, System
+from .. import selectors
+from ..models import InventoryChange, System
 
 
 class TrueOrFalseWidget(BooleanWidget):
@@ -47,8 +48,11 @@ class SystemFilter(django_filters.FilterSet):
     status = django_filters.ChoiceFilter(
         choices=System.Status.choices, method="filter_status", label="Status"
     )
+    # Choices are what the caller may see: another tenant's id is "not a valid choice"
+    # exactly like an id that does not exist, so the answer tells nothing about it.
     organization = django_filters.ModelChoiceFilter(
-        queryset=Organization.objects.all(), label="Organization (id)"
+        queryset=lambda request: selectors.organizations_visible_to(request.user),
+        label="Organization (id)",
     )
     q = django_filters.CharFilter(method="filter_search", label="Name, FQDN or key contains")
     seen_before = django_filters.IsoDateTimeFilter(field_name="last_heartbeat_at", lookup_expr="lt")
@@ -70,7 +74,12 @@ class SystemFilter(django_filters.FilterSet):
         )
 
 
+def visible_systems(request):
+    return selectors.systems_visible_to(request.user)
+
+
 class InventoryChangeFilter(django_filters.FilterSet):
+    system = django_filters.ModelChoiceFilter(queryset=visible_systems, label="System (id)")
     since = django_filters.IsoDateTimeFilter(field_name="detected_at", lookup_expr="gte")
 
     class Meta:

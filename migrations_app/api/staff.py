@@ -1,7 +1,7 @@
 """The cutover staff API: the dashboard's numbers and lists, for scripts and other tools.
 
-Same permission class as the fleet's staff API, plus ``SeesCutover``: the counters are
-global, so only superusers and staff with a role at the owner organization read them.
+The counters are fleet-wide, so the permission table opens these routes to the platform
+and to tenant staff at the root organization only.
 """
 
 from django_filters import rest_framework as filters
@@ -9,29 +9,14 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, viewsets
 from rest_framework.exceptions import ValidationError
-from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 
 from fleet_app.api.filters import StrictBooleanFilter
 from fleet_app.api.pagination import NewestFirst, StrictCursorPagination
-from fleet_app.api.permissions import IsStaffWithRole
 
 from .. import selectors
 from ..models import FingerprintAnomaly, LegacyMapping
 from . import serializers
-
-
-class SeesCutover(BasePermission):
-    message = (
-        "The cutover numbers are fleet-wide: they are open to superusers and to staff with "
-        "a role at the owner organization."
-    )
-
-    def has_permission(self, request, view) -> bool:
-        return selectors.cutover_visible_to(request.user)
-
-
-PERMISSIONS = [IsStaffWithRole, SeesCutover]
 
 
 class OldestFirst(StrictCursorPagination):
@@ -46,7 +31,6 @@ class OldestFirst(StrictCursorPagination):
 class SummaryViewSet(viewsets.ViewSet):
     """Totals, decommission readiness, blockers and the projection (what the dashboard shows)."""
 
-    permission_classes = PERMISSIONS
 
     @extend_schema(responses=serializers.SummarySerializer)
     def list(self, request):
@@ -63,7 +47,6 @@ class StragglerViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     credentials never used, oldest rotation first.
     """
 
-    permission_classes = PERMISSIONS
     serializer_class = serializers.MappingSerializer
     pagination_class = OldestFirst
     filter_backends: list = []
@@ -104,7 +87,6 @@ class AnomalyFilter(filters.FilterSet):
 class AnomalyViewSet(viewsets.ReadOnlyModelViewSet):
     """Fingerprint anomalies, newest first; ``?open=true`` for the unresolved ones."""
 
-    permission_classes = PERMISSIONS
     serializer_class = serializers.AnomalySerializer
     pagination_class = NewestFirst
     filterset_class = AnomalyFilter
@@ -133,7 +115,6 @@ class MappingFilter(filters.FilterSet):
 class MappingViewSet(viewsets.ReadOnlyModelViewSet):
     """Legacy mappings (``proxy_mappings``), newest first."""
 
-    permission_classes = PERMISSIONS
     serializer_class = serializers.MappingSerializer
     pagination_class = NewestFirst
     filterset_class = MappingFilter

@@ -4,16 +4,17 @@ Creates a backup run that a Celery worker carries out (in-process when no broker
 configured) and follows it to the end unless ``--no-wait``.
 """
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from fleet_app.errors import FleetError
 from fleet_app.locks import LockHeld, named_lock
+from fleet_app.management.base import CutoverCommand
 from fleet_app.runs import run_wait
 
 from ...service_backups import backup_run_start, service_by_name
 
 
-class Command(BaseCommand):
+class Command(CutoverCommand):
     help = "Back up one service (a run row worked by a Celery worker)."
 
     def add_arguments(self, parser):

@@ -8,10 +8,11 @@ where it came from. Targets: ``database=NAME`` (PostgreSQL), ``path=/folder``
 
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from fleet_app.errors import FleetError
 from fleet_app.locks import LockHeld, named_lock
+from fleet_app.management.base import CutoverCommand
 from fleet_app.runs import run_wait
 
 from ...models import BackupRun
@@ -30,7 +31,7 @@ def _target(pairs: list[str]) -> dict[str, str] | None:
     return target
 
 
-class Command(BaseCommand):
+class Command(CutoverCommand):
     help = "Restore a backup run to its original target or another one. Dry run unless --apply."
 
     def add_arguments(self, parser):

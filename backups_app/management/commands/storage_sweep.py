@@ -8,13 +8,15 @@ see what it would remove first, or to reclaim space now.
 import datetime as dt
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
+
+from fleet_app.management.base import CutoverCommand
 
 from ...storage import StorageError
 from ...sweep import storage_sweep
 
 
-class Command(BaseCommand):
+class Command(CutoverCommand):
     help = "List (or with --apply, delete) orphan backup objects and unfinished uploads."
 
     def add_arguments(self, parser):

@@ -8,12 +8,11 @@ exits 0 (OK), 1 (WARN) or 2 (CRIT). The same states are the Prometheus metrics
 
 import sys
 
-from django.core.management.base import BaseCommand
-
 from backups_app.zfs import monitoring
+from fleet_app.management.base import CutoverCommand
 
 
-class Command(BaseCommand):
+class Command(CutoverCommand):
     help = "Check snapshot freshness and replication health; exit 0/1/2 (OK/WARN/CRIT)."
 
     def add_arguments(self, parser):

@@ -7,15 +7,16 @@ Reads only; nothing is created, destroyed or sent.
     manage.py zfs_plan --dataset 3 --job nightly-offsite
 """
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from backups_app.models_zfs import Dataset, ReplicationJob
 from backups_app.zfs import pipeline, services
 from backups_app.zfs.runner import ZfsCommandError
 from fleet_app.errors import FleetError
+from fleet_app.management.base import CutoverCommand
 
 
-class Command(BaseCommand):
+class Command(CutoverCommand):
     help = "Preview snapshots to create/destroy and replication plans (reads only)."
 
     def add_arguments(self, parser):

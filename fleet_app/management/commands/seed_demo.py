@@ -16,12 +16,12 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from django.core.management.base import BaseCommand
 from django.db import connection, transaction
 from django.utils import timezone
 
 from fleet_app import services
 from fleet_app.demo import ns8_inventory
+from fleet_app.management.base import CutoverCommand
 from fleet_app.models import Inventory, Organization, System, SystemActivityDay, User
 from fleet_app.progress import ProgressBar
 
@@ -112,7 +112,7 @@ def _fate(organization_name: str, index: int) -> tuple[str, Fate]:
     )
 
 
-class Command(BaseCommand):
+class Command(CutoverCommand):
     help = (
         "Load the demo fleet (organizations, ~300 systems, inventories, 30 days of activity) "
         f"and a staff superuser {STAFF_EMAIL}. Safe to run again: it creates only what is "

@@ -18,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
 from fleet_app import services
 from fleet_app.demo import ns8_inventory
+from fleet_app.management.base import CutoverCommand
 from fleet_app.models import Organization
 
 OWNER_NAME = "sim-owner"
@@ -88,7 +89,7 @@ def milliseconds(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-class Command(BaseCommand):
+class Command(CutoverCommand):
     help = (
         "Create N simulated systems and drive them through the real collect API over HTTP: "
         "register, then heartbeats and ns8 inventories for a number of rounds. The server "

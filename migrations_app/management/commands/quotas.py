@@ -8,10 +8,11 @@ stored usage. ``--background`` starts the same work as a Celery job (a quota run
 import csv
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from fleet_app.errors import FleetError
 from fleet_app.locks import LockHeld, named_lock
+from fleet_app.management.base import CutoverCommand
 
 from ... import accounts
 from ...models import QuotaRun
@@ -23,7 +24,7 @@ MODES = {
 }
 
 
-class Command(BaseCommand):
+class Command(CutoverCommand):
     help = "Verify, sync or reset stored quota usage against the real usage."
 
     def add_arguments(self, parser):

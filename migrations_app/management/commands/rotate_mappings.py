@@ -10,11 +10,12 @@ it to the end.
 import datetime as dt
 import time
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.utils import timezone
 
 from fleet_app.errors import InvalidInput
 from fleet_app.locks import LockHeld, named_lock
+from fleet_app.management.base import CutoverCommand
 from fleet_app.progress import ProgressBar
 from fleet_app.runs import RunState
 
@@ -39,7 +40,7 @@ def _chunk_size(value: str) -> int:
     return int(value)
 
 
-class Command(BaseCommand):
+class Command(CutoverCommand):
     help = "Bulk-rotate the credentials of legacy mappings not yet in use. Dry run unless --apply."
 
     def add_arguments(self, parser):

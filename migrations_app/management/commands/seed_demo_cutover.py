@@ -11,10 +11,11 @@ import datetime as dt
 import random
 import secrets
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db import transaction
 from django.utils import timezone
 
+from fleet_app.management.base import CutoverCommand
 from fleet_app.models import Organization, System
 
 from ... import services
@@ -25,7 +26,7 @@ MAPPINGS = 240
 DAYS = 21
 
 
-class Command(BaseCommand):
+class Command(CutoverCommand):
     help = "Load a demo cutover (legacy mappings in every state) on top of the demo fleet."
 
     def handle(self, *args, **options):

@@ -1,0 +1,117 @@
+"""The permission table on the web: dashboards, refusals and the staff API.
+
+One check per surface, all reading access.py: ``dashboard`` for pages, ``TablePermission``
+for every staff API view (the default permission class), and ``refused`` for what the
+admin, a page or the API turned away, which also leaves an audit entry.
+"""
+
+import functools
+import logging
+
+from django.contrib import admin
+from django.contrib.auth.views import redirect_to_login
+from django.shortcuts import render
+from rest_framework import exceptions
+from rest_framework.permissions import SAFE_METHODS, BasePermission
+
+from . import access, services
+
+logger = logging.getLogger(__name__)
+
+
+def refusal_record(request, *, what: str) -> None:
+    """An audit entry for a signed-in user turned away (anonymous callers are not
+    audited: they are nobody, and they are many)."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return
+    services.audit_record(
+        actor=user,
+        action="access.refused",
+        obj=None,
+        after={"method": request.method, "path": request.path[:500], "what": what},
+        organization=user.organization if user.organization_id else None,
+    )
+
+
+def _refusal_message(request, key: str) -> str:
+    if access.persona(request.user) is None:
+        return access.NO_ROLE_MESSAGE
+    item = access.rule_for("dashboard", key)
+    if item is not None and item.scope == access.ROOT:
+        return (
+            "This dashboard shows fleet-wide numbers: it is open to the platform's staff "
+            "and to staff with a role at the root organization."
+        )
+    return "This page belongs to the platform's staff: your role does not reach it."
+
+
+def dashboard(key: str):
+    """A page whose row in the table is ``dashboard`` ``key``: anonymous callers go to the
+    login, refused ones get a 403 page that says why (and an audit entry)."""
+
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapped(request, *args, **kwargs):
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path(), "admin:login")
+            if not access.allowed(request.user, "dashboard", key, "v"):
+                refusal_record(request, what=f"dashboard {key}")
+                title = "Not available"
+                context = {
+                    **admin.site.each_context(request),
+                    "is_nav_sidebar_enabled": False,
+                    "title": title,
+                    "message": _refusal_message(request, key),
+                    "show_fleet_link": access.allowed(
+                        request.user, "dashboard", "fleet-dashboard", "v"
+                    ),
+                }
+                return render(request, "refused.html", context, status=403)
+            return view(request, *args, **kwargs)
+
+        wrapped.access_dashboard = key
+        return wrapped
+
+    return decorator
+
+
+def permission_denied(request, exception=None):
+    """``handler403``: Django's 403 page, and an audit entry for the signed-in caller."""
+    from django.views import defaults
+
+    refusal_record(request, what="page")
+    return defaults.permission_denied(request, exception)
+
+
+class TablePermission(BasePermission):
+    """Every staff API view: the route's row must grant ``v`` (reads) or ``c`` (writes).
+
+    Which rows the caller sees is the view's queryset (scoped selectors), so an object
+    outside the caller's subtree is a 404, not a 403.
+    """
+
+    message = "Your role does not reach this part of the staff API."
+
+    def has_permission(self, request, view) -> bool:
+        match = request.resolver_match
+        key = match.url_name if match is not None else ""
+        right = "v" if request.method in SAFE_METHODS else "c"
+        if access.allowed(request.user, "route", key, right):
+            return True
+        if request.user.is_authenticated and access.persona(request.user) is None:
+            self.message = access.NO_ROLE_MESSAGE
+        return False
+
+
+def api_exception_handler(exc, context):
+    """DRF's handler, plus an audit entry when a signed-in caller is refused."""
+    # Imported here: DRF's views module reads the settings that name this module.
+    from rest_framework.views import exception_handler
+
+    response = exception_handler(exc, context)
+    if isinstance(exc, exceptions.PermissionDenied) and response is not None:
+        request = context.get("request")
+        if request is not None:
+            refusal_record(request, what="api")
+    return response
