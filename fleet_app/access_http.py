@@ -39,21 +39,20 @@ def _refusal_message(request, key: str) -> str:
         return access.NO_ROLE_MESSAGE
     item = access.rule_for("dashboard", key)
     if item is not None and item.scope == access.ROOT:
-        return (
-            "This dashboard shows fleet-wide numbers: it is open to the platform's staff "
-            "and to staff with a role at the root organization."
-        )
+        return TablePermission.root_message
     return "This page belongs to the platform's staff: your role does not reach it."
 
 
 def dashboard(key: str):
-    """A page whose row in the table is ``dashboard`` ``key``: anonymous callers go to the
-    login, refused ones get a 403 page that says why (and an audit entry)."""
+    """A page whose row in the table is ``dashboard`` ``key``: anonymous and non-staff
+    callers go to the login, refused ones get a 403 page that says why (and an audit
+    entry)."""
 
     def decorator(view):
         @functools.wraps(view)
         def wrapped(request, *args, **kwargs):
-            if not request.user.is_authenticated:
+            # Not staff: the admin's login, as for every staff page.
+            if not (request.user.is_authenticated and request.user.is_staff):
                 return redirect_to_login(request.get_full_path(), "admin:login")
             if not access.allowed(request.user, "dashboard", key, "v"):
                 refusal_record(request, what=f"dashboard {key}")
@@ -92,6 +91,10 @@ class TablePermission(BasePermission):
     """
 
     message = "Your role does not reach this part of the staff API."
+    root_message = (
+        "These figures are fleet-wide: they are open to the platform's staff and to staff "
+        "with a role at the root organization."
+    )
 
     def has_permission(self, request, view) -> bool:
         match = request.resolver_match
@@ -99,8 +102,11 @@ class TablePermission(BasePermission):
         right = "v" if request.method in SAFE_METHODS else "c"
         if access.allowed(request.user, "route", key, right):
             return True
+        item = access.rule_for("route", key)
         if request.user.is_authenticated and access.persona(request.user) is None:
             self.message = access.NO_ROLE_MESSAGE
+        elif item is not None and item.scope == access.ROOT:
+            self.message = self.root_message
         return False
 
 

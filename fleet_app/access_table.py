@@ -13,7 +13,7 @@ RULES = [
         org="",
         superuser="vacd",
         operator="v",
-        admin="vac",
+        admin="vacd",
         support="v",
         reader="v",
     ),

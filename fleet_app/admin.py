@@ -771,10 +771,6 @@ class SystemAdmin(AuditedModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    def has_soft_delete_permission(self, request: HttpRequest) -> bool:
-        opts = self.opts
-        return request.user.has_perm(f"{opts.app_label}.delete_{opts.model_name}")
-
     @admin.display(description="status", ordering="last_heartbeat_at")
     def status(self, obj: System) -> str:
         return obj.status
@@ -868,7 +864,6 @@ class SystemAdmin(AuditedModelAdmin):
         )
 
     @form_action(
-        permissions=["soft_delete"],
         description="Delete selected systems (they stop authenticating; history is kept)",
     )
     def soft_delete(self, request, queryset):

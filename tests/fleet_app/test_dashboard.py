@@ -203,15 +203,16 @@ def test_it_costs_the_same_queries_for_any_fleet_size(
     _login(client, alice)
     # 1. SELECT the session
     # 2. SELECT the user
-    # 3. SELECT the user's organization (its path scopes everything below)
-    # 4. aggregate: counts by status
-    # 5. GROUP BY type
-    # 6. SELECT the user's permissions and 7. their groups' permissions (the admin's
+    # 3. SELECT the user's role groups (the persona, once per request)
+    # 4. SELECT the user's organization (its path scopes everything below)
+    # 5. aggregate: counts by status
+    # 6. GROUP BY type
+    # 7. SELECT the user's permissions and 8. their groups' permissions (the admin's
     #    app list, computed by admin.site.each_context for the page header)
-    # 8. silent systems with their organization (bounded list)
-    # 9. never-inventoried systems with their organization (bounded list)
-    # 10. GROUP BY day: systems seen over the last 30 days
-    with django_assert_num_queries(10):
+    # 9. silent systems with their organization (bounded list)
+    # 10. never-inventoried systems with their organization (bounded list)
+    # 11. GROUP BY day: systems seen over the last 30 days
+    with django_assert_num_queries(11):
         response = client.get(URL)
     assert response.status_code == 200
     assert response.context["counts"]["total"] == size

@@ -49,7 +49,7 @@ def test_creation_is_audited(alice, distributor):
 
 
 def test_a_user_sees_their_subtree_only(owner, distributor, customer, other_customer):
-    at_distributor = UserFactory(organization=distributor)
+    at_distributor = UserFactory(organization=distributor, roles=["reader"])
 
     visible = set(selectors.organizations_visible_to(at_distributor))
 

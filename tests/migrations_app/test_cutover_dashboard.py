@@ -107,7 +107,7 @@ def test_staff_below_the_owner_are_refused_with_a_reason(client, alice):
     response = _login(client, alice).get(URL)
 
     assert response.status_code == 403
-    assert "owner organization" in response.content.decode()
+    assert "root organization" in response.content.decode()
 
 
 def test_owner_staff_without_a_role_are_refused(client, owner):
@@ -390,16 +390,17 @@ def test_it_costs_the_same_queries_for_any_number_of_mappings(
     _login(client, olivia)
     # 1. SELECT the session
     # 2. SELECT the user
-    # 3. EXISTS: a role at the owner organization (cutover_visible_to)
-    # 4. SELECT every CutoverDay row (totals, projection and burn-down)
-    # 5. COUNT open anomalies
-    # 6. SELECT the user's permissions and 7. their groups' permissions (the admin's
+    # 3. SELECT the user's role groups (the persona) and 4. the user's organization
+    #    (a role at the root organization reads the fleet-wide numbers)
+    # 5. SELECT every CutoverDay row (totals, projection and burn-down)
+    # 6. COUNT open anomalies
+    # 7. SELECT the user's permissions and 8. their groups' permissions (the admin's
     #    app list, computed by admin.site.each_context for the page header)
-    # 8. not rotated, oldest first, LIMIT 50 (mapping_not_rotated_idx) + system + org
-    # 9. rotated, unconfirmed, LIMIT 50 (mapping_unconfirmed_idx) + system + org
-    # 10. open anomalies, latest 20, + system + org
-    # 11. latest 5 rotation runs + who started them
-    with django_assert_num_queries(11):
+    # 9. not rotated, oldest first, LIMIT 50 (mapping_not_rotated_idx) + system + org
+    # 10. rotated, unconfirmed, LIMIT 50 (mapping_unconfirmed_idx) + system + org
+    # 11. open anomalies, latest 20, + system + org
+    # 12. latest 5 rotation runs + who started them
+    with django_assert_num_queries(12):
         response = client.get(URL)
     assert response.status_code == 200
     assert response.context["summary"].mappings == size
