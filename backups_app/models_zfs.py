@@ -46,13 +46,17 @@ def _validate_host_key(value: str) -> None:
 
 
 class StorageHost(models.Model):
-    """A machine with ZFS pools, reached over SSH with its host key pinned.
+    """A machine with ZFS pools, reached over SSH as ``user`` with its host key pinned.
 
     ``host_key`` is the one public key the host may present (``ssh-ed25519 AAAA…``): a
-    host presenting another is refused, and nothing is learnt on first use. The private
-    key Cutover logs in with stays a file on the workers (``key_path``), never a column.
-    ``local`` marks the host the workers run on: its commands run without SSH (the target
-    of a pull replication, typically).
+    host presenting another is refused, and nothing is learnt on first use.
+
+    A row holds nothing that becomes a command: the binaries run, the ssh client and the
+    private key are the workers' settings (``ZFS_BIN``, ``ZPOOL_BIN``, ``ZFS_SSH_BIN``,
+    ``ZFS_SSH_KEY_PATH``), so whoever may edit a host can change where the workers connect,
+    never what they execute. A host is local (its commands run on the worker, without SSH:
+    the target of a pull replication, typically) only when the workers' settings name it
+    in ``ZFS_LOCAL_HOSTS``; see ``is_local``.
     """
 
     name = models.SlugField(max_length=64, unique=True)
@@ -65,14 +69,6 @@ class StorageHost(models.Model):
         validators=[_validate_host_key],
         help_text="Pinned public host key: 'ssh-ed25519 AAAA…'.",
     )
-    key_path = models.CharField(
-        max_length=512, blank=True, help_text="Private key file on the workers."
-    )
-    zfs_path = models.CharField(max_length=255, default="/usr/sbin/zfs")
-    zpool_path = models.CharField(max_length=255, default="/usr/sbin/zpool")
-    local = models.BooleanField(
-        default=False, help_text="The workers run on this host: no SSH, their own user."
-    )
     # Detected, never typed: pool versions/features per pool, the operator's permissions.
     capabilities = models.JSONField(default=dict, blank=True, editable=False)
     checked_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -80,22 +76,28 @@ class StorageHost(models.Model):
 
     class Meta:
         ordering = ["name"]
-        constraints = [
-            # A remote host needs all of its connection fields; the check is in Meta so a
-            # half-configured host cannot be saved by any path, admin or shell.
-            models.CheckConstraint(
-                condition=Q(local=True)
-                | (~Q(address="") & ~Q(user="") & ~Q(host_key="") & ~Q(key_path="")),
-                name="zfs_host_remote_complete",
-            ),
-        ]
+        # No check constraint on the connection fields: whether a host needs them depends
+        # on ZFS_LOCAL_HOSTS, which the database cannot see. clean() refuses an incomplete
+        # remote host, and host_runner() refuses to build an SSH runner for one.
 
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def is_local(self) -> bool:
+        """The workers run on this host (named in ``settings.ZFS_LOCAL_HOSTS``)."""
+        return self.name in settings.ZFS_LOCAL_HOSTS
+
+    @property
+    def is_reachable(self) -> bool:
+        """Local, or every field an SSH connection needs is filled in."""
+        return self.is_local or bool(self.address and self.user and self.host_key)
+
     def clean(self) -> None:
-        if not self.local and not (self.address and self.user and self.host_key and self.key_path):
-            raise ValidationError("A remote host needs an address, a user, a key and its host key.")
+        if not self.is_reachable:
+            raise ValidationError(
+                "A host not named in ZFS_LOCAL_HOSTS needs an address, a user and its host key."
+            )
 
 
 class SnapshotPolicy(models.Model):

@@ -64,6 +64,9 @@ def main() -> None:
         if options.service:
             database_recreate(options.server, DATABASE)
             os.environ["DATABASE_URL"] = f"{options.server.rstrip('/')}/{DATABASE}"
+            # The workers' settings, as an operator sets them: the lab's key, the target local.
+            os.environ["ZFS_SSH_KEY_PATH"] = str(lab.keys["full"])
+            os.environ["ZFS_LOCAL_HOSTS"] = "target"
             django_setup()
             from django.core.management import call_command
 
@@ -173,9 +176,8 @@ def job_create(lab: Lab, source: str, base: str):
         port=lab.port,
         user=lab.user,
         host_key=lab.host_key,
-        key_path=str(lab.keys["full"]),
     )
-    local = StorageHost.objects.create(name="target", local=True)
+    local = StorageHost.objects.create(name="target")  # named in ZFS_LOCAL_HOSTS
     job = ReplicationJob.objects.create(
         name="bench",
         source=Dataset.objects.create(host=remote, name=source),

@@ -273,3 +273,15 @@ CELERY_IMPORTS = (*globals().get("CELERY_IMPORTS", ()), "backups_app.zfs.tasks")
 # A snapshot or replication run whose row has not moved for this long belongs to a dead
 # worker: its (job, dataset) may be claimed again.
 ZFS_RUN_STALE_SECONDS = env.int("ZFS_RUN_STALE_SECONDS", default=600)
+# What the workers execute, and with which key: settings of the workers, never columns, so
+# editing a storage host can change where they connect but not what they run. ZFS_BIN is
+# also the path run on the remote hosts (their forced command may insist on it).
+ZFS_BIN = env.str("ZFS_BIN", default="/usr/sbin/zfs")
+ZPOOL_BIN = env.str("ZPOOL_BIN", default="/usr/sbin/zpool")
+ZFS_SSH_BIN = env.str("ZFS_SSH_BIN", default="/usr/bin/ssh")
+# The private key the workers log in to the storage hosts with; unset, no host is reached
+# over SSH (runs on remote hosts fail saying so).
+ZFS_SSH_KEY_PATH = env.str("ZFS_SSH_KEY_PATH", default="")
+# Storage hosts (by name) the workers run on: their commands run locally, as the worker's
+# own user, without SSH. No other host is ever local.
+ZFS_LOCAL_HOSTS = frozenset(env.list("ZFS_LOCAL_HOSTS", default=[]))

@@ -114,7 +114,8 @@ def celery_worker_process(transactional_db, settings, tmp_path):
 
     Yields the queue name to send to; tasks sent there run in the worker, which sees
     what the test has committed (hence ``transactional_db``). Needs PostgreSQL and
-    Redis, which CI always provides.
+    Redis, which CI always provides. The worker's ZFS settings are the test's when the
+    worker starts (so request this after the fixtures that set them, e.g. ``zfs_rows``).
     """
     import os
     import subprocess
@@ -140,6 +141,11 @@ def celery_worker_process(transactional_db, settings, tmp_path):
         ),
         "REDIS_URL": settings.REDIS_URL,
         "CONN_MAX_AGE": "0",
+        "ZFS_BIN": settings.ZFS_BIN,
+        "ZPOOL_BIN": settings.ZPOOL_BIN,
+        "ZFS_SSH_BIN": settings.ZFS_SSH_BIN,
+        "ZFS_SSH_KEY_PATH": settings.ZFS_SSH_KEY_PATH,
+        "ZFS_LOCAL_HOSTS": ",".join(sorted(settings.ZFS_LOCAL_HOSTS)),
     }
     log = tmp_path / "worker.log"
     worker = subprocess.Popen(

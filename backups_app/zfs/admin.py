@@ -50,6 +50,10 @@ class StorageHostAdmin(AuditedModelAdmin):
     readonly_fields = ("capabilities_json", "checked_at")
     actions = ("check_capabilities",)
 
+    @admin.display(boolean=True, description="Local (ZFS_LOCAL_HOSTS)")
+    def local(self, obj):
+        return obj.is_local
+
     @admin.display(description="Capabilities")
     def capabilities_json(self, obj):
         return pretty_json(obj.capabilities)

@@ -51,6 +51,19 @@ class ZfsCommandError(RuntimeError):
         return f"exit status {self.returncode}"
 
 
+class HostUnreachable(ZfsCommandError):
+    """No command could be built for a host: it is neither local nor fully reachable over
+    SSH, or the workers lack the key. A run fails with this, like a failed command."""
+
+    def __init__(self, where: str, message: str):
+        self.where, self.argv, self.returncode, self.stderr = where, [], -1, message
+        RuntimeError.__init__(self, f"{where}: {message}")
+
+    @property
+    def summary(self) -> str:
+        return self.stderr
+
+
 @dataclass(frozen=True)
 class Result:
     argv: list[str]
@@ -136,7 +149,11 @@ def host_key_validate(host_key: str) -> str:
 
 
 class SshRunner(Runner):
-    """ZFS on a storage host, reached as ``user`` with ``key_path`` and the host key pinned."""
+    """ZFS on a storage host, reached as ``user`` with ``key_path`` and the host key pinned.
+
+    ``ssh_path``, ``key_path``, ``zfs_path`` and ``zpool_path`` come from the workers'
+    settings (``backups_app.zfs.services.host_runner``), never from a host row.
+    """
 
     def __init__(
         self,
@@ -148,6 +165,7 @@ class SshRunner(Runner):
         host_key: str,
         zfs_path: str = "/usr/sbin/zfs",
         zpool_path: str = "/usr/sbin/zpool",
+        ssh_path: str = "ssh",
         connect_timeout: int = 10,
         multiplex: bool = True,
     ):
@@ -161,6 +179,7 @@ class SshRunner(Runner):
         self.key_path = str(key_path)
         self.host_key = host_key_validate(host_key)
         self.zfs_path, self.zpool_path = zfs_path, zpool_path
+        self.ssh_path = ssh_path
         self.connect_timeout = connect_timeout
         self.multiplex = multiplex
         self.label = f"{user}@{host}:{port}"
@@ -180,7 +199,7 @@ class SshRunner(Runner):
     def ssh_argv(self) -> list[str]:
         """``ssh`` with the pinned key, nothing read from any user's SSH configuration."""
         argv = [
-            "ssh",
+            self.ssh_path,
             "-F",
             "/dev/null",
             "-o",
@@ -220,7 +239,7 @@ class SshRunner(Runner):
         if self.multiplex and (self._dir / "cm").exists():
             control = ["-o", f"ControlPath={self._dir / 'cm'}", "-O", "exit", self.host]
             subprocess.run(  # noqa: S603
-                ["ssh", "-F", "/dev/null", *control],  # noqa: S607
+                [self.ssh_path, "-F", "/dev/null", *control],
                 capture_output=True,
                 timeout=10,
                 check=False,

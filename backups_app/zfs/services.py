@@ -46,7 +46,7 @@ from .planning import (
     RollbackToCommon,
     SnapshotPlan,
 )
-from .runner import LocalRunner, Runner, SshRunner, ZfsCommandError
+from .runner import HostUnreachable, LocalRunner, Runner, SshRunner, ZfsCommandError
 
 logger = logging.getLogger(__name__)
 
@@ -60,17 +60,31 @@ def stale_after() -> dt.timedelta:
 
 
 def host_runner(host: StorageHost) -> Runner:
-    if host.local:
-        return LocalRunner(zfs_path=host.zfs_path, zpool_path=host.zpool_path)
-    return SshRunner(
-        host=host.address,
-        port=host.port,
-        user=host.user,
-        key_path=host.key_path,
-        host_key=host.host_key,
-        zfs_path=host.zfs_path,
-        zpool_path=host.zpool_path,
-    )
+    """The runner for ``host``. What it executes (the zfs and zpool binaries, ssh and the
+    private key) is this worker's settings; the row only says where to connect."""
+    if host.is_local:
+        return LocalRunner(zfs_path=settings.ZFS_BIN, zpool_path=settings.ZPOOL_BIN)
+    if not host.is_reachable:
+        raise HostUnreachable(
+            host.name,
+            "not named in ZFS_LOCAL_HOSTS, and without the address, user and host key "
+            "to reach it over SSH.",
+        )
+    if not settings.ZFS_SSH_KEY_PATH:
+        raise HostUnreachable(host.name, "ZFS_SSH_KEY_PATH is not set on this worker.")
+    try:
+        return SshRunner(
+            host=host.address,
+            port=host.port,
+            user=host.user,
+            key_path=settings.ZFS_SSH_KEY_PATH,
+            host_key=host.host_key,
+            zfs_path=settings.ZFS_BIN,
+            zpool_path=settings.ZPOOL_BIN,
+            ssh_path=settings.ZFS_SSH_BIN,
+        )
+    except ValueError as exc:
+        raise HostUnreachable(host.name, str(exc)) from None
 
 
 @contextmanager
@@ -87,7 +101,7 @@ def _endpoints(*pairs: tuple[StorageHost, str]):
 
 
 def _host_user(host: StorageHost) -> str:
-    return "root" if host.local else host.user
+    return "root" if host.is_local else host.user
 
 
 def _snapshot_time(snapshot: Snapshot | None) -> dt.datetime | None:

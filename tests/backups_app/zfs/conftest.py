@@ -27,21 +27,22 @@ def zfs_lab():
 
 
 @pytest.fixture
-def zfs_rows(db, zfs_lab):
+def zfs_rows(db, zfs_lab, settings):
     """Rows for a pull job on the lab: the source host reached over SSH as the operator
-    (pinned host key, forced-command key), the target host local, a fresh dataset each."""
+    (pinned host key, the forced-command key as the workers' key), the target host local
+    (named in ZFS_LOCAL_HOSTS), a fresh dataset each."""
     from backups_app.models_zfs import Dataset, ReplicationJob, StorageHost
 
     lab = zfs_lab
+    lab.configure(settings, local_hosts=["ovh3"])
     source_host = StorageHost.objects.create(
         name="off2",
         address="127.0.0.1",
         port=lab.port,
         user=lab.user,
         host_key=lab.host_key,
-        key_path=str(lab.keys["full"]),
     )
-    target_host = StorageHost.objects.create(name="ovh3", local=True)
+    target_host = StorageHost.objects.create(name="ovh3")
     source = Dataset.objects.create(host=source_host, name=lab.dataset(lab.source_pool))
     target = Dataset.objects.create(
         host=target_host, name=f"{lab.target_pool}/{source.name.rsplit('/', 1)[1]}"

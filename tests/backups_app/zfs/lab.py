@@ -252,6 +252,14 @@ class Lab:
         self._runners.append(runner)
         return runner
 
+    def configure(self, settings, *, local_hosts=(), key: str = "full") -> None:
+        """The workers' ZFS settings for this lab: its binaries, ``key`` as the private key
+        and ``local_hosts`` as the storage hosts the workers run on."""
+        settings.ZFS_BIN, settings.ZPOOL_BIN = ZFS, ZPOOL
+        settings.ZFS_SSH_BIN = shutil.which("ssh") or "ssh"
+        settings.ZFS_SSH_KEY_PATH = str(self.keys[key])
+        settings.ZFS_LOCAL_HOSTS = frozenset(local_hosts)
+
     def target_runner(self) -> LocalRunner:
         return LocalRunner()
 

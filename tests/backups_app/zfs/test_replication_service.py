@@ -100,10 +100,9 @@ def test_a_redelivered_run_completes_once(zfs_rows):
     assert ReplicationRun.objects.filter(job=rows.job).count() == 1
 
 
-def test_a_job_without_hold_permission_is_refused_naming_it(zfs_rows):
+def test_a_job_without_hold_permission_is_refused_naming_it(zfs_rows, settings):
     rows, lab = zfs_rows, zfs_rows.lab
-    rows.source_host.key_path = str(lab.keys["nohold"])
-    rows.source_host.save(update_fields=["key_path"])
+    settings.ZFS_SSH_KEY_PATH = str(lab.keys["nohold"])
     lab.snapshot(rows.source.name, "s1")
 
     run = run_job(rows)

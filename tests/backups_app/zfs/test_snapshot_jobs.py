@@ -14,8 +14,9 @@ from .realzfs import sanoid
 NOW = dt.datetime(2024, 3, 6, 12, 30, tzinfo=dt.UTC)
 
 
-def local_pair(lab, policy):
-    host = StorageHost.objects.create(name=f"local-{lab.user}", local=True)
+def local_pair(lab, settings, policy):
+    host = StorageHost.objects.create(name=f"local-{lab.user}")
+    lab.configure(settings, local_hosts=[host.name])
     source = Dataset.objects.create(host=host, name=lab.dataset(lab.source_pool), policy=policy)
     target = Dataset.objects.create(
         host=host, name=f"{lab.target_pool}/{source.name.rsplit('/', 1)[1]}"
@@ -24,10 +25,12 @@ def local_pair(lab, policy):
     return source, target, job
 
 
-def test_a_snapshot_job_spares_the_targets_base_and_the_preview_says_so(db, zfs_lab, capsys):
+def test_a_snapshot_job_spares_the_targets_base_and_the_preview_says_so(
+    db, zfs_lab, settings, capsys
+):
     lab = zfs_lab
     policy = SnapshotPolicy.objects.create(name="hourly-2", hourly=2, daily=0, monthly=0)
-    source, target, job = local_pair(lab, policy)
+    source, target, job = local_pair(lab, settings, policy)
     hours = [sanoid(NOW - dt.timedelta(hours=h)) for h in (6, 5, 4)]
     for short in hours:
         lab.snapshot(source.name, short)
@@ -60,9 +63,9 @@ def test_a_snapshot_job_spares_the_targets_base_and_the_preview_says_so(db, zfs_
     assert source.snapshot_count == 4
 
 
-def test_zfs_plan_shows_a_replication_plan_with_its_commands(db, zfs_lab, capsys):
+def test_zfs_plan_shows_a_replication_plan_with_its_commands(db, zfs_lab, settings, capsys):
     lab = zfs_lab
-    source, target, job = local_pair(lab, None)
+    source, target, job = local_pair(lab, settings, None)
     lab.snapshot(source.name, "s1")
     lab.snapshot(source.name, "s2")
 

@@ -18,7 +18,7 @@ from backups_app.models_zfs import (
 
 @pytest.fixture
 def dataset(db):
-    host = StorageHost.objects.create(name="off2", local=True)
+    host = StorageHost.objects.create(name="off2")
     policy = SnapshotPolicy.objects.create(name="sanoid-production", hourly=48, daily=30)
     return Dataset.objects.create(host=host, name="zfs-hdd/off", policy=policy)
 

@@ -16,7 +16,7 @@ from backups_app.zfs import services
 
 
 def test_due_jobs_start_once(db, django_capture_on_commit_callbacks):
-    host = StorageHost.objects.create(name="h", local=True)
+    host = StorageHost.objects.create(name="h")
     policy = SnapshotPolicy.objects.create(name="p", hourly=24)
     past = timezone.now() - dt.timedelta(minutes=1)
     source = Dataset.objects.create(host=host, name="t/a", policy=policy, next_snapshot_at=past)
