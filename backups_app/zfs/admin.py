@@ -50,6 +50,12 @@ class StorageHostAdmin(AuditedModelAdmin):
     readonly_fields = ("capabilities_json", "checked_at")
     actions = ("check_capabilities",)
 
+    def get_readonly_fields(self, request, obj=None):
+        # Locality follows the name (ZFS_LOCAL_HOSTS): renaming a host must not move where
+        # its commands run, so a name is set once.
+        fields = super().get_readonly_fields(request, obj)
+        return (*fields, "name") if obj is not None else fields
+
     @admin.display(boolean=True, description="Local (ZFS_LOCAL_HOSTS)")
     def local(self, obj):
         return obj.is_local

@@ -45,7 +45,9 @@ def test_the_add_and_change_forms_offer_only_where_to_connect(client, root, remo
     add = form_fields(client, reverse("admin:backups_app_storagehost_add"))
     change = form_fields(client, reverse("admin:backups_app_storagehost_change", args=[remote.pk]))
 
-    assert add == change == {"name", "address", "port", "user", "host_key"}
+    assert add == {"name", "address", "port", "user", "host_key"}
+    # The name decides locality (ZFS_LOCAL_HOSTS): set once, read-only afterwards.
+    assert change == {"address", "port", "user", "host_key"}
     page = client.get(reverse("admin:backups_app_storagehost_add")).content.decode()
     for name in ("zfs_path", "zpool_path", "key_path", "local"):
         assert f'name="{name}"' not in page
@@ -74,6 +76,7 @@ def test_posting_a_binary_path_changes_nothing_the_workers_run(client, root, wor
     assert response.status_code == 302, response.content.decode()[:2000]
     host.refresh_from_db()
     assert (host.address, host.port) == ("off2.example", 2299)  # the form was saved
+    assert host.name == name
 
     with services.host_runner(host) as runner:
         zfs = runner.zfs_argv(["list", "-H"])
