@@ -176,8 +176,10 @@ COLLECT_INVENTORY_MAX_BYTES = env.int("COLLECT_INVENTORY_MAX_BYTES", default=10 
 # Inventories and activity days older than this are pruned (the latest inventory of each
 # system is always kept).
 FLEET_HISTORY_DAYS = env.int("FLEET_HISTORY_DAYS", default=90)
-# Failed legacy logins on /proxy/credentials and freekey: at most this many per legacy id
-# and per client address in the window, then 429 with Retry-After.
+# Failed legacy logins on /proxy/credentials and freekey: after this many failures in the
+# window, an address is refused (429 with Retry-After) whatever it presents, and a legacy
+# id is refused to the addresses that failed for it; others' failures never lock a system
+# out (migrations_app/throttle.py).
 PROXY_THROTTLE_FAILURES = env.int("PROXY_THROTTLE_FAILURES", default=10)
 PROXY_THROTTLE_WINDOW_SECONDS = env.int("PROXY_THROTTLE_WINDOW_SECONDS", default=900)
 # A bulk rotation leaves alone mappings whose credentials were fetched this recently: the
