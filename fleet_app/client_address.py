@@ -40,3 +40,9 @@ def client_address(request: HttpRequest) -> str:
         # where a trusted proxy should have written: the entries further left are the
         # client's own, so fall back to the peer.
     return remote or UNKNOWN
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    """``client_address``, or None when there is no usable address (a stored IP field)."""
+    address = client_address(request)
+    return None if address == UNKNOWN else address

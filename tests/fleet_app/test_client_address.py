@@ -3,7 +3,7 @@
 import pytest
 from django.test import RequestFactory
 
-from fleet_app.client_address import client_address
+from fleet_app.client_address import client_address, client_ip
 
 
 def request(remote="203.0.113.5", forwarded=None):
@@ -61,3 +61,10 @@ def test_an_unusable_peer_is_unknown(settings):
     settings.TRUSTED_PROXY_COUNT = 0
 
     assert client_address(request(remote="")) == "unknown"
+
+
+def test_client_ip_is_none_when_unknown(settings):
+    settings.TRUSTED_PROXY_COUNT = 0
+
+    assert client_ip(request(remote="")) is None
+    assert client_ip(request()) == "203.0.113.5"
