@@ -77,7 +77,7 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, {machine_busy():.0f}% busy before start"
     )
     database_recreate(options.server, options.database)
-    results: dict[str, tuple[Figures, Figures]] = {}
+    results: dict[str, tuple[Figures, Figures, Figures | None]] = {}
     try:
         os.environ["DATABASE_URL"] = f"{options.server.rstrip('/')}/{options.database}"
         os.environ["DEBUG"] = "0"
@@ -116,6 +116,11 @@ def parse_args():
         type=lambda text: [int(n) for n in text.split(",")],
         default=[0, 1],
         help="SIGNIN_HASH_SLOTS values to measure, comma-separated (0: no bound).",
+    )
+    parser.add_argument(
+        "--flood",
+        action="store_true",
+        help="Also measure heartbeats during a flood of GET /healthz from as many clients.",
     )
     parser.add_argument("--wait", type=float, help="SIGNIN_HASH_WAIT_SECONDS (default: settings).")
     parser.add_argument("--nice", type=int, help="SIGNIN_HASH_NICE (default: settings).")
@@ -157,7 +162,7 @@ def sign_in_works(base: str) -> bool:
     return False
 
 
-def measure_server(options, slots: int, workdir: Path, auth_file: Path) -> tuple[Figures, ...]:
+def measure_server(options, slots: int, workdir: Path, auth_file: Path) -> tuple:
     os.environ["SIGNIN_HASH_SLOTS"] = str(slots)
     # The storm's X-Forwarded-For is the client, as behind one load balancer.
     os.environ["TRUSTED_PROXY_COUNT"] = "1"
@@ -183,9 +188,15 @@ def measure_server(options, slots: int, workdir: Path, auth_file: Path) -> tuple
         heartbeat(options, base, auths, probe)  # warm-up: connections, the hot-system memory
         idle = step("heartbeat, idle", lambda: heartbeat(options, base, auths, probe))
         storm = step("heartbeat, during the storm", lambda: stormy(options, base, auths, probe))
+        flood = None
+        if options.flood:
+            flood = step(
+                "heartbeat, during a flood of GET /healthz",
+                lambda: stormy(options, base, auths, probe, flood=True),
+            )
     finally:
         gunicorn_stop(gunicorn)
-    return idle, storm
+    return idle, storm, flood
 
 
 def heartbeat(options, base: str, auths: list[str], probe: CpuProbe) -> Figures:
@@ -195,11 +206,14 @@ def heartbeat(options, base: str, auths: list[str], probe: CpuProbe) -> Figures:
     return Figures(rate, p50, p99, errors, web)
 
 
-def stormy(options, base: str, auths: list[str], probe: CpuProbe) -> Figures:
+def stormy(options, base: str, auths: list[str], probe: CpuProbe, flood: bool = False) -> Figures:
+    """Heartbeats while wrk posts wrong passwords; with ``flood``, while it GETs the bare
+    view instead (the reference: what any request flood of that many clients costs)."""
     lead = 3  # seconds of storm before the heartbeats are measured: it is in full swing
+    target = ["-s", str(STORM_LUA), base + LOGIN] if not flood else [base + "/healthz"]
     storm = subprocess.Popen(
         ["wrk", "-t1", f"-c{options.storm}", f"-d{options.duration + lead + 2}s",
-         "--timeout", "30s", "-s", str(STORM_LUA), base + LOGIN],
+         "--timeout", "30s", *target],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -213,13 +227,15 @@ def stormy(options, base: str, auths: list[str], probe: CpuProbe) -> Figures:
     refused = int(refused.group(1)) if refused else 0
     # 200 is the form again after a wrong password (a hash was computed); non-2xx are the
     # bound's 503 refusals (no hash).
-    figures.storm_answers = f"{requests - refused} checked, {refused} refused"
+    figures.storm_answers = (
+        f"{requests - refused} checked, {refused} refused" if not flood else "GET /healthz"
+    )
     if err.strip():
         figures.storm_answers += f"; wrk: {err.strip()[:200]}"
     return figures
 
 
-def report(results: dict[str, tuple[Figures, Figures]], options) -> None:
+def report(results: dict, options) -> None:
     print(
         f"\ngunicorn -w {options.workers} --threads {options.threads} (gthread), "
         f"{options.systems} systems, heartbeat at {options.rate} req/s "
@@ -232,8 +248,10 @@ def report(results: dict[str, tuple[Figures, Figures]], options) -> None:
     )
     print(header)
     print("-" * len(header))
-    for label, (idle, storm) in results.items():
-        for name, f in (("idle", idle), ("storm", storm)):
+    for label, (idle, storm, flood) in results.items():
+        for name, f in (("idle", idle), ("storm", storm), ("flood", flood)):
+            if f is None:
+                continue
             p50x = f"{f.p50_ms / idle.p50_ms:.2f}" if idle.p50_ms else ""
             p99x = f"{f.p99_ms / idle.p99_ms:.2f}" if idle.p99_ms else ""
             web = f"{f.web_cpu_ms:.2f}" if f.web_cpu_ms is not None else ""

@@ -106,8 +106,13 @@ LOGIN_URL = "admin:login"
 # the database: lockouts show in the admin and outlive a cache flush. Reset with
 # `manage.py axes_reset` (or axes_reset_username / axes_reset_ip).
 INSTALLED_APPS += ["axes"]
-# Last, as axes asks: it turns a lockout flagged on the request into the response.
-MIDDLEWARE += ["fleet_app.signin.SignInBusyMiddleware", "axes.middleware.AxesMiddleware"]
+# First, the refusal of sign-ins while every hashing slot is taken (it must cost nothing);
+# last, as axes asks, axes' own, which turns a lockout flagged on the request into a page.
+MIDDLEWARE = [
+    "fleet_app.signin.SignInBusyMiddleware",
+    *MIDDLEWARE,
+    "axes.middleware.AxesMiddleware",
+]
 # Axes first: a locked-out sign-in is refused before any password is hashed.
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", *AUTHENTICATION_BACKENDS]
 AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
@@ -125,7 +130,7 @@ AXES_LOCKOUT_CALLABLE = "fleet_app.signin.locked_out"
 # before it is refused without hashing, and how much lower the hashing threads run
 # (fleet_app/hashing.py). The wait holds a web thread, so it stays short.
 SIGNIN_HASH_SLOTS = env.int("SIGNIN_HASH_SLOTS", default=1)
-SIGNIN_HASH_WAIT_SECONDS = env.float("SIGNIN_HASH_WAIT_SECONDS", default=0.5)
+SIGNIN_HASH_WAIT_SECONDS = env.float("SIGNIN_HASH_WAIT_SECONDS", default=0.25)
 SIGNIN_HASH_NICE = env.int("SIGNIN_HASH_NICE", default=10)
 # Per-host runtime files (the hashing slots' lock files); on local disk, not shared.
 RUN_DIR = Path(env.str("RUN_DIR", default=str(BASE_DIR / "var" / "run")))

@@ -93,6 +93,21 @@ def _slot_try(directory: Path, count: int) -> int | None:
     return None
 
 
+def slots_taken() -> bool:
+    """Whether every slot is held right now (a glance: takes none, keeps none)."""
+    count = settings.SIGNIN_HASH_SLOTS
+    if count <= 0:
+        return False
+    directory = Path(settings.RUN_DIR)
+    if not directory.is_dir():
+        return False
+    fd = _slot_try(directory, count)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
 def bounded(work: Callable[[], T]) -> T:
     """Run the hashing ``work`` within the host's bound, or raise ``SignInBusy``."""
     count = settings.SIGNIN_HASH_SLOTS

@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils.html import escape
 
-from .hashing import SignInBusy
+from .hashing import SignInBusy, slots_taken
 
 
 def refused(message: str, *, status: int, retry_after: int) -> HttpResponse:
@@ -37,16 +37,31 @@ def locked_out(request: HttpRequest, original_response=None, credentials=None) -
     )
 
 
+def _busy() -> HttpResponse:
+    return refused(SignInBusy.message, status=503, retry_after=1)
+
+
 class SignInBusyMiddleware:
-    """Answers ``SignInBusy`` (no hashing slot free) with 503 and a sentence."""
+    """Refuses sign-ins with 503 and a sentence when no hashing slot is free.
+
+    First in the stack: while every slot is taken, a sign-in POST is answered before
+    sessions, CSRF, the form and the lockout's queries, so a storm of them costs the
+    web threads the heartbeat shares almost nothing. A sign-in that passes this glance
+    and still finds no slot in the backend gets the same answer (``SignInBusy``).
+    """
 
     def __init__(self, get_response):
         self.get_response = get_response
+        self.login_path = None
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if self.login_path is None:
+            self.login_path = reverse("admin:login")
+        if request.method == "POST" and request.path == self.login_path and slots_taken():
+            return _busy()
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception):
         if isinstance(exception, SignInBusy):
-            return refused(SignInBusy.message, status=503, retry_after=1)
+            return _busy()
         return None

@@ -12,6 +12,7 @@ from django.contrib.auth import authenticate
 from django.contrib.auth.hashers import MD5PasswordHasher
 from django.test import RequestFactory
 
+from fleet_app import hashing
 from fleet_app.models import User
 from tests.factories import UserFactory
 
@@ -119,16 +120,17 @@ def test_a_slot_held_by_another_process_counts(client, ann, bounded, settings):
     assert accepted.status_code == 302
 
 
-def test_a_freed_slot_is_taken_while_waiting(client, ann, bounded, settings):
+def test_a_slot_freed_within_the_wait_is_taken(ann, bounded, settings):
     settings.SIGNIN_HASH_WAIT_SECONDS = 2
     held = hold_slots(bounded, 2)
     timer = threading.Timer(0.3, lambda: [os.close(fd) for fd in held])
     timer.start()
 
-    response = sign_in(client)
+    user = authenticate(RequestFactory().post(URL), username="ann@example.com", password=PASSWORD)
 
     timer.join()
-    assert response.status_code == 302
+    assert user == ann
+    assert len(CountingHasher.runs) == 1
 
 
 def test_slots_are_released_after_each_hash(client, ann, settings):
@@ -169,3 +171,36 @@ def test_an_outdated_hash_is_upgraded_on_sign_in(ann, settings):
 
     assert authenticate(request, username="ann@example.com", password=PASSWORD) == ann
     assert User.objects.get(pk=ann.pk).password.startswith("md5_newer$")
+
+
+def test_while_every_slot_is_taken_the_refusal_costs_no_query(
+    client, ann, bounded, django_assert_num_queries
+):
+    held = hold_slots(bounded, 2)
+    try:
+        with django_assert_num_queries(0):  # no session, no lockout check, no account
+            response = sign_in(client)
+    finally:
+        for fd in held:
+            os.close(fd)
+
+    assert response.status_code == 503
+
+
+def test_a_sign_in_that_loses_the_race_for_a_slot_is_refused_by_the_backend(
+    ann, bounded, monkeypatch
+):
+    from fleet_app import signin
+
+    # It passed the middleware's glance; the slots were taken before it reached the hash.
+    monkeypatch.setattr(signin, "slots_taken", lambda: False)
+    held = hold_slots(bounded, 2)
+    try:
+        with pytest.raises(hashing.SignInBusy):
+            authenticate(RequestFactory().post(URL), username="ann@example.com", password=PASSWORD)
+    finally:
+        for fd in held:
+            os.close(fd)
+
+    assert CountingHasher.runs == []
+    assert not AccessAttempt.objects.exists()
