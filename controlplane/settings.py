@@ -4,6 +4,7 @@ With nothing set, the project runs on the embedded default: SQLite, a local medi
 folder and Celery tasks executed in-process.
 """
 
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,6 +27,10 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Reverse proxies in front of the service that append to X-Forwarded-For. 0: the TCP peer
+# is the client and X-Forwarded-For is ignored (a client could write anything there);
+# throttles and lockouts key on the address fleet_app.client_address derives from it.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -95,6 +100,40 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
 LOGIN_URL = "admin:login"
+
+# --- Staff sign-in throttle ---------------------------------------------------------------
+# django-axes counts failed sign-ins per account and per client address (either locks) in
+# the database: lockouts show in the admin and outlive a cache flush. Reset with
+# `manage.py axes_reset` (or axes_reset_username / axes_reset_ip).
+INSTALLED_APPS += ["axes"]
+# First, the refusal of sign-ins while every hashing slot is taken (it must cost nothing);
+# last, as axes asks, axes' own, which turns a lockout flagged on the request into a page.
+MIDDLEWARE = [
+    "fleet_app.signin.SignInBusyMiddleware",
+    *MIDDLEWARE,
+    "axes.middleware.AxesMiddleware",
+]
+# Axes first: a locked-out sign-in is refused before any password is hashed.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", *AUTHENTICATION_BACKENDS]
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_FAILURE_LIMIT = env.int("STAFF_LOGIN_FAILURES", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("STAFF_LOGIN_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_CLIENT_IP_CALLABLE = "fleet_app.client_address.client_ip"
+AXES_USERNAME_FORM_FIELD = "username"  # the admin form's field, whatever USERNAME_FIELD is
+AXES_USERNAME_CALLABLE = "fleet_app.auth.login_username"
+# A lockout ends when its cool-off does: failures during it do not extend it, so nobody
+# can keep an account locked by guessing at it.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "fleet_app.signin.locked_out"
+# Password hashes at once on this host (0: unbounded), how long a sign-in waits for one
+# before it is refused without hashing, and how much lower the hashing threads run
+# (fleet_app/hashing.py). The wait holds a web thread, so it stays short.
+SIGNIN_HASH_SLOTS = env.int("SIGNIN_HASH_SLOTS", default=1)
+SIGNIN_HASH_WAIT_SECONDS = env.float("SIGNIN_HASH_WAIT_SECONDS", default=0.25)
+SIGNIN_HASH_NICE = env.int("SIGNIN_HASH_NICE", default=10)
+# Per-host runtime files (the hashing slots' lock files); on local disk, not shared.
+RUN_DIR = Path(env.str("RUN_DIR", default=str(BASE_DIR / "var" / "run")))
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -172,8 +211,10 @@ COLLECT_INVENTORY_MAX_BYTES = env.int("COLLECT_INVENTORY_MAX_BYTES", default=10 
 # Inventories and activity days older than this are pruned (the latest inventory of each
 # system is always kept).
 FLEET_HISTORY_DAYS = env.int("FLEET_HISTORY_DAYS", default=90)
-# Failed legacy logins on /proxy/credentials and freekey: at most this many per legacy id
-# and per client address in the window, then 429 with Retry-After.
+# Failed legacy logins on /proxy/credentials and freekey: after this many failures in the
+# window, an address is refused (429 with Retry-After) whatever it presents, and a legacy
+# id is refused to the addresses that failed for it; others' failures never lock a system
+# out (migrations_app/throttle.py).
 PROXY_THROTTLE_FAILURES = env.int("PROXY_THROTTLE_FAILURES", default=10)
 PROXY_THROTTLE_WINDOW_SECONDS = env.int("PROXY_THROTTLE_WINDOW_SECONDS", default=900)
 # A bulk rotation leaves alone mappings whose credentials were fetched this recently: the

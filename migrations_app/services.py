@@ -222,7 +222,7 @@ def _legacy_authenticate(*, legacy_system_id: str, legacy_token: str, address: s
     wait = throttle.throttled(legacy_system_id=legacy_system_id, address=address)
     if wait:
         raise TooManyRequests(
-            "Too many failed attempts for this system or address; try again later.",
+            "Too many failed attempts from this address; try again later.",
             retry_after=wait,
         )
     mapping = LegacyMapping.objects.filter(legacy_system_id=legacy_system_id).first()

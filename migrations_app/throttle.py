@@ -1,11 +1,23 @@
-"""Throttling of failed legacy logins, per legacy id and per client address.
+"""Throttling of failed legacy logins, so that guessing costs the guesser, not the owner.
 
-Counts live in the shared cache (Redis in production) for a fixed window. A cache outage
-must not lock the whole legacy fleet out during its upgrade window, so errors fail open
-and are logged.
+Three counters per failure, in the shared cache (Redis in production) for a fixed window:
+the client address, the legacy id, and the (legacy id, address) pair. Before the
+credentials are checked:
+
+- an address with too many failures is refused whatever it presents;
+- a legacy id with too many failures is refused only to addresses that have themselves
+  failed for that id (their pair counter is not zero).
+
+So a correct credential from an address that has not failed always goes through: a
+guesser can lock out the addresses it guesses from, never the system's own. A guesser
+spread over many addresses gets one try per address per id once the id is over the limit.
+
+A cache outage must not lock the whole legacy fleet out during its upgrade window, so
+errors fail open and are logged.
 """
 
 import hashlib
+import ipaddress
 import logging
 
 from django.conf import settings
@@ -14,20 +26,38 @@ from django.core.cache import cache
 logger = logging.getLogger(__name__)
 
 
-def _keys(legacy_system_id: str, address: str) -> list[str]:
+def _bucket(address: str) -> str:
+    # One IPv6 host usually holds a whole /64: counting single addresses there would give
+    # it 2**64 fresh buckets.
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if parsed.version == 6:
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed)
+
+
+def _keys(legacy_system_id: str, address: str) -> tuple[str, str, str]:
     # Hash the id: cache keys must not carry client-supplied text verbatim.
     lid = hashlib.sha256(legacy_system_id.encode()).hexdigest()[:32]
-    return [f"proxy-fail:id:{lid}", f"proxy-fail:addr:{address}"]
+    bucket = _bucket(address)
+    return f"proxy-fail:addr:{bucket}", f"proxy-fail:id:{lid}", f"proxy-fail:pair:{lid}:{bucket}"
 
 
 def throttled(*, legacy_system_id: str, address: str) -> int:
-    """Seconds to wait if either counter is over the limit, else 0."""
+    """Seconds this address must wait before presenting credentials for this id, else 0."""
+    by_address, by_id, by_pair = _keys(legacy_system_id, address)
     try:
-        counts = cache.get_many(_keys(legacy_system_id, address))
+        counts = cache.get_many([by_address, by_id, by_pair])
     except Exception:
         logger.warning("throttle cache unavailable; not throttling", exc_info=True)
         return 0
-    if any(count >= settings.PROXY_THROTTLE_FAILURES for count in counts.values()):
+    limit = settings.PROXY_THROTTLE_FAILURES
+    if counts.get(by_address, 0) >= limit or (
+        counts.get(by_pair, 0) > 0 and counts.get(by_id, 0) >= limit
+    ):
+        # The window starts at the first failure: waiting a whole window is always enough.
         return settings.PROXY_THROTTLE_WINDOW_SECONDS
     return 0
 

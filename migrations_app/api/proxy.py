@@ -11,13 +11,10 @@ from django.http.multipartparser import MultiPartParserError
 from django.views.decorators.csrf import csrf_exempt
 
 from fleet_app.api.collect import basic_credentials, envelope, error_response
+from fleet_app.client_address import client_address
 from fleet_app.errors import FleetError, InvalidInput, NotAuthenticated
 
 from .. import services
-
-
-def _address(request: HttpRequest) -> str:
-    return request.META.get("REMOTE_ADDR") or "unknown"
 
 
 def _only(request: HttpRequest, method: str) -> JsonResponse | None:
@@ -40,7 +37,7 @@ def credentials(request: HttpRequest) -> JsonResponse:
                 "HTTP Basic legacy_system_id:legacy_token is required."
             ) from None
         rotation = services.mapping_rotate(
-            legacy_system_id=legacy_id, legacy_token=token, address=_address(request)
+            legacy_system_id=legacy_id, legacy_token=token, address=client_address(request)
         )
     except FleetError as error:
         return error_response(error)
@@ -74,7 +71,7 @@ def freekey(request: HttpRequest) -> JsonResponse:
         if not legacy_id or not token:
             raise InvalidInput("Form fields lk and secret are required.")
         mapping = services.mapping_release(
-            legacy_system_id=legacy_id, legacy_token=token, address=_address(request)
+            legacy_system_id=legacy_id, legacy_token=token, address=client_address(request)
         )
     except FleetError as error:
         return error_response(error)

@@ -127,8 +127,8 @@ def test_an_unknown_pair_a_released_pair_and_throttling(client, imported, staff)
     for _ in range(5):  # guessing from one address…
         guess = proxy_credentials(client, other_id, "guess", REMOTE_ADDR="198.51.100.9")
         assert guess.status_code == 401
-    # …blocks that legacy id from every address, even with the right token
-    throttled = proxy_credentials(client, other_id, other_token)
+    # …blocks that address, even with the right token (the owner's address is not blocked)
+    throttled = proxy_credentials(client, other_id, other_token, REMOTE_ADDR="198.51.100.9")
     assert throttled.status_code == 429 and int(throttled["Retry-After"]) > 0
 
     result = summary(staff)

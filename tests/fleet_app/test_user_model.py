@@ -3,6 +3,7 @@
 import pytest
 from django.contrib.auth import authenticate
 from django.db import IntegrityError, connection, transaction
+from django.test import RequestFactory
 
 from fleet_app.models import User
 
@@ -50,6 +51,9 @@ def test_login_matches_the_active_account_in_any_case():
     User.objects.create_user("ann@example.com", "old-password", is_active=False)
     active = User.objects.create_user("Ann@Example.com", "right-password")
 
-    assert authenticate(username="ANN@EXAMPLE.COM", password="right-password") == active
-    assert authenticate(username="ann@example.com", password="old-password") is None
-    assert authenticate(username="nobody@example.com", password="x") is None
+    # The sign-in lockout needs the request (its address); every real sign-in has one.
+    request = RequestFactory().post("/admin/login/")
+
+    assert authenticate(request, username="ANN@EXAMPLE.COM", password="right-password") == active
+    assert authenticate(request, username="ann@example.com", password="old-password") is None
+    assert authenticate(request, username="nobody@example.com", password="x") is None

@@ -126,29 +126,136 @@ def test_a_suspended_system_is_403(client, mapping):
     assert LegacyMapping.objects.get(pk=mapping.pk).rotated_at is None
 
 
-def test_failed_attempts_are_throttled_per_legacy_id(client, mapping):
-    for _ in range(3):
-        assert rotate(client, mapping, token="wrong").status_code == 401
+def guess(client, legacy_id, address, **extra):
+    return client.get(
+        URL, HTTP_AUTHORIZATION=basic_auth(legacy_id, "wrong"), REMOTE_ADDR=address, **extra
+    )
 
-    response = rotate(client, mapping)  # even the right token waits now
+
+def test_the_guessing_address_is_throttled_even_with_the_right_token(client, mapping):
+    for _ in range(3):
+        assert guess(client, mapping.legacy_system_id, "192.0.2.7").status_code == 401
+
+    response = rotate(client, mapping, REMOTE_ADDR="192.0.2.7")
 
     assert response.status_code == 429
     assert int(response["Retry-After"]) > 0
+    assert "this address" in response.json()["message"]
     assert LegacyMapping.objects.get(pk=mapping.pk).rotated_at is None
 
 
-def test_failed_attempts_are_throttled_per_address(client, customer):
+def test_a_correct_credential_rotates_after_20_bad_attempts_from_another_address(client, mapping):
+    answers = [guess(client, mapping.legacy_system_id, "192.0.2.7") for _ in range(20)]
+
+    response = rotate(client, mapping, REMOTE_ADDR="198.51.100.20")
+
+    assert [a.status_code for a in answers[:3]] == [401] * 3
+    assert {a.status_code for a in answers[3:]} == {429}
+    assert all(int(a["Retry-After"]) > 0 for a in answers[3:])
+    assert response.status_code == 200
+    assert LegacyMapping.objects.get(pk=mapping.pk).rotation_count == 1
+
+
+def test_bad_attempts_from_many_addresses_on_one_id_do_not_lock_out_the_owner(client, mapping):
+    for i in range(20):
+        assert guess(client, mapping.legacy_system_id, f"192.0.2.{i + 1}").status_code == 401
+
+    response = rotate(client, mapping, REMOTE_ADDR="198.51.100.20")
+
+    assert response.status_code == 200
+
+
+def test_an_id_over_the_limit_stays_closed_to_addresses_that_failed_for_it(client, mapping):
+    for i in range(3):
+        guess(client, mapping.legacy_system_id, f"192.0.2.{i + 1}")
+    # One failure each is under the per-address limit, but the id is over its own.
+
+    again = rotate(client, mapping, REMOTE_ADDR="192.0.2.1")
+    elsewhere = rotate(client, mapping, REMOTE_ADDR="198.51.100.20")
+
+    assert again.status_code == 429
+    assert elsewhere.status_code == 200
+
+
+def test_a_failing_address_is_throttled_for_every_id(client, customer):
     victims = [
         make_mapping(customer, legacy_system_id=f"l{i}", legacy_token=f"t{i}") for i in range(2)
     ]
     for i in range(3):
-        client.get(URL, HTTP_AUTHORIZATION=basic_auth(f"guess{i}", "x"), REMOTE_ADDR="192.0.2.7")
+        guess(client, f"guess{i}", "192.0.2.7")
 
     blocked = rotate(client, victims[0], REMOTE_ADDR="192.0.2.7")
     elsewhere = rotate(client, victims[1], REMOTE_ADDR="192.0.2.8")
 
     assert blocked.status_code == 429
     assert elsewhere.status_code == 200
+
+
+def test_one_ipv6_network_is_one_address(client, mapping):
+    for i in range(3):
+        guess(client, f"guess{i}", f"2001:db8:1:2::{i + 1}")
+
+    response = rotate(client, mapping, REMOTE_ADDR="2001:db8:1:2::99")
+
+    assert response.status_code == 429
+
+
+def test_x_forwarded_for_is_ignored_without_trusted_proxies(client, mapping, settings):
+    settings.TRUSTED_PROXY_COUNT = 0
+    for i in range(3):
+        # Each guess claims another address; all come from one peer.
+        guess(client, mapping.legacy_system_id, "192.0.2.7", HTTP_X_FORWARDED_FOR=f"10.9.0.{i}")
+
+    response = rotate(client, mapping, REMOTE_ADDR="192.0.2.7", HTTP_X_FORWARDED_FOR="10.9.0.99")
+
+    assert response.status_code == 429
+
+
+def test_x_forwarded_for_is_used_behind_one_proxy(client, mapping, settings):
+    settings.TRUSTED_PROXY_COUNT = 1
+    for _ in range(3):
+        guess(client, mapping.legacy_system_id, "10.0.0.2", HTTP_X_FORWARDED_FOR="192.0.2.7")
+
+    blocked = rotate(client, mapping, REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="192.0.2.7")
+    # The client cannot shed its bucket by writing an address of its own in front.
+    spoofed = rotate(
+        client, mapping, REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="198.51.100.5, 192.0.2.7"
+    )
+
+    assert blocked.status_code == spoofed.status_code == 429
+
+
+def test_behind_one_proxy_two_clients_get_separate_buckets(client, customer, settings):
+    settings.TRUSTED_PROXY_COUNT = 1
+    victims = [
+        make_mapping(customer, legacy_system_id=f"l{i}", legacy_token=f"t{i}") for i in range(2)
+    ]
+    for i in range(3):
+        guess(client, f"guess{i}", "10.0.0.2", HTTP_X_FORWARDED_FOR="192.0.2.7")
+
+    blocked = rotate(client, victims[0], REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="192.0.2.7")
+    other = rotate(client, victims[1], REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="192.0.2.8")
+
+    assert blocked.status_code == 429
+    assert other.status_code == 200
+
+
+def test_a_cache_outage_fails_open_and_says_so(client, mapping, caplog, monkeypatch):
+    from django.core.cache import cache
+
+    def down(*args, **kwargs):
+        raise ConnectionError("cache down")
+
+    for name in ("get_many", "add", "incr"):
+        monkeypatch.setattr(cache, name, down)
+    for _ in range(5):
+        assert guess(client, mapping.legacy_system_id, "192.0.2.7").status_code == 401
+
+    response = rotate(client, mapping, REMOTE_ADDR="192.0.2.7")
+
+    assert response.status_code == 200
+    assert "throttle cache unavailable; not throttling" in caplog.text
+    assert "throttle cache unavailable; failure not counted" in caplog.text
 
 
 def test_it_only_allows_get(client, mapping):
