@@ -102,7 +102,7 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "admin:login"
 
 # --- Staff sign-in throttle ---------------------------------------------------------------
-# django-axes counts failed sign-ins per account and per client address (either locks) in
+# django-axes counts failed sign-ins per account at an address and per address in
 # the database: lockouts show in the admin and outlive a cache flush. Reset with
 # `manage.py axes_reset` (or axes_reset_username / axes_reset_ip).
 INSTALLED_APPS += ["axes"]
@@ -118,7 +118,10 @@ AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", *AUTHENTICATIO
 AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
 AXES_FAILURE_LIMIT = env.int("STAFF_LOGIN_FAILURES", default=5)
 AXES_COOLOFF_TIME = timedelta(minutes=env.int("STAFF_LOGIN_COOLOFF_MINUTES", default=15))
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# An account is locked per address it failed from, and an address for every account: guesses
+# from elsewhere never lock the owner out, and the hashing bound (SIGNIN_HASH_SLOTS) caps
+# how fast a spread-out guesser can try.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]
 AXES_CLIENT_IP_CALLABLE = "fleet_app.client_address.client_ip"
 AXES_USERNAME_FORM_FIELD = "username"  # the admin form's field, whatever USERNAME_FIELD is
 AXES_USERNAME_CALLABLE = "fleet_app.auth.login_username"

@@ -54,6 +54,16 @@ RULES = [
     rule("model", "fleet_app.inventorychange", TENANT, org="system__organization", **ALL_VIEW),
     rule("model", "fleet_app.auditentry", TENANT, org="organization", **ALL_VIEW),
     rule("model", "authtoken.tokenproxy", SUPERUSER_ONLY, superuser="vad"),
+    rule(
+        "model",
+        "axes.accessattempt",
+        PLATFORM,
+        note="(staff sign-in lockouts; delete unlocks)",
+        superuser="vd",
+        operator="vd",
+    ),
+    rule("model", "axes.accesslog", PLATFORM, superuser="v", operator="v"),
+    rule("model", "axes.accessfailurelog", PLATFORM, superuser="v", operator="v"),
     rule("model", "fleet_app.membership", SUPERUSER_ONLY, superuser="v"),
     rule("model", "fleet_app.quota", SUPERUSER_ONLY, superuser="vacd"),
     # --- Admin actions ----------------------------------------------------------------------

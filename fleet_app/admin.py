@@ -186,6 +186,17 @@ class TableAdminMixin:
         }
 
 
+def admin_registry_enforce_table(site: admin.AdminSite = admin.site) -> None:
+    """Every registered model admin answers to the table, other apps' (axes, knox) too:
+    one that does not derive from TableAdminMixin is registered again with it in front."""
+    for model, model_admin in list(site._registry.items()):
+        if isinstance(model_admin, TableAdminMixin):
+            continue
+        cls = type(model_admin)
+        site.unregister(model)
+        site.register(model, type(cls.__name__, (TableAdminMixin, cls), {"__module__": cls.__module__}))
+
+
 class FleetModelAdmin(TableAdminMixin, admin.ModelAdmin):
     """Defaults for every admin: the permission table, no full-table count, FK choices
     scoped, actions marked with ``form_action`` offered on the change page

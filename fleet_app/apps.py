@@ -10,6 +10,11 @@ class FleetConfig(AppConfig):
         from . import access, access_table
 
         access.rules_register(access_table.RULES)
+        # The admin has discovered every app's admin module by now (django.contrib.admin
+        # comes first in INSTALLED_APPS): from here on each one answers to the table.
+        from .admin import admin_registry_enforce_table
+
+        admin_registry_enforce_table()
         # Permissions exist only after every app has migrated; keep the role groups in
         # step with them after each migrate (idempotent).
         post_migrate.connect(_sync_roles, dispatch_uid="fleet_roles_sync")
