@@ -4,6 +4,7 @@ With nothing set, the project runs on the embedded default: SQLite, a local medi
 folder and Celery tasks executed in-process.
 """
 
+import datetime as dt
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,7 +36,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -186,15 +187,30 @@ PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
 
 # --- Staff API ----------------------------------------------------------------------------
 REST_FRAMEWORK = {
+    # Token first: a caller without credentials is told how to authenticate (401 and
+    # "WWW-Authenticate: Token"), not just refused (403).
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "fleet_app.api.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["fleet_app.api.permissions.IsStaffWithRole"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "fleet_app.api.pagination.NewestFirst",
     "PAGE_SIZE": 100,
     "DEFAULT_SCHEMA_CLASS": "controlplane.schema.AutoSchema",
+}
+# API tokens (django-rest-knox): the database keeps a SHA-512 digest and the first 15
+# characters; the token is shown once. Every token expires; the expired ones are purged
+# (and audited) hourly by fleet_app.tasks.api_tokens_purge_expired.
+API_TOKEN_TTL_DAYS = env.int("API_TOKEN_TTL_DAYS", default=90)
+REST_KNOX = {
+    "TOKEN_TTL": dt.timedelta(days=API_TOKEN_TTL_DAYS),
+    "AUTH_HEADER_PREFIX": "Token",
+    "AUTO_REFRESH": False,
+}
+CELERY_BEAT_SCHEDULE["fleet-api-tokens-purge-expired"] = {
+    "task": "fleet_app.tasks.api_tokens_purge_expired",
+    "schedule": 3600.0,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Cutover staff API",

@@ -35,7 +35,7 @@ def roles_sync(*, using: str = "default") -> None:
     # tokens, but only a superuser may redefine what a role grants.
     admin_extra = list(
         Permission.objects.using(using).filter(
-            Q(content_type__app_label="authtoken")
+            Q(content_type__app_label="knox")
             | Q(content_type__app_label="auth", codename__startswith="view_")
         )
     )
