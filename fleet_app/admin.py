@@ -1002,3 +1002,6 @@ class AuditEntryAdmin(ReadOnlyModelAdmin):
     @admin.display(description="after")
     def after_json(self, obj: AuditEntry) -> str:
         return pretty_json(obj.after)
+
+
+from . import admin_tokens  # noqa: E402, F401 - API tokens, in their own module
