@@ -24,7 +24,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.contrib.contenttypes.models import ContentType
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -139,12 +139,19 @@ class ApiTokenAdmin(ReadOnlyModelAdmin):
             )
         return super().response_action(request, queryset)
 
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        # A token outside the user's scope is simply not there: a 404, not a redirect to
+        # the index with a message naming the id that was tried.
+        raise Http404("No such API token.")
+
     def history_view(self, request, object_id, extra_context=None):
         # Token events are audit entries of the token's account (Django's history would
         # title the page with the token's str(), which holds its digest).
         token = self.get_object(request, object_id)
-        if token is None or not self.has_view_permission(request, token):
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if token is None:
+            raise Http404("No such API token.")
+        if not self.has_view_permission(request, token):
+            raise PermissionDenied
         user_type = ContentType.objects.get_for_model(User)
         query = urlencode({"content_type__id__exact": user_type.pk, "object_id": token.user_id})
         return HttpResponseRedirect(f"{reverse('admin:fleet_app_auditentry_changelist')}?{query}")
