@@ -144,6 +144,13 @@ class ApiTokenAdmin(ReadOnlyModelAdmin):
         # the index with a message naming the id that was tried.
         raise Http404("No such API token.")
 
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # The page's subtitle (and <title>) would otherwise be str(token), its digest.
+        token = self.get_object(request, object_id)
+        subtitle = f"Token {token.token_key}… of {token.user}" if token is not None else None
+        extra_context = {**(extra_context or {}), "subtitle": subtitle}
+        return super().change_view(request, object_id, form_url, extra_context)
+
     def history_view(self, request, object_id, extra_context=None):
         # Token events are audit entries of the token's account (Django's history would
         # title the page with the token's str(), which holds its digest).
@@ -163,16 +170,16 @@ class ApiTokenAdmin(ReadOnlyModelAdmin):
         if not self.has_add_permission(request):
             raise PermissionDenied
         form = ApiTokenAddForm(request.POST or None, actor=request.user)
+        refusal = None
         if request.method == "POST" and form.is_valid():
             once = f"fleet:api-token-form:{form.cleaned_data['once']}"
             if not cache.add(once, 1, timeout=FORM_ONCE_SECONDS):
+                refusal = (
+                    "This form was already sent: the token it created was shown once. "
+                    "Revoke that token if it was not copied, and create another."
+                )
                 sent = {k: v for k, v in form.cleaned_data.items() if k != "once"}
                 form = ApiTokenAddForm(actor=request.user, initial=sent)
-                form.add_error(
-                    None,
-                    "This form was already sent: the token it created was shown once. "
-                    "Revoke that token if it was not copied, and create another.",
-                )
             else:
                 try:
                     token, clear = tokens.api_token_create(
@@ -182,7 +189,7 @@ class ApiTokenAdmin(ReadOnlyModelAdmin):
                     )
                 except FleetError as error:
                     cache.delete(once)
-                    form.add_error(None, error.message)
+                    refusal = error.message
                 else:
                     return self._issued_response(request, token, clear)
         context = {
@@ -190,6 +197,7 @@ class ApiTokenAdmin(ReadOnlyModelAdmin):
             "title": "Create an API token",
             "opts": self.opts,
             "form": form,
+            "refusal": refusal,
             "ttl_days": settings.API_TOKEN_TTL_DAYS,
         }
         request.current_app = self.admin_site.name
