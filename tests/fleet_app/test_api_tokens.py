@@ -5,7 +5,6 @@ import datetime as dt
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.db import connection
 from django.utils import timezone
 from knox.models import AuthToken
 from rest_framework import exceptions
@@ -15,6 +14,7 @@ from fleet_app import tokens
 from fleet_app.api.authentication import ApiTokenAuthentication
 from fleet_app.errors import Forbidden, InvalidInput
 from fleet_app.models import AuditEntry
+from tests.conftest import rows_containing
 from tests.factories import UserFactory
 
 
@@ -35,21 +35,6 @@ def call(api, token: str):
 
 def entries(action: str):
     return AuditEntry.objects.filter(action=action)
-
-
-def rows_containing(text: str) -> list[str]:
-    """Every table of the database with a row whose text contains ``text``."""
-    quote = connection.ops.quote_name
-    found = []
-    with connection.cursor() as cursor:
-        for table in connection.introspection.table_names():
-            cursor.execute(
-                f"SELECT count(*) FROM {quote(table)} t WHERE t::text LIKE %s",  # noqa: S608
-                [f"%{text}%"],
-            )
-            if cursor.fetchone()[0]:
-                found.append(table)
-    return found
 
 
 # --- Authentication --------------------------------------------------------------------
