@@ -102,6 +102,10 @@ def api_token_create(
 
     ``expires_in`` defaults to, and may not exceed, ``API_TOKEN_TTL_DAYS``.
     """
+    # Who first: an actor refused learns nothing more about the account.
+    reason = api_token_refusal(actor=actor, user=user, permission=PERMISSION_CREATE)
+    if reason is not None:
+        _refuse(actor=actor, action="api_token.create_refused", user=user, reason=reason)
     ttl = api_token_ttl()
     expires_in = ttl if expires_in is None else expires_in
     if expires_in <= dt.timedelta(0):
@@ -112,9 +116,6 @@ def api_token_create(
         )
     if not user.is_active:
         raise InvalidInput("An inactive account cannot be given an API token.")
-    reason = api_token_refusal(actor=actor, user=user, permission=PERMISSION_CREATE)
-    if reason is not None:
-        _refuse(actor=actor, action="api_token.create_refused", user=user, reason=reason)
     with transaction.atomic():
         token, clear = AuthToken.objects.create(user=user, expiry=expires_in)
         audit_record(actor=actor, action="api_token.create", obj=user, after=api_token_state(token))
