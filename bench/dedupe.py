@@ -171,7 +171,8 @@ def relations_give(groups) -> int:
     row, a membership and a group grant each (colliding with the survivor's), and a token
     for the others."""
     from django.contrib.auth.models import Group
-    from rest_framework.authtoken.models import Token
+    from knox.models import AuthToken, get_digest_token
+    from knox.settings import CONSTANTS
 
     from fleet_app import services
     from fleet_app.models import AuditEntry, Membership, Quota, User
@@ -188,13 +189,20 @@ def relations_give(groups) -> int:
             memberships.append(Membership(user_id=account.id, organization=owner))
             grants.append(through(user_id=account.id, group_id=reader.pk))
             if account.id != group.survivor_id:
-                tokens.append(Token(user_id=account.id, key=Token.generate_key()))
+                digest, token = get_digest_token()
+                tokens.append(
+                    AuthToken(
+                        user_id=account.id,
+                        digest=digest,
+                        token_key=token[: CONSTANTS.TOKEN_KEY_LENGTH],
+                    )
+                )
     for model, objs in (
         (AuditEntry, audit),
         (Quota, quotas),
         (Membership, memberships),
         (through, grants),
-        (Token, tokens),
+        (AuthToken, tokens),
     ):
         model.objects.bulk_create(objs, batch_size=5000)
         rows += len(objs)

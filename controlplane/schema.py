@@ -5,8 +5,11 @@ errors in DRF's shapes, and the schema says which ones each operation can give:
 
 - 400 when the caller sends something the operation reads (query parameters, a body):
   an object naming each field that was wrong with one sentence about it;
-- 403 when the caller is not a staff account with the right role (session
-  authentication comes first, so an anonymous caller gets 403, not 401);
+- 401 when the caller sends no credentials, or a token that is unknown, expired or
+  revoked (token authentication comes first, so the answer says
+  ``WWW-Authenticate: Token``);
+- 403 when the caller is not a staff account with the right role, or sends a session
+  request without its CSRF token;
 - 404 for a route with an id in its path (no such row, or one outside the caller's
   organization) and for a list whose pagination cursor is not one it handed out;
 - 415 for a body in a type the operation does not take.
@@ -68,8 +71,11 @@ class AutoSchema(SpectacularAutoSchema):
         if query or reads_body:
             errors["400"] = OpenApiResponse(VALIDATION_ERROR, description="Invalid input.")
         if not self._allows_anyone():
+            errors["401"] = OpenApiResponse(
+                ERROR, description="No credentials, or an unknown, expired or revoked token."
+            )
             errors["403"] = OpenApiResponse(
-                ERROR, description="Not signed in, or without the role this operation needs."
+                ERROR, description="Signed in without the role this operation needs."
             )
         if in_path or any(p["name"] == "cursor" for p in query):
             errors["404"] = OpenApiResponse(

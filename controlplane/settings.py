@@ -4,7 +4,7 @@ With nothing set, the project runs on the embedded default: SQLite, a local medi
 folder and Celery tasks executed in-process.
 """
 
-from datetime import timedelta
+import datetime as dt
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -40,7 +40,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -117,7 +117,7 @@ MIDDLEWARE = [
 AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", *AUTHENTICATION_BACKENDS]
 AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
 AXES_FAILURE_LIMIT = env.int("STAFF_LOGIN_FAILURES", default=5)
-AXES_COOLOFF_TIME = timedelta(minutes=env.int("STAFF_LOGIN_COOLOFF_MINUTES", default=15))
+AXES_COOLOFF_TIME = dt.timedelta(minutes=env.int("STAFF_LOGIN_COOLOFF_MINUTES", default=15))
 # An account is locked per address it failed from, and an address for every account: guesses
 # from elsewhere never lock the owner out, and the hashing bound (SIGNIN_HASH_SLOTS) caps
 # how fast a spread-out guesser can try.
@@ -230,9 +230,11 @@ PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
 
 # --- Staff API ----------------------------------------------------------------------------
 REST_FRAMEWORK = {
+    # Token first: a caller without credentials is told how to authenticate (401 and
+    # "WWW-Authenticate: Token"), not just refused (403).
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "fleet_app.api.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["fleet_app.access_http.TablePermission"],
     "EXCEPTION_HANDLER": "fleet_app.access_http.api_exception_handler",
@@ -240,6 +242,19 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "fleet_app.api.pagination.NewestFirst",
     "PAGE_SIZE": 100,
     "DEFAULT_SCHEMA_CLASS": "controlplane.schema.AutoSchema",
+}
+# API tokens (django-rest-knox): the database keeps a SHA-512 digest and the first 15
+# characters; the token is shown once. Every token expires; the expired ones are purged
+# (and audited) hourly by fleet_app.tasks.api_tokens_purge_expired.
+API_TOKEN_TTL_DAYS = env.int("API_TOKEN_TTL_DAYS", default=90)
+REST_KNOX = {
+    "TOKEN_TTL": dt.timedelta(days=API_TOKEN_TTL_DAYS),
+    "AUTH_HEADER_PREFIX": "Token",
+    "AUTO_REFRESH": False,
+}
+CELERY_BEAT_SCHEDULE["fleet-api-tokens-purge-expired"] = {
+    "task": "fleet_app.tasks.api_tokens_purge_expired",
+    "schedule": 3600.0,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Cutover staff API",

@@ -194,7 +194,9 @@ def admin_registry_enforce_table(site: admin.AdminSite = admin.site) -> None:
             continue
         cls = type(model_admin)
         site.unregister(model)
-        site.register(model, type(cls.__name__, (TableAdminMixin, cls), {"__module__": cls.__module__}))
+        site.register(
+            model, type(cls.__name__, (TableAdminMixin, cls), {"__module__": cls.__module__})
+        )
 
 
 class FleetModelAdmin(TableAdminMixin, admin.ModelAdmin):
@@ -1041,3 +1043,6 @@ class AuditEntryAdmin(ReadOnlyModelAdmin):
     @admin.display(description="after")
     def after_json(self, obj: AuditEntry) -> str:
         return pretty_json(obj.after)
+
+
+from . import admin_tokens  # noqa: E402, F401 - API tokens, in their own module

@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.conf import settings
 
-from . import runs, services
+from . import runs, services, tokens
 
 
 @shared_task(acks_late=True)
@@ -14,3 +14,8 @@ def fleet_prune_history() -> dict[str, int]:
 @shared_task(acks_late=True)
 def runs_reap() -> dict[str, int]:
     return runs.runs_reap()
+
+
+@shared_task(acks_late=True)
+def api_tokens_purge_expired() -> int:
+    return tokens.api_tokens_purge_expired()

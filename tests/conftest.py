@@ -180,3 +180,20 @@ def wait_for(predicate, timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def rows_containing(text: str) -> list[str]:
+    """Every table of the database with a row whose text contains ``text``."""
+    from django.db import connection
+
+    quote = connection.ops.quote_name
+    found = []
+    with connection.cursor() as cursor:
+        for table in connection.introspection.table_names():
+            cursor.execute(
+                f"SELECT count(*) FROM {quote(table)} t WHERE t::text LIKE %s",  # noqa: S608
+                [f"%{text}%"],
+            )
+            if cursor.fetchone()[0]:
+                found.append(table)
+    return found

@@ -15,7 +15,7 @@ import re
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -111,7 +111,7 @@ def personas(db, customer, bob, world, in_test_transaction):
     """A superuser, and bob: the reader of one customer (tests/conftest.py)."""
     root = UserFactory(email="root@example.com", organization=customer, is_superuser=True)
     return {
-        name: {"Authorization": f"Token {Token.objects.create(user=user).key}"}
+        name: {"Authorization": f"Token {AuthToken.objects.create(user=user)[1]}"}
         for name, user in (("superuser", root), ("reader", bob))
     }
 

@@ -3,10 +3,9 @@
 import json
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from fleet_app import services
+from fleet_app import services, tokens
 from fleet_app.models import InventoryChange
 from tests.factories import UserFactory, make_system
 
@@ -29,8 +28,11 @@ def names(response):
     return sorted(s["name"] for s in response.json()["results"])
 
 
-def test_it_requires_authentication(api, fleet):
-    assert api.get("/api/systems/").status_code in (401, 403)
+def test_it_requires_authentication_and_says_how(api, fleet):
+    response = api.get("/api/systems/")
+
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
 
 
 def test_a_staff_account_without_a_role_is_refused(api, customer, fleet):
@@ -55,9 +57,9 @@ def test_an_outsider_sees_only_their_own(api, charlie, fleet):
     assert api.get(f"/api/systems/{fleet['a1'].pk}/").status_code == 404
 
 
-def test_token_authentication_works(api, bob, fleet):
-    token = Token.objects.create(user=bob)
-    api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+def test_token_authentication_works(api, alice, bob, fleet):
+    _, token = tokens.api_token_create(actor=alice, user=bob, expires_in=None)
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token}")
 
     assert names(api.get("/api/systems/")) == ["a1", "a2"]
 
@@ -235,9 +237,9 @@ def test_the_schema_documents_the_errors_and_the_fleet_summary(api, alice):
     paths = api.get("/api/schema/", {"format": "json"}).json()["paths"]
 
     listing = paths["/api/systems/"]["get"]
-    assert set(listing["responses"]) == {"200", "400", "403", "404"}
+    assert set(listing["responses"]) == {"200", "400", "401", "403", "404"}
     page_size = next(p for p in listing["parameters"] if p["name"] == "page_size")
     assert page_size["schema"] == {"type": "integer", "minimum": 1, "maximum": 1000}
-    assert set(paths["/api/systems/{id}/"]["get"]["responses"]) == {"200", "403", "404"}
+    assert set(paths["/api/systems/{id}/"]["get"]["responses"]) == {"200", "401", "403", "404"}
     summary = paths["/api/fleet-summary/"]["get"]["responses"]["200"]["content"]
     assert summary["application/json"]["schema"] == {"$ref": "#/components/schemas/FleetSummary"}

@@ -9,7 +9,7 @@ from django.contrib.admin.models import ADDITION, LogEntry
 from django.contrib.auth.models import Group
 from django.contrib.contenttypes.models import ContentType
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 
 from fleet_app import services
 from fleet_app.models import Membership, Quota, User
@@ -59,7 +59,7 @@ def give_everything(user: User, organization, *, role: str = "member", usage: in
     return {
         "system": system.system,
         "audit": audit,
-        "token": Token.objects.create(user=user),
+        "token": AuthToken.objects.create(user=user)[0],
         "membership": Membership.objects.create(user=user, organization=organization, role=role),
         "quota": Quota.objects.create(user=user, resource="systems", usage=usage),
         "rotation_run": RotationRun.objects.create(created_by=user),

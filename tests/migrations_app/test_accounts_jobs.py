@@ -3,7 +3,7 @@ real worker, undone from the admin; the admin masks credentials in the journal."
 
 import pytest
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 
 from fleet_app.models import AuditEntry, User
 from migrations_app import accounts
@@ -129,11 +129,11 @@ def test_the_undo_action_restores_the_run(
 
 def test_the_journal_page_masks_credentials(client, root, duplicates, celery_eager):
     survivor, other = duplicates
-    Token.objects.create(user=survivor)
+    AuthToken.objects.create(user=survivor)
     other.set_password("correct horse battery staple")
     other.save()
     password_hash = other.password
-    token_key = Token.objects.get(user=other).key
+    token_digest = AuthToken.objects.get(user=other).digest
     run = accounts.dedupe_run_create(
         actor=None,
         plan=accounts.plan_json(accounts.dedupe_plan(accounts.duplicates_find())),
@@ -142,14 +142,14 @@ def test_the_journal_page_masks_credentials(client, root, duplicates, celery_eag
     accounts.dedupe_run_process(run=run)
     entry = DedupeJournal.objects.get()
     raw = str(entry.changes)
-    assert password_hash in raw and token_key in raw  # kept whole, for an exact undo
+    assert password_hash in raw and token_digest in raw  # kept whole, for an exact undo
     client.force_login(root)
 
     page = client.get(
         reverse("admin:migrations_app_dedupejournal_change", args=[entry.pk])
     ).content.decode()
 
-    assert password_hash not in page and token_key not in page
+    assert password_hash not in page and token_digest not in page
     assert "***" in page and "ANN@example.com" in page
 
 

@@ -4,7 +4,7 @@ import io
 
 import pytest
 from django.core.management import CommandError, call_command
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 
 from fleet_app.models import Membership, Quota, User
 from migrations_app import accounts
@@ -22,7 +22,8 @@ def run_command(*args) -> tuple[str, str]:
 
 def world(customer, other_customer) -> dict[str, User]:
     """Two groups whose accounts all own one row of every kind, with collisions on every
-    unique relation (token, membership, quota, group grant) and legacy identities."""
+    unique relation (membership, quota, group grant), API tokens (moved, never colliding:
+    an account may hold several) and legacy identities."""
     ann = make_account("ann@example.com", login=1, organization=customer, legacy=(True, False))
     ann2 = make_account("ANN@example.com", active=False, joined=900, legacy=(True, True))
     ann3 = make_account("Ann@Example.com", active=False, joined=5, legacy=(False, True))
@@ -114,13 +115,15 @@ def test_undo_refuses_a_field_changed_since_the_merge_unless_forced(customer, ot
     assert Quota.objects.get(user=people["ann"]).usage == people["ann"].pk
 
 
-def test_undo_re_creates_deleted_tokens_with_their_keys(customer, other_customer):
+def test_undo_gives_moved_tokens_back_to_their_accounts(customer, other_customer):
     people = world(customer, other_customer)
-    keys = dict(Token.objects.values_list("user_id", "key"))
+    owners = dict(AuthToken.objects.values_list("digest", "user_id"))
 
     run_command("--apply", "--delete")
-    assert Token.objects.count() == 2
+    survivors = {people["ann"].pk, people["bob"].pk, people["bob2"].pk}
+    assert set(AuthToken.objects.values_list("user_id", flat=True)) <= survivors
+    assert AuthToken.objects.count() == len(owners)
     run_command("--undo", str(DedupeRun.objects.get().pk))
 
-    assert dict(Token.objects.values_list("user_id", "key")) == keys
+    assert dict(AuthToken.objects.values_list("digest", "user_id")) == owners
     assert User.objects.filter(pk=people["ann2"].pk).exists()

@@ -9,7 +9,7 @@ import pytest
 from django.contrib.admin.models import LogEntry
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError, connection, connections, transaction
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 
 from fleet_app import services
 from fleet_app.locks import _lock_id
@@ -206,8 +206,7 @@ def test_a_dry_run_prints_the_groups_and_the_plan_and_writes_nothing(customer):
     assert "1 duplicate group(s) of 2 account(s)" in out
     assert f"ann@example.com — keep {survivor.pk} (active)" in out
     assert f"merge {other.pk:>8}  Ann@example.com  inactive" in out
-    assert "owns 2 AuditEntry.actor, 1 LogEntry.user, 1 Membership.user" in out
-    assert "1 Token.user" in out
+    assert "owns 2 AuditEntry.actor, 1 AuthToken.user, 1 LogEntry.user, 1 Membership.user" in out
     assert f"moves to {survivor.pk}:" in out and "1 System.created_by" in out
     assert "Dry run: nothing was changed" in out
     assert snapshot() == before
@@ -247,14 +246,14 @@ def test_json_and_csv_reports(customer):
 def test_apply_moves_every_relation_to_the_survivor(customer, other_customer):
     survivor = make_account("ann@example.com", login=1, organization=customer)
     mine = give_everything(survivor, customer, role="member", usage=1)
-    Token.objects.filter(user=survivor).delete()  # the survivor has no API token
+    AuthToken.objects.filter(user=survivor).delete()  # the survivor has no API token
     other = make_account("ANN@example.com", active=False, joined=900)
     theirs = give_everything(other, customer, role="admin", usage=2)
     Quota.objects.filter(pk=theirs["quota"].pk).update(limit=50)
     # A second membership, which collides with nothing, and one more system.
     Membership.objects.create(user=other, organization=other_customer)
     elsewhere = services.system_create(actor=other, organization=other_customer, name="x").system
-    Token.objects.filter(user=other).update(key="a" * 40)
+    (their_token,) = AuthToken.objects.filter(user=other)
 
     out, err = run_command("--apply")
 
@@ -270,8 +269,8 @@ def test_apply_moves_every_relation_to_the_survivor(customer, other_customer):
     assert AuditEntry.objects.filter(actor=other).count() == 0
     assert LogEntry.objects.filter(user=other).count() == 0
     assert RotationRun.objects.filter(created_by=survivor).count() == 2
-    # authtoken (rest_framework.authtoken, another app): moved, the survivor had none.
-    assert Token.objects.get(user=survivor).key == "a" * 40
+    # API tokens (knox, another app): moved, and they authenticate as the survivor.
+    assert AuthToken.objects.get(user=survivor).digest == their_token.digest
     # Memberships: the colliding one merged into the survivor's row with the stronger role.
     assert Membership.objects.get(user=survivor, organization=customer).role == "admin"
     assert Membership.objects.get(user=survivor, organization=other_customer).role == "member"
@@ -315,7 +314,7 @@ def test_the_model_graph_includes_hidden_relations_and_other_apps():
 
     assert {
         "admin.LogEntry.user",
-        "authtoken.Token.user",
+        "knox.AuthToken.user",
         "fleet_app.AuditEntry.actor",
         "fleet_app.System.created_by",  # related_name="+": not in related_objects
         "fleet_app.User_groups.user",  # the many-to-many grant table
@@ -327,17 +326,18 @@ def test_the_model_graph_includes_hidden_relations_and_other_apps():
     } <= labels
 
 
-def test_the_survivor_keeps_its_token_and_the_duplicates_is_deleted(customer):
+def test_the_survivor_keeps_its_token_and_receives_the_duplicates(customer):
     survivor = make_account("ann@example.com", login=1)
-    own = Token.objects.create(user=survivor)
+    own, _ = AuthToken.objects.create(user=survivor)
     other = make_account("ANN@example.com", active=False)
-    Token.objects.create(user=other)
+    theirs, _ = AuthToken.objects.create(user=other)
 
     run_command("--apply")
 
-    assert list(Token.objects.all()) == [own]
-    change = next(c for c in DedupeJournal.objects.get().changes if c["model"] == "authtoken.Token")
-    assert change["op"] == "delete"
+    # An account may hold several tokens: nothing collides, both now act as the survivor.
+    assert set(AuthToken.objects.filter(user=survivor)) == {own, theirs}
+    change = next(c for c in DedupeJournal.objects.get().changes if c["model"] == "knox.AuthToken")
+    assert change["op"] != "delete"
 
 
 def test_a_legacy_active_account_can_survive_and_becomes_active():
@@ -405,11 +405,11 @@ def test_a_failing_group_rolls_back_alone(customer, monkeypatch):
     # … bob's is exactly as it was (the rows that had moved were rolled back).
     bob_dup.refresh_from_db()
     assert System.objects.get(pk=bob_things["system"].pk).created_by == bob_dup
-    assert Token.objects.filter(user=bob_dup).exists()
+    assert AuthToken.objects.filter(user=bob_dup).exists()
     assert not DedupeMerged.objects.filter(user_id=bob_dup.pk).exists()
     assert DedupeJournal.objects.get(email_key="bob@example.com").state == "failed"
     after = snapshot()
-    for label in ("authtoken.Token.user", "fleet_app.Membership.user", "fleet_app.Quota.user"):
+    for label in ("knox.AuthToken.user", "fleet_app.Membership.user", "fleet_app.Quota.user"):
         assert [r for r in after[label] if r["user_id"] == bob_dup.pk] == [
             r for r in bob_before[label] if r["user_id"] == bob_dup.pk
         ]
@@ -442,7 +442,7 @@ def test_the_checkpoint_is_written_before_the_first_change(customer, monkeypatch
     backed_up = {(r["model"], str(r["pk"])) for r in rows}
     assert ("fleet_app.user", str(other.pk)) in backed_up
     assert ("fleet_app.user", str(survivor.pk)) in backed_up
-    assert ("authtoken.token", Token.objects.get(user=survivor).pk) in backed_up
+    assert ("knox.authtoken", AuthToken.objects.get(user=survivor).pk) in backed_up
     assert sum(1 for model, _ in backed_up if model == "fleet_app.system") == 1
 
     # The checkpoint is in dumpdata format: loaddata puts the rows back.
