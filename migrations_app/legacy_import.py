@@ -205,6 +205,8 @@ def _value_error(name: str, value: Any, depth: int) -> str | None:
 
 def _record_error(fields: Any) -> str | None:
     if not isinstance(fields, dict):
+        if isinstance(fields, list) and _value_error("", fields, 1):
+            return f"is nested deeper than {JSON_DEPTH_MAX} levels."
         return "is not an object of named fields."
     for key, value in fields.items():
         if error := _text_error("a field name", key) or _value_error(key, value, 2):
