@@ -118,10 +118,11 @@ class _Organizations:
             try:
                 self.found[reference] = organization_resolve(reference, within=self.within)
             except InvalidInput as error:
-                self.found[reference] = RowRefused(error.message)
+                self.found[reference] = error.message
         found = self.found[reference]
-        if isinstance(found, RowRefused):
-            raise found
+        if isinstance(found, str):
+            # A new exception each time: re-raising one would grow its traceback forever.
+            raise RowRefused(found)
         return found
 
 
