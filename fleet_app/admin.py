@@ -421,22 +421,23 @@ class OrganizationForm(forms.ModelForm):
 @admin.register(Organization)
 class OrganizationAdmin(AuditedModelAdmin):
     form = OrganizationForm
-    list_display = ("name", "kind", "parent", "path", "created_at")
+    list_display = ("name", "slug", "kind", "parent", "path", "created_at")
     list_filter = ("kind",)
     list_select_related = ("parent",)
-    search_fields = ("name", "=path")
+    search_fields = ("name", "=slug", "=path")
     ordering = ("path",)
 
     def get_fields(self, request, obj=None):
         if obj is None:
             return ("name", "kind", "parent")
-        return ("name", "kind", "parent", "path", "created_at")
+        return ("name", "slug", "kind", "parent", "path", "created_at")
 
     def get_readonly_fields(self, request, obj=None):
         # Moving an organization would rewrite the path of its whole subtree: not a form edit.
+        # The slug is set once by organization_create: scripts and commands name it.
         if obj is None:
             return ()
-        return ("kind", "parent", "path", "created_at")
+        return ("slug", "kind", "parent", "path", "created_at")
 
     def get_form(self, request, obj=None, change=False, **kwargs):
         form_class = super().get_form(request, obj, change=change, **kwargs)

@@ -35,6 +35,9 @@ class Organization(models.Model):
     }
 
     name = models.CharField(max_length=255)
+    # What commands and URLs call the organization: names repeat across tenants, slugs do
+    # not (the unique index is what ``organization_resolve`` looks a slug up by).
+    slug = models.SlugField(max_length=80, unique=True)
     kind = models.CharField(max_length=16, choices=Kind.choices)
     parent = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"

@@ -6,6 +6,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from . import access
+from .errors import InvalidInput
 from .models import (
     AuditEntry,
     Inventory,
@@ -20,6 +21,39 @@ from .models import (
 def organizations_visible_to(user: User) -> QuerySet[Organization]:
     """The user's organization and everything below it; all of them for the platform."""
     return access.scope_queryset(user, Organization.objects.all())
+
+
+# The largest value of a bigint primary key: a longer number cannot be an id.
+_PK_MAX = 2**63 - 1
+
+
+def organization_resolve(reference: str, *, within: QuerySet[Organization]) -> Organization:
+    """The organization an operator means by ``reference``: an id, a slug, or a name only
+    when exactly one organization within ``within`` has it.
+
+    ``within`` is what the caller may reach; nothing outside it is found or named.
+    Raises ``InvalidInput`` with one sentence for an unknown or ambiguous reference.
+    """
+    reference = reference.strip()
+    if not reference:
+        raise InvalidInput("The organization is empty; give its id, slug or name.")
+    if reference.isascii() and reference.isdigit() and int(reference) <= _PK_MAX:
+        found = within.filter(pk=int(reference)).first()
+        if found is not None:
+            return found
+    found = within.filter(slug=reference).first()
+    if found is not None:
+        return found
+    named = list(within.filter(name=reference).order_by("pk"))
+    if len(named) == 1:
+        return named[0]
+    if named:
+        candidates = ", ".join(f"{o.slug} (id {o.pk})" for o in named)
+        raise InvalidInput(
+            f"{len(named)} organizations are named {reference!r}: {candidates}; "
+            "give the slug or the id."
+        )
+    raise InvalidInput(f"No organization has the id, slug or name {reference!r}.")
 
 
 def _scoped(queryset: QuerySet, user: User, field: str = "organization") -> QuerySet:

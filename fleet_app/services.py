@@ -8,9 +8,12 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, models, transaction
+from django.core.validators import validate_slug
+from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
+from django.utils.text import slugify
 
 from . import credentials, inventory_diff
 from .db import bound_cursor
@@ -52,9 +55,27 @@ def audit_record(
     organization: Organization | None = None,
 ) -> AuditEntry:
     """Write one audit entry. Call it inside the transaction that makes the change."""
+    entry = audit_entry_build(
+        actor=actor, action=action, obj=obj, before=before, after=after, organization=organization
+    )
+    entry.save(force_insert=True)
+    return entry
+
+
+def audit_entry_build(
+    *,
+    actor: User | None,
+    action: str,
+    obj: models.Model | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+    organization: Organization | None = None,
+) -> AuditEntry:
+    """An unsaved audit entry, for a service that writes a batch of them with
+    ``AuditEntry.objects.bulk_create`` in the transaction that makes the changes."""
     if organization is None and obj is not None:
         organization = obj if isinstance(obj, Organization) else getattr(obj, "organization", None)
-    return AuditEntry.objects.create(
+    return AuditEntry(
         actor=actor if actor is not None and actor.pk else None,
         actor_repr=str(actor) if actor is not None else "system",
         action=action,
@@ -86,12 +107,62 @@ def organization_placement_check(*, kind: str, parent: Organization | None) -> N
         raise InvalidInput(f"A {kind} cannot be placed under a {parent.kind}.")
 
 
+# Room for "-<n>" after the base within the slug column's 80 characters.
+SLUG_BASE_MAX = 70
+
+
+def organization_slug_base(name: str) -> str:
+    """The slug a name asks for before de-duplication (``Acme Ltd.`` → ``acme-ltd``)."""
+    return slugify(name)[:SLUG_BASE_MAX].strip("-") or "organization"
+
+
+def organization_slug_free(name: str) -> str:
+    """The first free slug of ``base``, ``base-2``, ``base-3``, … for ``name``."""
+    base = organization_slug_base(name)
+    # slug__startswith uses the unique column's pattern-ops index.
+    taken = set(Organization.objects.filter(slug__startswith=base).values_list("slug", flat=True))
+    if base not in taken:
+        return base
+    n = 2
+    while f"{base}-{n}" in taken:
+        n += 1
+    return f"{base}-{n}"
+
+
 @transaction.atomic
 def organization_create(
-    *, actor: User | None, name: str, kind: str, parent: Organization | None = None
+    *,
+    actor: User | None,
+    name: str,
+    kind: str,
+    parent: Organization | None = None,
+    slug: str | None = None,
 ) -> Organization:
+    """Create an organization under ``parent``; ``slug`` defaults to the first free one
+    derived from ``name``."""
     organization_placement_check(kind=kind, parent=parent)
-    organization = Organization.objects.create(name=name, kind=kind, parent=parent)
+    if slug is not None:
+        try:
+            validate_slug(slug)
+        except ValidationError:
+            raise InvalidInput(
+                f"The slug {slug!r} may hold only letters, digits, hyphens and underscores."
+            ) from None
+        if len(slug) > Organization._meta.get_field("slug").max_length:
+            raise InvalidInput(f"The slug {slug[:40]!r}… is longer than 80 characters.")
+    for attempt in range(3):
+        try:
+            # A savepoint: two creations may pick the same free slug at once.
+            with transaction.atomic():
+                organization = Organization.objects.create(
+                    name=name, kind=kind, parent=parent, slug=slug or organization_slug_free(name)
+                )
+            break
+        except IntegrityError:
+            if slug is not None and Organization.objects.filter(slug=slug).exists():
+                raise InvalidInput(f"Another organization already has the slug {slug!r}.") from None
+            if attempt == 2:
+                raise
     organization.path = f"{parent.path if parent else '/'}{organization.pk}/"
     organization.save(update_fields=["path"])
     audit_record(

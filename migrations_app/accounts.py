@@ -37,7 +37,6 @@ from django.db import connection, models, transaction
 from django.db.models import Count, Exists, OuterRef, Q, Value
 from django.db.models.functions import Lower
 from django.utils import timezone
-from django.utils.dateparse import parse_date, parse_datetime
 
 from fleet_app import quotas
 from fleet_app import services as fleet
@@ -45,6 +44,15 @@ from fleet_app.errors import Conflict, InvalidInput
 from fleet_app.models import Membership, Organization, Quota, User
 from fleet_app.runs import FINISHED_STATES, RunState, run_claim, run_finish, run_log
 
+from .legacy_import import (
+    ImportReport,
+    LegacyImport,
+    Record,
+    row_flag,
+    row_stamp,
+    row_text,
+    row_whole,
+)
 from .models import (
     DedupeCheckpoint,
     DedupeJournal,
@@ -968,68 +976,9 @@ def dedupe_failures(run: DedupeRun) -> list[tuple[str, str]]:
 # --- Legacy import --------------------------------------------------------------------------
 
 
-@dataclass
-class ImportReport:
-    """What an import did (or would do, on a dry run), per section."""
-
-    created: Counter = field(default_factory=Counter)
-    unchanged: Counter = field(default_factory=Counter)
-    flagged: int = 0
-    defaults_skipped: int = 0
-    errors: list[tuple[str, str]] = field(default_factory=list)
-
-
 IMPORT_SECTIONS = ("organizations", "users", "quotas", "usage")
-
-
-def _text(row: dict[str, Any], key: str, limit: int, *, required: bool = False) -> str:
-    value = row.get(key)
-    value = "" if value is None else str(value).strip()
-    if required and not value:
-        raise InvalidInput(f"{key} is missing.")
-    if len(value) > limit:
-        raise InvalidInput(f"{key} is longer than {limit} characters.")
-    return value
-
-
-def _flag(row: dict[str, Any], key: str, default: bool) -> bool:
-    value = row.get(key)
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "t", "yes", "y"):
-        return True
-    if text in ("0", "false", "f", "no", "n"):
-        return False
-    raise InvalidInput(f"{key} {value!r} is not true or false.")
-
-
-def _stamp(row: dict[str, Any], key: str) -> dt.datetime | None:
-    raw = _text(row, key, 64)
-    if not raw:
-        return None
-    try:
-        parsed = parse_datetime(raw)
-        if parsed is None and (day := parse_date(raw)) is not None:
-            parsed = dt.datetime.combine(day, dt.time())
-    except ValueError:
-        parsed = None
-    if parsed is None:
-        raise InvalidInput(f"{key} {raw!r} is not an ISO 8601 date or date-time.")
-    return timezone.make_aware(parsed, dt.UTC) if timezone.is_naive(parsed) else parsed
-
-
-def _whole(row: dict[str, Any], key: str, *, required: bool) -> int | None:
-    value = row.get(key)
-    if value is None or value == "":
-        if required:
-            raise InvalidInput(f"{key} is missing.")
-        return None
-    if isinstance(value, bool) or not str(value).strip().isdigit():
-        raise InvalidInput(f"{key} {value!r} is not a whole number of 0 or more.")
-    return int(str(value).strip())
+# The column a section's rows may not repeat within an import.
+IMPORT_KEYS = {"organizations": "legacy_id", "users": "legacy_id"}
 
 
 def _memberships(row: dict[str, Any]) -> list[tuple[str, str]]:
@@ -1077,10 +1026,10 @@ class _ImportContext:
 
 
 def _import_organization(row: dict[str, Any], ctx: _ImportContext) -> bool:
-    legacy_id = _text(row, "legacy_id", 128, required=True)
-    name = _text(row, "name", 255, required=True)
-    kind = _text(row, "kind", 16) or Organization.Kind.CUSTOMER
-    parent_ref = _text(row, "parent", 128)
+    legacy_id = row_text(row, "legacy_id", 128, required=True)
+    name = row_text(row, "name", 255, required=True)
+    kind = row_text(row, "kind", 16) or Organization.Kind.CUSTOMER
+    parent_ref = row_text(row, "parent", 128)
     if LegacyOrganization.objects.filter(legacy_id=legacy_id).exists():
         return False
     parent = ctx.organization(parent_ref) if parent_ref else ctx.under
@@ -1105,14 +1054,14 @@ def _looks_like_email(email: str) -> bool:
 
 
 def _import_user(row: dict[str, Any], ctx: _ImportContext) -> bool:
-    legacy_id = _text(row, "legacy_id", 128, required=True)
-    email = _text(row, "email", 254, required=True)
+    legacy_id = row_text(row, "legacy_id", 128, required=True)
+    email = row_text(row, "email", 254, required=True)
     if not _looks_like_email(email):
         raise InvalidInput(f"email {email!r} is not an e-mail address.")
-    active = _flag(row, "is_active", True)
-    joined = _stamp(row, "date_joined") or timezone.now()
-    last_login = _stamp(row, "last_login")
-    full_name = _text(row, "full_name", 255)
+    active = row_flag(row, "is_active", True)
+    joined = row_stamp(row, "date_joined") or timezone.now()
+    last_login = row_stamp(row, "last_login")
+    full_name = row_text(row, "full_name", 255)
     memberships = [(ctx.organization(org), role) for org, role in _memberships(row)]
     if LegacyAccount.objects.filter(legacy_id=legacy_id).exists():
         return False
@@ -1138,7 +1087,7 @@ def _import_user(row: dict[str, Any], ctx: _ImportContext) -> bool:
         user=user, legacy_id=legacy_id, was_active=active, flagged_duplicate=flagged
     )
     if flagged:
-        ctx.report.flagged += 1
+        ctx.report.notes["flagged"] += 1
     fleet.audit_record(
         actor=ctx.actor,
         action="user.import",
@@ -1156,14 +1105,14 @@ def _import_user(row: dict[str, Any], ctx: _ImportContext) -> bool:
 
 
 def _holder(row: dict[str, Any], ctx: _ImportContext) -> dict[str, Any]:
-    org_ref, user_ref = _text(row, "organization", 128), _text(row, "user", 128)
+    org_ref, user_ref = row_text(row, "organization", 128), row_text(row, "user", 128)
     if bool(org_ref) == bool(user_ref):
         raise InvalidInput("give exactly one of organization and user.")
     return {"organization": ctx.organization(org_ref)} if org_ref else {"user": ctx.user(user_ref)}
 
 
 def _resource(row: dict[str, Any]) -> str:
-    resource = _text(row, "resource", 32, required=True)
+    resource = row_text(row, "resource", 32, required=True)
     if resource not in Quota.Resource.values:
         raise InvalidInput(
             f"resource {resource!r} is unknown; use {', '.join(Quota.Resource.values)}."
@@ -1173,12 +1122,12 @@ def _resource(row: dict[str, Any]) -> str:
 
 def _import_quota(row: dict[str, Any], ctx: _ImportContext) -> bool | None:
     holder, resource = _holder(row, ctx), _resource(row)
-    limit = _whole(row, "limit", required=False)
+    limit = row_whole(row, "limit", required=False)
     if limit == settings.FLEET_QUOTA_DEFAULTS[resource]:
         limit = None  # the default: not stored, so a new default reaches this account
     existing = Quota.objects.select_for_update().filter(resource=resource, **holder).first()
     if limit is None and (existing is None or existing.limit is None):
-        ctx.report.defaults_skipped += 1
+        ctx.report.notes["defaults_skipped"] += 1
         return None
     if existing is not None and existing.limit == limit:
         return False
@@ -1192,7 +1141,7 @@ def _import_quota(row: dict[str, Any], ctx: _ImportContext) -> bool | None:
 
 def _import_usage(row: dict[str, Any], ctx: _ImportContext) -> bool:
     holder, resource = _holder(row, ctx), _resource(row)
-    usage = _whole(row, "usage", required=True)
+    usage = row_whole(row, "usage", required=True)
     existing = Quota.objects.select_for_update().filter(resource=resource, **holder).first()
     if existing is not None and existing.usage == usage:
         return False
@@ -1214,50 +1163,32 @@ IMPORTERS: dict[str, Callable[[dict[str, Any], _ImportContext], bool | None]] = 
 }
 
 
-def accounts_import(
+def accounts_import_feed(
+    run: LegacyImport,
+    section: str,
+    records: Iterable[Record],
     *,
-    sections: dict[str, list[tuple[str, dict[str, Any]]]],
-    apply: bool,
     under: Organization | None = None,
     actor: User | None = None,
-    progress: Callable[[], None] | None = None,
-) -> ImportReport:
-    """Import a legacy export: ``sections`` maps a section name to ``(where, row)`` pairs,
-    ``where`` naming the row in messages ("users.csv line 4").
+) -> None:
+    """Import the rows of one ``section`` in ``run``. Feed sections in ``IMPORT_SECTIONS``
+    order (organizations, users, quotas, usage): later ones refer to earlier ones. Each
+    row is its own savepoint, so a refused row leaves nothing behind."""
+    importer = IMPORTERS[section]
+    ctx = _ImportContext(under=under, actor=actor, report=run.report)
 
-    Sections go in dependency order (organizations, users, quotas, usage); each row is
-    its own savepoint, so a bad row is reported and nothing of it is written. A dry run
-    does the same work in a transaction it rolls back: it reports exactly what ``apply``
-    would do and writes nothing.
-    """
-    report = ImportReport()
-    ctx = _ImportContext(under=under, actor=actor, report=report)
+    def handle(rows: list[Record], report: ImportReport) -> None:
+        for row in rows:
+            try:
+                with transaction.atomic():
+                    created = importer(row.fields, ctx)
+            except InvalidInput as error:
+                report.refuse(row, error.message)
+            else:
+                if created is not None:
+                    (report.created if created else report.unchanged)[section] += 1
 
-    class _DryRun(Exception):
-        pass
-
-    try:
-        with transaction.atomic():
-            for section in IMPORT_SECTIONS:
-                importer = IMPORTERS[section]
-                for where, row in sections.get(section, []):
-                    try:
-                        with transaction.atomic():
-                            if not isinstance(row, dict):
-                                raise InvalidInput("is not an object of named fields.")
-                            created = importer(row, ctx)
-                    except InvalidInput as error:
-                        report.errors.append((where, error.message))
-                    else:
-                        if created is not None:
-                            (report.created if created else report.unchanged)[section] += 1
-                    if progress is not None:
-                        progress()
-            if not apply:
-                raise _DryRun
-    except _DryRun:
-        pass
-    return report
+    run.feed(iter(records), section=section, handle=handle, key=IMPORT_KEYS.get(section))
 
 
 # --- Quotas ---------------------------------------------------------------------------------

@@ -2,12 +2,12 @@
 
 import datetime as dt
 import secrets
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, F
+from django.db.models import Count, F, QuerySet
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -15,9 +15,19 @@ from django.utils.dateparse import parse_datetime
 from fleet_app import credentials
 from fleet_app import services as fleet
 from fleet_app.errors import Conflict, Forbidden, InvalidInput, NotAuthenticated, TooManyRequests
-from fleet_app.models import Inventory, Organization, System, User
+from fleet_app.models import AuditEntry, Inventory, Organization, System, User
+from fleet_app.selectors import organization_resolve
 
 from . import throttle
+from .legacy_import import (
+    ImportReport,
+    LegacyImport,
+    Record,
+    RowRefused,
+    records_from,
+    row_stamp,
+    row_text,
+)
 from .models import CutoverDay, FingerprintAnomaly, LegacyMapping
 
 # --- Counters -------------------------------------------------------------------------------
@@ -70,136 +80,202 @@ def cutover_counters_rebuild() -> int:
 # --- Import ---------------------------------------------------------------------------------
 
 
-@dataclass
-class ImportReport:
-    """What an import did (or would do, on a dry run)."""
-
-    created: int = 0
-    unchanged: int = 0
-    errors: list[tuple[int, str]] = field(default_factory=list)
-
-
-def _row_text(row: dict[str, Any], key: str, limit: int, *, required: bool = False) -> str:
-    value = row.get(key)
-    value = "" if value is None else str(value).strip()
-    if required and not value:
-        raise InvalidInput(f"{key} is missing.")
-    if len(value) > limit:
-        raise InvalidInput(f"{key} is longer than {limit} characters.")
-    return value
+@dataclass(frozen=True)
+class _MappingRow:
+    legacy_id: str
+    token: str
+    name: str
+    type: str
+    organization: Organization
+    last_seen: dt.datetime | None
 
 
-def mapping_import_row(
+def _mapping_clean(
+    row: dict[str, Any], *, default_organization: Organization | None, organization
+) -> _MappingRow:
+    legacy_id = row_text(row, "legacy_system_id", 128, required=True)
+    token = row_text(row, "legacy_token", 512, required=True)
+    name = row_text(row, "name", 255) or legacy_id
+    kind = row_text(row, "type", 64)
+    org_ref = row_text(row, "organization", 255)
+    if org_ref:
+        found = organization(org_ref)
+    elif default_organization is not None:
+        found = default_organization
+    else:
+        raise RowRefused("no organization: give an organization column or --organization.")
+    return _MappingRow(legacy_id, token, name, kind, found, row_stamp(row, "legacy_last_seen_at"))
+
+
+class _Organizations:
+    """``organization_resolve`` within the caller's reach, once per distinct reference."""
+
+    def __init__(self, within: QuerySet[Organization]):
+        self.within, self.found = within, {}
+
+    def __call__(self, reference: str) -> Organization:
+        if reference not in self.found:
+            try:
+                self.found[reference] = organization_resolve(reference, within=self.within)
+            except InvalidInput as error:
+                self.found[reference] = error.message
+        found = self.found[reference]
+        if isinstance(found, str):
+            # A new exception each time: re-raising one would grow its traceback forever.
+            raise RowRefused(found)
+        return found
+
+
+def mappings_import_batch(
     *,
-    row: dict[str, Any],
+    rows: Sequence[Record],
+    report: ImportReport,
     default_organization: Organization | None,
-    organizations: dict[str, Organization],
+    organization,
     born_registered: bool,
     actor: User | None,
-) -> bool:
-    """Create one mapping and its native system; False if it already exists unchanged.
+) -> None:
+    """Create the mappings (and their native systems) of a batch of rows, in bulk.
 
-    Raises ``InvalidInput`` (nothing written) for a bad row or a conflicting one.
+    A row is refused (on ``report``) before anything is written: bad fields, an unknown
+    organization, a legacy id already mapped with another token. A row already mapped
+    with the same token counts as unchanged. Call it in a transaction.
     """
-    legacy_id = _row_text(row, "legacy_system_id", 128, required=True)
-    token = _row_text(row, "legacy_token", 512, required=True)
-    name = _row_text(row, "name", 255) or legacy_id
-    org_ref = _row_text(row, "organization", 255)
-    organization = organizations.get(org_ref) if org_ref else default_organization
-    if organization is None:
-        raise InvalidInput(
-            f"organization {org_ref!r} does not exist."
-            if org_ref
-            else "no organization: give an organization column or --organization."
+    clean: list[tuple[Record, _MappingRow]] = []
+    for row in rows:
+        try:
+            clean.append(
+                (
+                    row,
+                    _mapping_clean(
+                        row.fields,
+                        default_organization=default_organization,
+                        organization=organization,
+                    ),
+                )
+            )
+        except InvalidInput as error:
+            report.refuse(row, error.message)
+    # One query for the batch: legacy_system_id is unique (its index).
+    existing = dict(
+        LegacyMapping.objects.filter(
+            legacy_system_id__in=[item.legacy_id for _, item in clean]
+        ).values_list("legacy_system_id", "legacy_token_digest")
+    )
+    new: list[tuple[_MappingRow, str]] = []
+    for row, item in clean:
+        digest = credentials.digest(item.token)
+        if item.legacy_id not in existing:
+            new.append((item, digest))
+        elif credentials.verify(item.token, existing[item.legacy_id]):
+            report.unchanged["mappings"] += 1
+        else:
+            report.refuse(
+                row,
+                f"legacy_system_id {item.legacy_id!r} is already mapped with a different token.",
+            )
+    if not new:
+        return
+    now = timezone.now()
+    creator = actor if actor is not None and actor.pk else None
+    systems = []
+    for item, _ in new:
+        public, secret = credentials.system_secret_generate()
+        systems.append(
+            System(
+                organization=item.organization,
+                name=item.name,
+                type=item.type,
+                system_key=credentials.system_key_generate(),
+                secret_public=public,
+                secret_digest=credentials.digest(secret),
+                created_by=creator,
+                created_at=now,
+                # The rotation hands out the secret; nobody holds this one.
+                registered_at=now if born_registered else None,
+            )
         )
-    last_seen = None
-    if raw := _row_text(row, "legacy_last_seen_at", 64):
-        last_seen = _parse_stamp(raw)
-        if last_seen is None:
-            raise InvalidInput(f"legacy_last_seen_at {raw!r} is not an ISO 8601 date-time.")
-    existing = LegacyMapping.objects.filter(legacy_system_id=legacy_id).first()
-    if existing is not None:
-        if credentials.verify(token, existing.legacy_token_digest):
-            return False
-        raise InvalidInput(
-            f"legacy_system_id {legacy_id!r} is already mapped with a different token."
-        )
-    with transaction.atomic():
-        issued = fleet.system_create(
-            actor=actor,
-            organization=organization,
-            name=name,
-            type=_row_text(row, "type", 64),
-        )
-        system = issued.system
-        if born_registered:
-            # The rotation hands out the secret; nobody holds this one.
-            system.registered_at = timezone.now()
-            system.save(update_fields=["registered_at"])
-        mapping = LegacyMapping.objects.create(
-            legacy_system_id=legacy_id,
-            legacy_token_digest=credentials.digest(token),
+    System.objects.bulk_create(systems)
+    mappings = LegacyMapping.objects.bulk_create(
+        LegacyMapping(
+            legacy_system_id=item.legacy_id,
+            legacy_token_digest=digest,
             system=system,
-            legacy_last_seen_at=last_seen,
+            legacy_last_seen_at=item.last_seen,
         )
-        counters_bump(mappings=1)
-        fleet.audit_record(
-            actor=actor,
-            action="mapping.import",
-            obj=mapping,
+        for (item, digest), system in zip(new, systems, strict=True)
+    )
+    counters_bump(mappings=len(mappings))
+    audit = []
+    for mapping, system in zip(mappings, systems, strict=True):
+        audit.append(
+            fleet.audit_entry_build(
+                actor=actor, action="system.create", obj=system, after=fleet.audit_snapshot(system)
+            )
+        )
+        audit.append(
+            fleet.audit_entry_build(
+                actor=actor,
+                action="mapping.import",
+                obj=mapping,
+                organization=system.organization,
+                after={
+                    "legacy_system_id": mapping.legacy_system_id,
+                    "system_key": system.system_key,
+                },
+            )
+        )
+    AuditEntry.objects.bulk_create(audit)
+    report.created["mappings"] += len(mappings)
+
+
+def mappings_import_feed(
+    run: LegacyImport,
+    records: Iterable[Record],
+    *,
+    within: QuerySet[Organization],
+    default_organization: Organization | None = None,
+    born_registered: bool = False,
+    actor: User | None = None,
+) -> None:
+    """Import ``records`` in ``run``: organizations named by the rows are resolved
+    ``within`` the caller's reach; a legacy_system_id may appear once in the import."""
+    organization = _Organizations(within)
+
+    def handle(rows: list[Record], report: ImportReport) -> None:
+        mappings_import_batch(
+            rows=rows,
+            report=report,
+            default_organization=default_organization,
             organization=organization,
-            after={"legacy_system_id": legacy_id, "system_key": system.system_key},
+            born_registered=born_registered,
+            actor=actor,
         )
-    return True
+
+    run.feed(iter(records), section="mappings", handle=handle, key="legacy_system_id")
 
 
 def mappings_import(
     *,
     rows: Iterable[tuple[int, dict[str, Any]]],
     apply: bool,
+    within: QuerySet[Organization] | None = None,
     default_organization: Organization | None = None,
     born_registered: bool = False,
     actor: User | None = None,
-    progress=None,
 ) -> ImportReport:
-    """Import ``(line, row)`` pairs; each row in its own savepoint, bad rows reported.
-
-    A dry run does the same work in a transaction it then rolls back, so it reports
-    exactly what ``apply`` would do and writes nothing.
-    """
-    report = ImportReport()
-    organizations = {str(o.pk): o for o in Organization.objects.all()}
-    organizations.update({o.name: o for o in organizations.copy().values()})
-
-    class _DryRun(Exception):
-        pass
-
-    try:
-        with transaction.atomic():
-            for line, row in rows:
-                try:
-                    with transaction.atomic():
-                        created = mapping_import_row(
-                            row=row,
-                            default_organization=default_organization,
-                            organizations=organizations,
-                            born_registered=born_registered,
-                            actor=actor,
-                        )
-                except InvalidInput as error:
-                    report.errors.append((line, error.message))
-                else:
-                    if created:
-                        report.created += 1
-                    else:
-                        report.unchanged += 1
-                if progress is not None:
-                    progress(line)
-            if not apply:
-                raise _DryRun
-    except _DryRun:
-        pass
-    return report
+    """Import ``(line, row)`` pairs built by the caller (the demo, tests), as the command
+    imports a file's rows; the first refusals are in ``report.errors``."""
+    with LegacyImport(apply=apply) as run:
+        mappings_import_feed(
+            run,
+            records_from(rows),
+            within=within if within is not None else Organization.objects.all(),
+            default_organization=default_organization,
+            born_registered=born_registered,
+            actor=actor,
+        )
+    return run.report
 
 
 # --- Rotation -------------------------------------------------------------------------------

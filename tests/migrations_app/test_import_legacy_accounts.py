@@ -15,7 +15,7 @@ from migrations_app import accounts
 from migrations_app.models import LegacyAccount, LegacyOrganization
 
 pytestmark = pytest.mark.django_db
-PROGRESS = re.compile(r"^\d+/\d+ rows$")
+PROGRESS = re.compile(r"^\d+/\d+ bytes$")
 
 EXPORT = {
     "organizations": [
@@ -54,10 +54,15 @@ EXPORT = {
 }
 
 
-def run_command(*args) -> tuple[str, str]:
-    """stdout, and stderr without its progress lines."""
+def run_command(*args, refused: int = 0) -> tuple[str, str]:
+    """stdout, and stderr without its progress lines; with ``refused``, the command must
+    fail naming that many refused rows."""
     out, err = io.StringIO(), io.StringIO()
-    call_command("import_legacy_accounts", *[str(a) for a in args], stdout=out, stderr=err)
+    if refused:
+        with pytest.raises(CommandError, match=rf"^{refused} of \d+ row\(s\) were refused"):
+            call_command("import_legacy_accounts", *[str(a) for a in args], stdout=out, stderr=err)
+    else:
+        call_command("import_legacy_accounts", *[str(a) for a in args], stdout=out, stderr=err)
     errors = [line for line in err.getvalue().splitlines() if not PROGRESS.match(line)]
     return out.getvalue(), "".join(f"{line}\n" for line in errors)
 
@@ -169,9 +174,13 @@ def test_csv_files_are_recognized_by_their_header(owner, tmp_path):
 def test_import_shows_progress_on_stderr(owner, tmp_path):
     err = io.StringIO()
 
-    call_command("import_legacy_accounts", str(write_json(tmp_path, EXPORT)), stderr=err)
+    path = write_json(tmp_path, EXPORT)
 
-    assert err.getvalue().splitlines()[-1] == "12/12 rows"
+    call_command("import_legacy_accounts", str(path), stderr=err)
+
+    # One pass over the file per section it holds.
+    size = 4 * path.stat().st_size
+    assert err.getvalue().splitlines()[-1] == f"{size}/{size} bytes"
 
 
 def test_bad_rows_are_named_and_nothing_of_them_is_written(owner, tmp_path):
@@ -193,7 +202,9 @@ def test_bad_rows_are_named_and_nothing_of_them_is_written(owner, tmp_path):
     )
 
     out, err = run_command(
-        *(tmp_path / f for f in ("orgs.csv", "users.csv", "more.json", "quotas.csv")), "--apply"
+        *(tmp_path / f for f in ("orgs.csv", "users.csv", "more.json", "quotas.csv")),
+        "--apply",
+        refused=9,
     )
 
     assert err.splitlines() == [
@@ -202,7 +213,7 @@ def test_bad_rows_are_named_and_nothing_of_them_is_written(owner, tmp_path):
         "users.csv line 5: date_joined 'yesterday' is not an ISO 8601 date or date-time.",
         "users.csv line 6: organization 'o9' is not in the import or the database.",
         "users.csv line 7: is_active 'maybe' is not true or false.",
-        "more.json users item 2: is not an object of named fields.",
+        "more.json line 1 (users item 2): is not an object of named fields.",
         "quotas.csv line 2: resource 'cpus' is unknown; use systems, backup_bytes.",
         "quotas.csv line 3: give exactly one of organization and user.",
         "quotas.csv line 4: user 'u3' is not in the import or the database.",
@@ -269,7 +280,7 @@ def test_an_active_collider_of_an_existing_account_is_imported_inactive(owner, t
         ("[]", "list.json", "must hold a JSON object"),
         ('{"people": []}', "odd.json", "unknown section 'people'"),
         ("a,b\n1,2\n", "odd.csv", "the header names no known section"),
-        ("x", "file.txt", "must end in .csv or .json"),
+        ("x", "file.txt", "must end in .csv, .json, .jsonl, .ndjson"),
     ],
 )
 def test_unreadable_files_are_refused_with_a_sentence(tmp_path, content, name, message, db):
@@ -282,5 +293,5 @@ def test_unreadable_files_are_refused_with_a_sentence(tmp_path, content, name, m
 
 
 def test_an_unknown_under_organization_is_refused(tmp_path, owner):
-    with pytest.raises(CommandError, match="Organization 'Nowhere' does not exist"):
+    with pytest.raises(CommandError, match="No organization has the id, slug or name 'Nowhere'"):
         run_command(write_json(tmp_path, EXPORT), "--under", "Nowhere")
