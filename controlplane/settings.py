@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 import environ
 
+from controlplane.production import EMBEDDED_SECRET_KEY
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -16,12 +18,16 @@ if (BASE_DIR / ".env").is_file():
     environ.Env.read_env(BASE_DIR / ".env")
 
 DEBUG = env.bool("DEBUG", default=False)
-# The embedded default runs without configuration; production must set its own key.
-SECRET_KEY = env.str("SECRET_KEY", default="cutover-embedded-default-not-for-production")
+# The embedded default runs without configuration, with DEBUG on; with DEBUG off the
+# entry points refuse to start on this key or without ALLOWED_HOSTS (production.py).
+SECRET_KEY = env.str("SECRET_KEY", default=EMBEDDED_SECRET_KEY)
 # Keyed digests of machine credentials (system secrets, legacy tokens) use their own key,
 # so rotating SECRET_KEY (sessions, signed links) does not invalidate every system.
 CREDENTIAL_DIGEST_KEY = env.str("CREDENTIAL_DIGEST_KEY", default=SECRET_KEY)
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+# Loopback names only for a DEBUG server; production names its own hosts.
+ALLOWED_HOSTS = env.list(
+    "ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"] if DEBUG else []
+)
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
@@ -40,6 +46,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
+    "controlplane",
     "fleet_app",
     "migrations_app",
     "backups_app",
