@@ -186,8 +186,10 @@ PROXY_THROTTLE_WINDOW_SECONDS = env.int("PROXY_THROTTLE_WINDOW_SECONDS", default
 # A bulk rotation leaves alone mappings whose credentials were fetched this recently: the
 # cluster may not have used them yet and would never ask again.
 ROTATION_GRACE_MINUTES = env.int("ROTATION_GRACE_MINUTES", default=60)
-# When set, /metrics requires "Authorization: Bearer <METRICS_TOKEN>".
+# /metrics requires "Authorization: Bearer <METRICS_TOKEN>"; with no token it answers 403
+# unless METRICS_PUBLIC opens it to anyone who can reach it (fleet_app/metrics.py).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
 # Base URL the systems use to reach this service (what register hands back as collect_url).
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
 

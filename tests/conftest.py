@@ -174,3 +174,10 @@ def wait_for(predicate, timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+@pytest.fixture
+def metrics_auth(settings):
+    """The header a configured Prometheus scrapes /metrics with (METRICS_TOKEN set)."""
+    settings.METRICS_TOKEN = "test-scrape-token"
+    return {"Authorization": "Bearer test-scrape-token"}
