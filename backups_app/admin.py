@@ -251,7 +251,7 @@ class SuperuserOnly:
 
 def _progress(obj) -> str:
     return format_html(
-        '<progress value="{}" max="100" style="width:6em">{}%</progress> {}',
+        '<progress value="{}" max="100" class="run-progress">{}%</progress> {}',
         obj.percent,
         obj.percent,
         obj.phase,

@@ -81,7 +81,7 @@ class SuperuserOnly:
 def _progress(obj) -> str:
     percent = obj.percent
     return format_html(
-        '<progress value="{}" max="100" style="width:6em">{}%</progress> {}/{}',
+        '<progress value="{}" max="100" class="run-progress">{}%</progress> {}/{}',
         percent,
         percent,
         obj.done,
