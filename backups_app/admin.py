@@ -232,7 +232,7 @@ class SystemBackupsAdmin(FleetModelAdmin):
 
 def _progress(obj) -> str:
     return format_html(
-        '<progress value="{}" max="100" style="width:6em">{}%</progress> {}',
+        '<progress value="{}" max="100" class="run-progress">{}%</progress> {}',
         obj.percent,
         obj.percent,
         obj.phase,

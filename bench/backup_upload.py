@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     DEFAULT_SERVER,
     ROOT,
+    SERVER_ENV,
     database_drop,
     database_recreate,
     django_setup,
@@ -208,6 +209,7 @@ def main() -> None:
             port = free_port()
             env = {
                 **os.environ,
+                **SERVER_ENV,
                 "BACKUP_STORAGE_URL": "",
                 "BACKUP_LOCAL_ROOT": str(work / "store"),
                 "BACKUP_LOCAL_FSYNC": "true" if fsync else "false",

@@ -12,6 +12,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SERVER = "postgres://postgres@127.0.0.1:5432"
+# A server started with DEBUG off refuses the embedded key and an empty ALLOWED_HOSTS
+# (controlplane/production.py): the loopback servers of the benchmarks get their own.
+SERVER_ENV = {
+    "SECRET_KEY": "bench-only-" + "k" * 8 + os.urandom(24).hex(),
+    "ALLOWED_HOSTS": "127.0.0.1,localhost",
+}
 
 
 def scratch_parser(doc: str, database: str) -> argparse.ArgumentParser:

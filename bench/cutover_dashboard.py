@@ -208,6 +208,7 @@ def main() -> None:
     database_recreate(options.server, options.database)
     os.environ["DATABASE_URL"] = database_url
     os.environ["DEBUG"] = "0"
+    os.environ.setdefault("ALLOWED_HOSTS", "testserver")  # the test client's host name
     os.environ.pop("REDIS_URL", None)  # the page needs no cache; keep the run self-contained
     os.environ["DJANGO_SETTINGS_MODULE"] = "controlplane.settings"
     try:

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from common import (
     ROOT,
+    SERVER_ENV,
     admin_connection,
     database_drop,
     database_recreate,
@@ -251,6 +252,7 @@ def free_port() -> int:
 def gunicorn_start(options: argparse.Namespace, port: int, log: Path) -> subprocess.Popen:
     env = {
         **os.environ,
+        **SERVER_ENV,
         "DEBUG": "0",
         "CONN_MAX_AGE": "60",
         "LOG_LEVEL": "WARNING",

@@ -9,6 +9,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
+from csp.constants import NONCE, NONE, SELF
+
+from controlplane.production import EMBEDDED_SECRET_KEY
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -17,20 +20,51 @@ if (BASE_DIR / ".env").is_file():
     environ.Env.read_env(BASE_DIR / ".env")
 
 DEBUG = env.bool("DEBUG", default=False)
-# The embedded default runs without configuration; production must set its own key.
-SECRET_KEY = env.str("SECRET_KEY", default="cutover-embedded-default-not-for-production")
+# The embedded default runs without configuration, with DEBUG on; with DEBUG off the
+# entry points refuse to start on this key or without ALLOWED_HOSTS (production.py).
+SECRET_KEY = env.str("SECRET_KEY", default=EMBEDDED_SECRET_KEY)
 # Keyed digests of machine credentials (system secrets, legacy tokens) use their own key,
 # so rotating SECRET_KEY (sessions, signed links) does not invalidate every system.
 CREDENTIAL_DIGEST_KEY = env.str("CREDENTIAL_DIGEST_KEY", default=SECRET_KEY)
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+# Loopback names only for a DEBUG server; production names its own hosts.
+ALLOWED_HOSTS = env.list(
+    "ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"] if DEBUG else []
+)
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
-SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
-CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # Reverse proxies in front of the service that append to X-Forwarded-For. 0: the TCP peer
 # is the client and X-Forwarded-For is ignored (a client could write anything there);
 # throttles and lockouts key on the address fleet_app.client_address derives from it.
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+
+# --- Browser hardening ----------------------------------------------------------------
+# With DEBUG off, cookies travel over HTTPS only and browsers are told to use HTTPS for a
+# year; a plain-http lab sets SESSION_COOKIE_SECURE=false and SECURE_HSTS_SECONDS=0.
+# HSTS is sent only on HTTPS responses (behind a proxy: X-Forwarded-Proto: https).
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=SESSION_COOKIE_SECURE)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = env.str("SECURE_REFERRER_POLICY", default="same-origin")
+X_FRAME_OPTIONS = "DENY"
+# Content Security Policy (django-csp): only this origin's files run or style a page. No
+# inline script or style attribute anywhere (the dashboards' styles and bars are static
+# files); the one inline <style> left, Swagger UI's, carries the per-request nonce. data:
+# images are the SVG icons inside the admin's and Swagger UI's stylesheets.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, NONCE],
+        "img-src": [SELF, "data:"],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -45,6 +79,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
+    "csp",
+    "controlplane",
     "fleet_app",
     "migrations_app",
     "backups_app",
@@ -59,6 +95,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
 ]
 
 ROOT_URLCONF = "controlplane.urls"
@@ -74,6 +111,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "csp.context_processors.nonce",
             ],
         },
     },
@@ -223,8 +261,10 @@ PROXY_THROTTLE_WINDOW_SECONDS = env.int("PROXY_THROTTLE_WINDOW_SECONDS", default
 # A bulk rotation leaves alone mappings whose credentials were fetched this recently: the
 # cluster may not have used them yet and would never ask again.
 ROTATION_GRACE_MINUTES = env.int("ROTATION_GRACE_MINUTES", default=60)
-# When set, /metrics requires "Authorization: Bearer <METRICS_TOKEN>".
+# /metrics requires "Authorization: Bearer <METRICS_TOKEN>"; with no token it answers 403
+# unless METRICS_PUBLIC opens it to anyone who can reach it (fleet_app/metrics.py).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
 # Base URL the systems use to reach this service (what register hands back as collect_url).
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
 

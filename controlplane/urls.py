@@ -5,8 +5,8 @@ from django.http import HttpResponse, JsonResponse
 from django.urls import include, path, re_path
 from django.views import defaults
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from controlplane.api_docs import StaffDocsView, StaffSchemaView
 from fleet_app.api import collect
 from fleet_app.metrics import metrics_view
 
@@ -38,8 +38,8 @@ urlpatterns = [
     path("api/cutover/", include("migrations_app.api.urls")),
     path("api/backups/", include("backups_app.api.urls")),
     path("api/", include("fleet_app.api.urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/schema/", StaffSchemaView.as_view(), name="api-schema"),
+    path("api/docs/", StaffDocsView.as_view(url_name="api-schema"), name="api-docs"),
     path("dashboard/", include("fleet_app.urls")),
     path("dashboard/", include("migrations_app.urls")),
     path("dashboard/", include("backups_app.urls")),

@@ -19,11 +19,25 @@ SECRET_PREFIX = "my_"  # noqa: S105 - a format prefix, not a secret
 def digest(value: str) -> str:
     """Keyed digest of a credential (hex HMAC-SHA256)."""
     key = settings.CREDENTIAL_DIGEST_KEY.encode()
-    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+    # surrogatepass: a malformed secret (lone surrogates from JSON) is digested like any
+    # other, against the dummy; every real secret is ASCII, whose bytes this leaves alone.
+    return hmac.new(key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
-def verify(value: str, stored_digest: str) -> bool:
-    """Constant-time comparison of a presented credential with a stored digest."""
+# What a credential is compared against when nothing is stored for it (an unknown system
+# key): a fixed value of a digest's length, which no HMAC-SHA256 output is expected to be.
+DUMMY_DIGEST = "0" * 64
+
+
+def verify(value: str, stored_digest: str | None) -> bool:
+    """Constant-time comparison of a presented credential with a stored digest.
+
+    ``None`` (no such system) does the same work against ``DUMMY_DIGEST`` and is never
+    valid: an unknown key costs the HMAC a known key with a wrong secret costs, so the
+    time to answer does not tell which keys exist."""
+    if stored_digest is None:
+        hmac.compare_digest(digest(value), DUMMY_DIGEST)
+        return False
     return hmac.compare_digest(digest(value), stored_digest)
 
 

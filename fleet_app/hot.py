@@ -54,7 +54,10 @@ _UPDATE = (
 def heartbeat(system_key: str, system_secret: str) -> dt.datetime | None:
     """Record a heartbeat on the fast path; None means "take the full path"."""
     known = _known.get(system_key)
-    if known is None or not credentials.verify(system_secret, known.digest):
+    # A key this process does not remember is digested too (against a dummy), so every
+    # heartbeat that fails here has done one digest before the full path does its own.
+    valid = credentials.verify(system_secret, known.digest if known else None)
+    if known is None or not valid:
         return None
     now = timezone.now()
     with bound_cursor() as cursor:

@@ -2,8 +2,11 @@
 
 Each app contributes a collector (``register_collector``); values are read fresh on every
 scrape, so they are the same numbers the dashboards show and need no process-local state
-(gunicorn runs several workers). Set ``METRICS_TOKEN`` to require
-``Authorization: Bearer <token>``.
+(gunicorn runs several workers).
+
+The gauges describe the whole fleet, so scraping needs ``Authorization: Bearer
+<METRICS_TOKEN>``. With no token configured the endpoint answers 403 saying so, unless
+``METRICS_PUBLIC`` deliberately opens it (the demo, a scraper on a private network).
 """
 
 import hmac
@@ -55,14 +58,36 @@ def fleet_metrics() -> Iterable[Metric]:
 register_collector(fleet_metrics)
 
 
-def metrics_view(request: HttpRequest) -> HttpResponse:
+def _refusal(request: HttpRequest) -> HttpResponse | None:
+    """The answer to a scrape that may not read the metrics, or None if it may."""
     token = settings.METRICS_TOKEN
-    if token:
-        presented = request.META.get("HTTP_AUTHORIZATION", "").removeprefix("Bearer ")
-        if not hmac.compare_digest(presented.encode(), token.encode()):
-            return HttpResponse(
-                "A bearer token is required.\n", status=401, content_type="text/plain"
-            )
+    if not token:
+        if settings.METRICS_PUBLIC:
+            return None
+        return HttpResponse(
+            "Metrics are closed: set METRICS_TOKEN and scrape with "
+            '"Authorization: Bearer <METRICS_TOKEN>", or set METRICS_PUBLIC=true to open '
+            "them to anyone who can reach this address.\n",
+            status=403,
+            content_type="text/plain",
+        )
+    scheme, _, presented = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    # Constant time: how long the comparison takes says nothing about the token.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        presented.strip().encode(), token.encode()
+    ):
+        response = HttpResponse(
+            "A bearer token is required.\n", status=401, content_type="text/plain"
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    return None
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    refusal = _refusal(request)
+    if refusal is not None:
+        return refusal
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Registered())
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

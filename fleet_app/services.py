@@ -270,7 +270,9 @@ def system_register(*, system_secret: Any) -> System:
         raise InvalidInput("system_secret is required and must be a string.")
     public = credentials.system_secret_public_part(system_secret)
     system = System.objects.filter(secret_public=public).first() if public is not None else None
-    if system is None or not credentials.verify(system_secret, system.secret_digest):
+    # Digested even when no system has this public part: the same work either way.
+    valid = credentials.verify(system_secret, system.secret_digest if system else None)
+    if system is None or not valid:
         raise NotAuthenticated("Unknown system secret.")
     _refuse_if_disabled(system)
     now = timezone.now()
@@ -319,7 +321,10 @@ def system_authenticate(*, system_key: str, system_secret: str) -> System:
         )
     )
     system = found[0] if found else None
-    if system is None or not credentials.verify(system_secret, system.secret_digest):
+    # An unknown key is digested too (against a dummy): it answers in the time a wrong
+    # secret does.
+    valid = credentials.verify(system_secret, system.secret_digest if system else None)
+    if system is None or not valid:
         raise NotAuthenticated("Invalid system credentials.")
     _refuse_if_disabled(system)
     if system.registered_at is None:

@@ -310,7 +310,7 @@ class RotationRunAdmin(ReadOnlyModelAdmin):
     def progress(self, obj: RotationRun) -> str:
         percent = obj.percent
         return format_html(
-            '<progress value="{}" max="100" style="width:6em" title="{}%">{}%</progress> '
+            '<progress value="{}" max="100" class="run-progress" title="{}%">{}%</progress> '
             "{}/{} ({}%)",
             percent,
             percent,

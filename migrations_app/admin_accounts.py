@@ -71,7 +71,7 @@ def mask_credentials(value: Any, label: str | None = None) -> Any:
 def _progress(obj) -> str:
     percent = obj.percent
     return format_html(
-        '<progress value="{}" max="100" style="width:6em">{}%</progress> {}/{}',
+        '<progress value="{}" max="100" class="run-progress">{}%</progress> {}/{}',
         percent,
         percent,
         obj.done,

@@ -197,3 +197,18 @@ def rows_containing(text: str) -> list[str]:
             if cursor.fetchone()[0]:
                 found.append(table)
     return found
+
+
+@pytest.fixture
+def metrics_auth(settings):
+    """The header a configured Prometheus scrapes /metrics with (METRICS_TOKEN set)."""
+    settings.METRICS_TOKEN = "test-scrape-token"
+    return {"Authorization": "Bearer test-scrape-token"}
+
+
+@pytest.fixture
+def live_server(live_server, settings):
+    """pytest-django's live server, whose host the tests' settings (DEBUG off, so no
+    loopback default in ALLOWED_HOSTS) must allow, as Django's LiveServerTestCase does."""
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1", "localhost"]
+    return live_server

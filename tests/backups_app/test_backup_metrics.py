@@ -5,11 +5,13 @@ from tests.backups_app.helpers import payload, post_backup
 from tests.factories import make_system
 
 
-def test_it_counts_fresh_and_never_backed_up_systems(client, system, customer, local_store):
+def test_it_counts_fresh_and_never_backed_up_systems(
+    client, system, customer, local_store, metrics_auth
+):
     make_system(customer, name="never")
     assert post_backup(client, system, payload(2048)).status_code == 201
 
-    body = client.get("/metrics").content.decode()
+    body = client.get("/metrics", headers=metrics_auth).content.decode()
 
     assert 'cutover_cluster_backup_systems{freshness="fresh"} 1.0' in body
     assert 'cutover_cluster_backup_systems{freshness="never"} 1.0' in body

@@ -95,6 +95,16 @@ def test_a_staff_member_sees_the_fleet_dashboard(live_server, transactional_db, 
         )
         try:
             page = browser.new_page(viewport={"width": 1366, "height": 900})
+            # Chromium reports what the Content Security Policy blocked on the console.
+            blocked = []
+            page.on(
+                "console",
+                lambda message: (
+                    blocked.append(message.text)
+                    if "Content Security Policy" in message.text
+                    else None
+                ),
+            )
             page.goto(f"{live_server.url}/dashboard/fleet/")
             # Not logged in: the admin login page, which sends us back afterwards.
             assert "/admin/login/" in page.url
@@ -120,6 +130,12 @@ def test_a_staff_member_sees_the_fleet_dashboard(live_server, transactional_db, 
                 .get_attribute("href")
                 .startswith("/admin/fleet_app/system/")
             )
+            # The type bars get their length from a script file, not a style attribute.
+            widths = page.eval_on_selector_all(
+                ".fleet .fill", "bars => bars.map(b => b.style.width)"
+            )
+            assert widths and all(width.endswith("%") for width in widths)
+            assert blocked == []
             page.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
             # The admin's dark theme: the page uses the admin's colour variables only.
             page.emulate_media(color_scheme="dark")

@@ -23,6 +23,14 @@ def migrate(targets):
     executor.migrate(targets)
 
 
+@pytest.fixture(autouse=True)
+def at_latest():
+    """Whatever the test migrated to, the database ends at the latest migrations."""
+    yield
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+
 @pytest.fixture
 def legacy_token(bob):
     """The database as a release with rest_framework.authtoken left it: one key of bob's."""

@@ -1,17 +1,19 @@
-"""/metrics: Prometheus exposition of the fleet, computed at scrape time."""
+"""/metrics: Prometheus exposition of the fleet, computed at scrape time, for the scraper
+holding METRICS_TOKEN (or anyone, once METRICS_PUBLIC opens it)."""
 
 from django.utils import timezone
 
+from fleet_app import metrics
 from fleet_app.models import System
 from tests.factories import make_system
 
 
-def test_it_exposes_systems_by_status(client, customer):
+def test_it_exposes_systems_by_status(client, customer, metrics_auth):
     make_system(customer, name="a")
     alive = make_system(customer, name="b")
     System.objects.filter(pk=alive.pk).update(last_heartbeat_at=timezone.now())
 
-    response = client.get("/metrics")
+    response = client.get("/metrics", headers=metrics_auth)
 
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
@@ -21,18 +23,63 @@ def test_it_exposes_systems_by_status(client, customer):
     assert "cutover_systems_never_inventoried 2.0" in body
 
 
+def test_it_is_closed_without_a_token(client, db, settings):
+    settings.METRICS_TOKEN = ""
+    settings.METRICS_PUBLIC = False
+
+    response = client.get("/metrics")
+
+    assert response.status_code == 403
+    body = response.content.decode()
+    assert "set METRICS_TOKEN" in body and "METRICS_PUBLIC=true" in body
+    assert "cutover_systems" not in body
+
+
+def test_it_can_be_opened_explicitly(client, db, settings):
+    settings.METRICS_TOKEN = ""
+    settings.METRICS_PUBLIC = True
+
+    response = client.get("/metrics")
+
+    assert response.status_code == 200
+    assert "cutover_systems" in response.content.decode()
+
+
 def test_a_configured_token_is_required(client, db, settings):
     settings.METRICS_TOKEN = "scrape-me"
 
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Basic scrape-me").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="scrape-me").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me").status_code == 200
 
 
-def test_the_fleet_gauges_cost_one_query(customer, django_assert_num_queries):
-    from fleet_app.metrics import fleet_metrics
+def test_a_token_wins_over_public(client, db, settings):
+    """METRICS_PUBLIC opens only a server with no token: a token always applies."""
+    settings.METRICS_TOKEN = "scrape-me"
+    settings.METRICS_PUBLIC = True
 
+    assert client.get("/metrics").status_code == 401
+
+
+def test_the_token_is_compared_in_constant_time(client, db, settings, monkeypatch):
+    settings.METRICS_TOKEN = "scrape-me"
+    compared = []
+    real = metrics.hmac.compare_digest
+
+    def spy(a, b):
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(metrics.hmac, "compare_digest", spy)
+
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-mE").status_code == 401
+    assert compared == [(b"scrape-mE", b"scrape-me")]
+
+
+def test_the_fleet_gauges_cost_one_query(customer, django_assert_num_queries):
     make_system(customer, name="a")
     # 1. the status counts, one aggregate over the systems
     with django_assert_num_queries(1):
-        assert len(list(fleet_metrics())) == 3
+        assert len(list(metrics.fleet_metrics())) == 3

@@ -1,11 +1,11 @@
-"""Migration 0006: existing organizations get unique slugs from their names, in id order."""
+"""Migration 0007: existing organizations get unique slugs from their names, in id order."""
 
 import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-BEFORE = [("fleet_app", "0005_system_indexes_trimmed")]
-AFTER = [("fleet_app", "0006_organization_slug")]
+BEFORE = [("fleet_app", "0006_api_tokens_hashed")]
+AFTER = [("fleet_app", "0007_organization_slug")]
 
 
 @pytest.mark.django_db(transaction=True)

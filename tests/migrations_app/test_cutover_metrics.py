@@ -9,8 +9,8 @@ from migrations_app.models import CutoverDay, FingerprintAnomaly
 from tests.factories import make_system
 
 
-def scrape(client) -> dict[str, float]:
-    response = client.get("/metrics")
+def scrape(client, headers: dict[str, str]) -> dict[str, float]:
+    response = client.get("/metrics", headers=headers)
     assert response.status_code == 200
     values = {}
     for line in response.content.decode().splitlines():
@@ -20,7 +20,7 @@ def scrape(client) -> dict[str, float]:
     return values
 
 
-def test_it_exposes_the_counts_by_state(client, customer):
+def test_it_exposes_the_counts_by_state(client, customer, metrics_auth):
     today = timezone.now().date()
     CutoverDay.objects.create(
         day=today - dt.timedelta(days=20), mappings=10, rotated=8, confirmed=6, fingerprinted=1
@@ -30,7 +30,7 @@ def test_it_exposes_the_counts_by_state(client, customer):
         system=make_system(customer), kind="unknown", claimed_legacy_system_id="ghost"
     )
 
-    values = scrape(client)
+    values = scrape(client, metrics_auth)
 
     assert values["cutover_mappings_total"] == 10
     assert values['cutover_mappings{state="legacy"}'] == 2
@@ -46,21 +46,21 @@ def test_it_exposes_the_counts_by_state(client, customer):
     assert abs(projected - expected) < 60
 
 
-def test_ready_is_one_and_the_projection_is_omitted_when_done(client, db):
+def test_ready_is_one_and_the_projection_is_omitted_when_done(client, db, metrics_auth):
     CutoverDay.objects.create(day=timezone.now().date(), mappings=3, fingerprinted=3)
 
-    values = scrape(client)
+    values = scrape(client, metrics_auth)
 
     assert values["cutover_decommission_ready"] == 1
     assert "cutover_projected_completion_timestamp_seconds" not in values
 
 
-def test_the_projection_is_omitted_without_recent_progress(client, db):
+def test_the_projection_is_omitted_without_recent_progress(client, db, metrics_auth):
     CutoverDay.objects.create(
         day=timezone.now().date() - dt.timedelta(days=8), mappings=3, fingerprinted=1
     )
 
-    body = client.get("/metrics").content.decode()
+    body = client.get("/metrics", headers=metrics_auth).content.decode()
 
     assert "cutover_projected_completion_timestamp_seconds" not in body
     assert re.search(r"^cutover_decommission_ready 0\.0$", body, re.M)

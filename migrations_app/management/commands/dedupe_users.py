@@ -6,12 +6,12 @@ login and what it owns) and the plan (which account survives and what moves to i
 rows; ``--undo RUN_ID`` restores the accounts and their relations exactly as they were.
 """
 
-import csv
 import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from fleet_app import csv_safe
 from fleet_app.errors import FleetError
 from fleet_app.locks import LockHeld, named_lock
 from fleet_app.progress import ProgressBar
@@ -257,7 +257,8 @@ class Command(BaseCommand):
 
     def _csv(self, groups, run: DedupeRun | None) -> None:
         statuses = self._statuses(run)
-        writer = csv.writer(self.stdout, lineterminator="\n")
+        # Staff open this in a spreadsheet: e-mails and names are whatever users typed.
+        writer = csv_safe.writer(self.stdout, lineterminator="\n")
         writer.writerow(
             [
                 "email_key",

@@ -94,8 +94,8 @@ def test_the_dashboard_is_for_staff_only(client, jobs):
     assert client.get(reverse("zfs-dashboard")).status_code == 302
 
 
-def test_metrics_carry_the_same_states(client, jobs):
-    body = client.get("/metrics").content.decode()
+def test_metrics_carry_the_same_states(client, jobs, metrics_auth):
+    body = client.get("/metrics", headers=metrics_auth).content.decode()
     assert 'cutover_zfs_job_state{job="off-ok"} 0.0' in body
     assert 'cutover_zfs_job_state{job="off-diverged"} 2.0' in body
     assert 'cutover_zfs_job_lag_seconds{job="off-ok"} 5400' in body

@@ -25,7 +25,7 @@ def slugs_backfill(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("fleet_app", "0005_system_indexes_trimmed"),
+        ("fleet_app", "0006_api_tokens_hashed"),
     ]
 
     operations = [
