@@ -689,17 +689,22 @@ class LegacyImport:
             kept.append(row)
         if not firsts:
             return kept
+        # Plain SQL both PostgreSQL and SQLite (the embedded default) run: one look-up and
+        # one multi-row insert per batch (at most BATCH_ROWS keys).
+        keys = list(firsts)
+        marks = ", ".join(["%s"] * len(keys))
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT key, place FROM legacy_import_seen WHERE section = %s AND key = ANY(%s)",
-                [section, list(firsts)],
+                "SELECT key, place FROM legacy_import_seen "  # noqa: S608 - placeholders only
+                f"WHERE section = %s AND key IN ({marks})",
+                [section, *keys],
             )
             earlier = dict(cursor.fetchall())
+            values = ", ".join(["(%s, %s, %s)"] * len(keys))
             cursor.execute(
-                "INSERT INTO legacy_import_seen (section, key, place) "
-                "SELECT %s, key, place FROM unnest(%s::text[], %s::text[]) AS t(key, place) "
-                "ON CONFLICT DO NOTHING",
-                [section, list(firsts), [row.where for row in firsts.values()]],
+                "INSERT INTO legacy_import_seen (section, key, place) "  # noqa: S608
+                f"VALUES {values} ON CONFLICT DO NOTHING",
+                [item for value in keys for item in (section, value, firsts[value].where)],
             )
         if not earlier:
             return kept

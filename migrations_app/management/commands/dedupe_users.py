@@ -9,11 +9,12 @@ rows; ``--undo RUN_ID`` restores the accounts and their relations exactly as the
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from fleet_app import csv_safe
 from fleet_app.errors import FleetError
 from fleet_app.locks import LockHeld, named_lock
+from fleet_app.management.base import CutoverCommand
 from fleet_app.progress import ProgressBar
 
 from ... import accounts
@@ -33,7 +34,7 @@ def _owns(owns: dict[str, int]) -> str:
     return ", ".join(f"{n} {name}" for name, n in sorted(owns.items())) or "nothing"
 
 
-class Command(BaseCommand):
+class Command(CutoverCommand):
     help = (
         "Merge accounts whose e-mails differ only in case. Dry run unless --apply; "
         "--undo RUN_ID restores a merge run."

@@ -21,10 +21,11 @@ and line, and the command exits non-zero when any row was refused.
 
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from fleet_app.errors import InvalidInput
 from fleet_app.locks import LockHeld, named_lock
+from fleet_app.management.base import CutoverCommand
 from fleet_app.models import Organization
 from fleet_app.progress import ProgressBar
 from fleet_app.selectors import organization_resolve
@@ -72,7 +73,7 @@ def file_sections(export: Export) -> list[str]:
     return [section]
 
 
-class Command(BaseCommand):
+class Command(CutoverCommand):
     help = (
         "Import legacy accounts, organizations and quotas (JSON, JSON Lines or CSV). "
         "Dry run unless --apply."
@@ -138,8 +139,7 @@ class Command(BaseCommand):
 
 
 def _organization(ref: str | None) -> Organization | None:
-    # Every organization for now: narrowing ``within`` to the caller's reach is the one
-    # change the command needs when it learns who runs it.
+    # Superusers only (the permission table): every organization is within reach.
     within = Organization.objects.all()
     if ref:
         try:

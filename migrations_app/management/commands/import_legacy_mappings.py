@@ -9,13 +9,14 @@ Dry run by default; exits non-zero when any row was refused.
 
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
 from fleet_app.errors import InvalidInput
 from fleet_app.locks import LockHeld, named_lock
+from fleet_app.management.base import CutoverCommand
 from fleet_app.models import Organization
 from fleet_app.progress import ProgressBar
-from fleet_app.selectors import organization_resolve
+from fleet_app.selectors import organization_resolve, organizations_visible_to
 
 from ... import services
 from ...legacy_import import Export, LegacyImport
@@ -23,7 +24,7 @@ from ...legacy_import import Export, LegacyImport
 REQUIRED = ("legacy_system_id", "legacy_token")
 
 
-class Command(BaseCommand):
+class Command(CutoverCommand):
     help = "Import legacy credential mappings (CSV, JSON or JSON Lines). Dry run unless --apply."
 
     def add_arguments(self, parser):
@@ -50,9 +51,13 @@ class Command(BaseCommand):
         born_registered: bool,
         **options,
     ):
-        # Every organization for now: narrowing ``within`` to the caller's reach is the
-        # one change the command needs when it learns who runs it.
-        within = Organization.objects.all()
+        # Organizations (given here or by the rows) are resolved within the caller's reach:
+        # every one for the platform's shell, the subtree of an --actor.
+        within = (
+            organizations_visible_to(self.actor)
+            if self.actor is not None
+            else Organization.objects.all()
+        )
         default_org = None
         if organization:
             try:
@@ -85,6 +90,7 @@ class Command(BaseCommand):
                     within=within,
                     default_organization=default_org,
                     born_registered=born_registered,
+                    actor=self.actor,
                 )
         except LockHeld:
             raise CommandError("Another import_legacy_mappings is running; try later.") from None
