@@ -68,6 +68,8 @@ class Rule:
     # organization itself), e.g. "system__organization".
     org: str | None = None
     note: str = ""
+    # Dashboards and pages the header links to: their title there.
+    title: str = ""
 
     def rights(self, persona: str | None) -> str:
         return self.grants.get(persona, "") if persona else ""
@@ -87,6 +89,7 @@ def rule(
     *,
     org: str | None = None,
     note: str = "",
+    title: str = "",
     **grants: str,
 ) -> Rule:
     """A row; ``grants`` are persona=rights, e.g. ``admin="vacd", reader="v"``."""
@@ -104,12 +107,18 @@ def rule(
         raise TableError(f"{kind} {key}: superuser only, but granted to the operator.")
     if kind == "model" and scope == TENANT and org is None:
         raise TableError(f"model {key}: tenant-scoped, but no path to its organization.")
-    return Rule(kind, key, scope, dict(grants), org, note)
+    return Rule(kind, key, scope, dict(grants), org, note, title)
 
 
 def rules_register(rules: Iterable[Rule]) -> None:
     for item in rules:
         _rules[(item.kind, item.key)] = item
+
+
+def titled_rules() -> list[Rule]:
+    """Rows with a header title, dashboards first, each kind in the apps' order."""
+    titled = [item for item in _rules.values() if item.title]
+    return sorted(titled, key=lambda item: item.kind != "dashboard")
 
 
 def rules_all() -> list[Rule]:

@@ -11,6 +11,7 @@ import logging
 from django.contrib import admin
 from django.contrib.auth.views import redirect_to_login
 from django.shortcuts import render
+from django.urls import reverse
 from rest_framework import exceptions
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
@@ -73,6 +74,19 @@ def dashboard(key: str):
         return wrapped
 
     return decorator
+
+
+def links(request) -> dict:
+    """Context processor: the header's links, only to the pages the user may open."""
+    user = getattr(request, "user", None)
+    if user is None or access.persona(user) is None:
+        return {"cutover_links": []}
+    found = [
+        {"url": reverse(item.key), "title": item.title}
+        for item in access.titled_rules()
+        if access.allowed(user, item.kind, item.key, "v")
+    ]
+    return {"cutover_links": found}
 
 
 def permission_denied(request, exception=None):

@@ -119,7 +119,7 @@ RULES = [
     rule("route", "collect-info", PUBLIC),
     rule("route", "api-root", TENANT, **ALL_VIEW),
     rule("route", "api-schema", TENANT, **ALL_VIEW),
-    rule("route", "api-docs", TENANT, **ALL_VIEW),
+    rule("route", "api-docs", TENANT, title="Staff API", **ALL_VIEW),
     rule("route", "system-list", TENANT, **ALL_VIEW),
     rule("route", "system-detail", TENANT, **ALL_VIEW),
     rule("route", "system-inventories", TENANT, **ALL_VIEW),
@@ -129,7 +129,7 @@ RULES = [
     rule("route", "change-detail", TENANT, **ALL_VIEW),
     rule("route", "fleet-summary-list", TENANT, **ALL_VIEW),
     # --- Dashboards -------------------------------------------------------------------------
-    rule("dashboard", "fleet-dashboard", TENANT, **ALL_VIEW),
+    rule("dashboard", "fleet-dashboard", TENANT, title="Fleet dashboard", **ALL_VIEW),
     # --- Commands ---------------------------------------------------------------------------
     rule("command", "seed_demo", SUPERUSER_ONLY, superuser="r"),
     rule("command", "simulate_fleet", SUPERUSER_ONLY, superuser="r"),

@@ -83,7 +83,7 @@ RULES = [
     rule("route", "cutover-mapping-list", ROOT, **ROOT_VIEW),
     rule("route", "cutover-mapping-detail", ROOT, **ROOT_VIEW),
     # --- Dashboards -------------------------------------------------------------------------
-    rule("dashboard", "cutover-dashboard", ROOT, **ROOT_VIEW),
+    rule("dashboard", "cutover-dashboard", ROOT, title="Cutover dashboard", **ROOT_VIEW),
     # --- Commands ---------------------------------------------------------------------------
     rule(
         "command",

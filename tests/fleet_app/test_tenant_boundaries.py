@@ -103,3 +103,13 @@ def test_a_staff_account_without_a_role_is_nobody(db, customer):
     user = UserFactory(organization=customer)
     assert access.persona(user) is None
     assert not access.allowed(user, "dashboard", "fleet-dashboard")
+
+
+def test_the_header_links_only_to_what_the_user_may_open(client, bob, operator):
+    client.force_login(bob)
+    header = client.get(reverse("fleet-dashboard")).content.decode()
+    assert "Fleet dashboard</a>" in header and "Backup dashboard</a>" in header
+    assert "ZFS dashboard" not in header and "Cutover dashboard" not in header
+    client.force_login(operator)
+    header = client.get(reverse("fleet-dashboard")).content.decode()
+    assert "ZFS dashboard</a>" in header and "Cutover dashboard</a>" in header
