@@ -93,7 +93,8 @@ def permission_denied(request, exception=None):
     """``handler403``: Django's 403 page, and an audit entry for the signed-in caller."""
     from django.views import defaults
 
-    refusal_record(request, what="page")
+    # The exception's text, where code raised one, says what was refused.
+    refusal_record(request, what=str(exception or "") or "page")
     return defaults.permission_denied(request, exception)
 
 

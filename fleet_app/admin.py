@@ -172,6 +172,19 @@ class TableAdminMixin:
     def get_queryset(self, request):
         return access.scope_queryset(request.user, super().get_queryset(request))
 
+    def response_action(self, request, queryset):
+        # An action the table does not offer this user (a forged or stale form) is refused
+        # outright, audited, rather than answered "no action selected".
+        try:
+            index = int(request.POST.get("index", 0))
+        except ValueError:
+            index = 0
+        names = request.POST.getlist("action")
+        name = names[index] if 0 <= index < len(names) else ""
+        if name and name not in self.get_actions(request):
+            raise PermissionDenied(f"action {access.model_key(self.model)}.{name}")
+        return super().response_action(request, queryset)
+
     def get_actions(self, request):
         actions = super().get_actions(request)
         key = access.model_key(self.model)
@@ -244,7 +257,11 @@ class FleetModelAdmin(TableAdminMixin, admin.ModelAdmin):
         # The page posts the id of the object it shows; anything else is a forged request.
         if request.POST.getlist(ACTION_CHECKBOX_NAME) != [str(obj.pk)]:
             raise BadRequest("A change-page action acts on the object of the page.")
-        action = self.form_actions(request).get(request.POST[f"{FORM_ACTION_PREFIX}-action"])
+        name = request.POST[f"{FORM_ACTION_PREFIX}-action"]
+        action = self.form_actions(request).get(name)
+        if action is None and name:
+            # Not offered to this user: refused and audited (handler403), not ignored.
+            raise PermissionDenied(f"action {access.model_key(self.model)}.{name}")
         if action is None:
             self.message_user(request, "No action selected.", messages.WARNING)
             return HttpResponseRedirect(request.get_full_path())

@@ -113,3 +113,19 @@ def test_the_header_links_only_to_what_the_user_may_open(client, bob, operator):
     client.force_login(operator)
     header = client.get(reverse("fleet-dashboard")).content.decode()
     assert "ZFS dashboard</a>" in header and "Cutover dashboard</a>" in header
+
+
+def test_an_action_the_role_does_not_offer_is_refused_and_audited(client, customer, system):
+    from fleet_app.models import AuditEntry
+
+    support = UserFactory(organization=customer, roles=["support"])
+    client.force_login(support)
+    response = client.post(
+        reverse("admin:fleet_app_system_changelist"),
+        {"action": "soft_delete", "_selected_action": [str(system.pk)]},
+    )
+    assert response.status_code == 403
+    system.refresh_from_db()
+    assert system.deleted_at is None
+    refused = AuditEntry.objects.get(action="access.refused", actor=support)
+    assert refused.after["what"] == "action fleet_app.system.soft_delete"
