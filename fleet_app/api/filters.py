@@ -1,8 +1,11 @@
 """Query filters of the staff API."""
 
+import datetime as dt
+
 import django_filters
 from django import forms
 from django.core.exceptions import ValidationError
+from django_filters.fields import IsoDateTimeField
 from django_filters.rest_framework import BooleanFilter
 from django_filters.widgets import BooleanWidget
 
@@ -44,6 +47,22 @@ class StrictBooleanFilter(BooleanFilter):
         super().__init__(*args, **kwargs)
 
 
+class StrictIsoDateTimeField(IsoDateTimeField):
+    """An ISO 8601 time whose UTC offset is one a clock can have (-14:00 to +14:00):
+    Python accepts up to a day, PostgreSQL refuses beyond 15:59 with an error."""
+
+    def to_python(self, value):
+        value = super().to_python(value)
+        offset = value.utcoffset() if value is not None else None
+        if offset is not None and abs(offset) > dt.timedelta(hours=14):
+            raise ValidationError("Give a UTC offset between -14:00 and +14:00.", code="invalid")
+        return value
+
+
+class StrictIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = StrictIsoDateTimeField
+
+
 class SystemFilter(django_filters.FilterSet):
     status = django_filters.ChoiceFilter(
         choices=System.Status.choices, method="filter_status", label="Status"
@@ -55,8 +74,8 @@ class SystemFilter(django_filters.FilterSet):
         label="Organization (id)",
     )
     q = django_filters.CharFilter(method="filter_search", label="Name, FQDN or key contains")
-    seen_before = django_filters.IsoDateTimeFilter(field_name="last_heartbeat_at", lookup_expr="lt")
-    seen_after = django_filters.IsoDateTimeFilter(field_name="last_heartbeat_at", lookup_expr="gte")
+    seen_before = StrictIsoDateTimeFilter(field_name="last_heartbeat_at", lookup_expr="lt")
+    seen_after = StrictIsoDateTimeFilter(field_name="last_heartbeat_at", lookup_expr="gte")
     deleted = StrictBooleanFilter(field_name="deleted_at", lookup_expr="isnull", exclude=True)
 
     class Meta:
@@ -80,7 +99,7 @@ def visible_systems(request):
 
 class InventoryChangeFilter(django_filters.FilterSet):
     system = django_filters.ModelChoiceFilter(queryset=visible_systems, label="System (id)")
-    since = django_filters.IsoDateTimeFilter(field_name="detected_at", lookup_expr="gte")
+    since = StrictIsoDateTimeFilter(field_name="detected_at", lookup_expr="gte")
 
     class Meta:
         model = InventoryChange

@@ -4,11 +4,11 @@ knox looks a token up by the digest of the whole token and keeps its first 15 ch
 as ``token_key``; neither depends on the token's length, so a 40-character authtoken key
 hashed the same way authenticates as it did. Each legacy key becomes a knox row (its
 digest, its first 15 characters, its creation time, an expiry ``API_TOKEN_TTL_DAYS`` from
-the upgrade), the move is audited, and the clear-text rows are deleted.
+the upgrade), the move is audited, and the clear-text table is dropped.
 
 ``rest_framework.authtoken`` is no longer installed, so its table is read by name when a
-database that had it is upgraded; a new database has none and nothing happens. The empty
-table stays (authtoken's migrations are still recorded as applied).
+database that had it is upgraded; a new database has none and nothing happens
+(authtoken's migrations stay recorded as applied).
 """
 
 from django.apps import apps as installed_apps
@@ -74,9 +74,10 @@ def tokens_hash(apps, schema_editor):
             )
         )
         AuditEntry.objects.bulk_create(entries)
-    # The keys exist only as digests from here on.
+    # The keys exist only as digests from here on. The table goes too: nothing installed
+    # owns it any more, and its foreign key to the users would stay in every flush's way.
     with connection.cursor() as cursor:
-        cursor.execute(f"DELETE FROM {table}")  # noqa: S608
+        cursor.execute(f"DROP TABLE {table}")
 
 
 class Migration(migrations.Migration):

@@ -1,5 +1,7 @@
 """Organizations get a unique slug; existing ones get theirs from their names, in id order:
-the first "Acme" is ``acme``, the next ``acme-2``, and so on."""
+the first "Acme" is ``acme``, the next ``acme-2``, and so on. The column becomes unique and
+required in 0008: on PostgreSQL a table whose rows were just updated (deferred foreign-key
+checks still pending) cannot be altered in the same transaction."""
 
 from django.db import migrations, models
 from django.utils.text import slugify
@@ -35,9 +37,4 @@ class Migration(migrations.Migration):
             field=models.SlugField(max_length=80, null=True, db_index=False),
         ),
         migrations.RunPython(slugs_backfill, migrations.RunPython.noop, elidable=True),
-        migrations.AlterField(
-            model_name="organization",
-            name="slug",
-            field=models.SlugField(max_length=80, unique=True),
-        ),
     ]

@@ -5,7 +5,7 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
 BEFORE = [("fleet_app", "0006_api_tokens_hashed")]
-AFTER = [("fleet_app", "0007_organization_slug")]
+AFTER = [("fleet_app", "0008_organization_slug_unique")]
 
 
 @pytest.mark.django_db(transaction=True)
