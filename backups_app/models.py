@@ -109,6 +109,8 @@ class BackupRun(Run):
     checksums, object counts per model), taken from the same snapshot as the archive.
     """
 
+    task_name = "backups_app.tasks.backup_run_execute"
+
     service = models.ForeignKey(Service, on_delete=models.PROTECT, related_name="backup_runs")
     schedule = models.ForeignKey(
         BackupSchedule, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
@@ -136,6 +138,8 @@ class RestoreRun(Run):
     ``dry_run`` runs only the plan (what would be written where); a drill restores to a
     scratch target, verifies and drops the target. ``verify`` holds the adapter's report.
     """
+
+    task_name = "backups_app.tasks.restore_run_execute"
 
     class Purpose(models.TextChoices):
         RESTORE = "restore", "Restore"

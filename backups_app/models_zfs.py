@@ -234,6 +234,8 @@ class ReplicationJob(models.Model):
 class SnapshotRun(Run):
     """One snapshot job on one dataset: what the plan said and what was done."""
 
+    task_name = "backups_app.zfs.tasks.snapshot_run_execute"
+
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="snapshot_runs")
     created = models.JSONField(default=list, blank=True)
     destroyed = models.JSONField(default=list, blank=True)
@@ -260,6 +262,8 @@ class ReplicationRun(Run):
     ``source_dataset`` is the dataset's name (a recursive job runs each child), so the
     partial unique constraint allows one active run per (job, dataset).
     """
+
+    task_name = "backups_app.zfs.tasks.replication_run_execute"
 
     job = models.ForeignKey(ReplicationJob, on_delete=models.PROTECT, related_name="runs")
     source_dataset = models.CharField(max_length=255)

@@ -12,9 +12,10 @@ import datetime as dt
 import logging
 import time
 
+from celery import Task
 from django.apps import apps
 from django.conf import settings
-from django.db import models, transaction
+from django.db import OperationalError, models, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -57,6 +58,9 @@ class Run(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     # Each write of progress touches this, so a stuck run (a dead worker) is visible.
     updated_at = models.DateTimeField(default=timezone.now)
+
+    # The name of the task that works this kind of run (run_enqueue sends it).
+    task_name: str = ""
 
     class Meta:
         abstract = True
@@ -183,3 +187,91 @@ def runs_reap(*, now: dt.datetime | None = None) -> dict[str, int]:
             logger.warning("failed %d stale %s run(s)", count, model._meta.label)
             reaped[model._meta.label] = count
     return reaped
+
+
+# --- Enqueueing and running: one shape for every task ---------------------------------------
+
+# Errors a later attempt can get past (a database or broker that blinked, a peer that
+# reset the connection): a run task retries these with backoff and jitter; anything else
+# fails its row at once.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def _task(name: str):
+    """The registered task called ``name``, importing every app's task modules once if it
+    is not known yet (a web process has not needed them before)."""
+    from celery import current_app
+
+    task = current_app.tasks.get(name)
+    if task is None:
+        current_app.loader.import_default_modules()
+        task = current_app.tasks.get(name)
+    if task is None:
+        raise LookupError(f"No task is registered as {name!r}.")
+    return task
+
+
+def task_enqueue(name: str, *args, queue: str | None = None, **kwargs) -> None:
+    """Send the task ``name`` once the current transaction commits (at once outside one).
+
+    By name, so a service never imports its tasks module and the two cannot import each
+    other; in the embedded default (no broker) the task runs in-process, after commit.
+    """
+    options = {"queue": queue} if queue else {}
+    transaction.on_commit(lambda: _task(name).apply_async(args=args, kwargs=kwargs, **options))
+
+
+def run_enqueue(run: "Run", *, queue: str | None = None, **kwargs) -> None:
+    """Send the task the run's model names (``task_name``) for this run, after commit."""
+    task_enqueue(type(run).task_name, run.pk, queue=queue, **kwargs)
+
+
+def run_fail(model: type["Run"], run_id: int, error: BaseException | str) -> None:
+    """Fail an unfinished run (the row says why); a finished one is left as it is."""
+    now = timezone.now()
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    model.objects.filter(pk=run_id).exclude(state__in=FINISHED_STATES).update(
+        state=RunState.FAILED, error=text[:10000], finished_at=now, updated_at=now
+    )
+
+
+class RunTask(Task):
+    """The base of every task that works a run row (``run_model``, first argument the
+    run's id): late acknowledgement, Celery's own retry of transient errors with
+    exponential backoff and jitter, and the row failed when the task gives up."""
+
+    abstract = True
+    acks_late = True
+    autoretry_for = TRANSIENT_ERRORS
+    retry_backoff = 2
+    retry_backoff_max = 300
+    retry_jitter = True
+    max_retries = 5
+    run_model = ""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        if self.run_model and args:
+            run_fail(apps.get_model(self.run_model), args[0], exc)
+
+
+def run_execute(model: type["Run"], run_id: int, service, **kwargs):
+    """The body of a run task: claim the row (a duplicate delivery of a finished run does
+    nothing), call ``service(run=run, **kwargs)``. Transient errors propagate (the task
+    retries); any other error fails the row and propagates."""
+    run = model.objects.filter(pk=run_id).first()
+    if run is None:
+        logger.warning("%s %s does not exist; nothing to do", model._meta.label, run_id)
+        return None
+    if not run_claim(run):
+        return run.state
+    try:
+        return service(run=run, **kwargs)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as error:
+        run_fail(model, run_id, error)
+        raise

@@ -15,6 +15,8 @@ class RotationRun(Run):
     the same transaction as the chunk, so a killed worker resumes exactly where it was.
     """
 
+    task_name = "migrations_app.tasks.rotation_run_execute"
+
     filters = models.JSONField(default=dict, blank=True)
     cursor = models.BigIntegerField(default=0)
     chunk_size = models.PositiveIntegerField(default=1000)

@@ -77,6 +77,8 @@ class DedupeRun(Run):
     ``cursor`` is the next plan position, written in each group's own transaction.
     """
 
+    task_name = "migrations_app.tasks_accounts.dedupe_run_execute"
+
     class Kind(models.TextChoices):
         MERGE = "merge", "Merge"
         UNDO = "undo", "Undo"
@@ -180,6 +182,8 @@ class DedupeMerged(models.Model):
 class QuotaRun(Run):
     """A quota job: verify stored usage against real usage, sync the differing accounts,
     or reset (recompute) every stored usage. ``result`` holds the differences found."""
+
+    task_name = "migrations_app.tasks_accounts.quota_run_execute"
 
     class Mode(models.TextChoices):
         VERIFY = "verify", "Verify"

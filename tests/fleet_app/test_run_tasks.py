@@ -1,0 +1,102 @@
+"""One task shape: enqueue by name after commit; claim, run, retry the transient, fail the
+row on anything else or when retries run out."""
+
+import pytest
+from celery import shared_task
+from django.db import OperationalError, transaction
+
+from fleet_app import runs
+from migrations_app.models import RotationRun
+
+CALLS: list[str] = []
+
+
+def _service(*, run, outcome):
+    CALLS.append(outcome)
+    if outcome == "boom":
+        raise ValueError("the work itself failed")
+    if outcome == "blink" and CALLS.count("blink") < 3:
+        raise OperationalError("the database blinked")
+    if outcome == "down":
+        raise OperationalError("the database is down")
+    runs.run_finish(run)
+    return "done"
+
+
+@shared_task(
+    base=runs.RunTask,
+    name="tests.run_tasks.work",
+    run_model="migrations_app.RotationRun",
+    retry_backoff=False,
+    max_retries=3,
+)
+def work(run_id, outcome="ok"):
+    return runs.run_execute(RotationRun, run_id, _service, outcome=outcome)
+
+
+@pytest.fixture
+def eager_retries(celery_eager):
+    """Eagerly, each retry runs at once inside the first call; errors are kept on the
+    result rather than raised, as a worker would record them."""
+    from celery import current_app
+
+    previous = current_app.conf.task_eager_propagates
+    current_app.conf.task_eager_propagates = False
+    yield
+    current_app.conf.task_eager_propagates = previous
+
+
+@pytest.fixture(autouse=True)
+def calls():
+    CALLS.clear()
+    return CALLS
+
+
+def _run():
+    return RotationRun.objects.create()
+
+
+def test_a_task_is_sent_by_name_after_the_commit(celery_eager, transactional_db):
+    run = _run()
+    with transaction.atomic():
+        runs.task_enqueue("tests.run_tasks.work", run.pk)
+        assert CALLS == []  # not before the commit
+    run.refresh_from_db()
+    assert CALLS == ["ok"] and run.state == "succeeded"
+
+
+def test_an_unknown_task_name_is_refused(celery_eager, transactional_db):
+    with pytest.raises(LookupError, match="No task is registered"):
+        runs.task_enqueue("tests.run_tasks.nothing")
+
+
+def test_an_error_of_the_work_fails_the_row_at_once(celery_eager, db):
+    run = _run()
+    with pytest.raises(ValueError):
+        work.apply(args=(run.pk, "boom"), throw=True)
+    run.refresh_from_db()
+    assert CALLS == ["boom"]
+    assert run.state == "failed" and "the work itself failed" in run.error
+
+
+def test_a_transient_error_is_retried_until_it_passes(eager_retries, db):
+    run = _run()
+    work.apply(args=(run.pk, "blink"))
+    run.refresh_from_db()
+    assert CALLS == ["blink"] * 3
+    assert run.state == "succeeded"
+
+
+def test_when_retries_run_out_the_row_is_failed(eager_retries, db):
+    run = _run()
+    work.apply(args=(run.pk, "down"))
+    run.refresh_from_db()
+    assert CALLS == ["down"] * 4  # the first try and three retries
+    assert run.state == "failed" and "the database is down" in run.error
+
+
+def test_a_finished_run_delivered_again_does_nothing(celery_eager, db):
+    run = _run()
+    work.apply(args=(run.pk,))
+    work.apply(args=(run.pk,))
+    assert CALLS == ["ok"]
