@@ -147,9 +147,8 @@ def persona(user) -> str | None:
         return SUPERUSER
     if not user.is_staff:
         return None
-    cached = getattr(user, "_cutover_persona", False)
-    if cached is not False:
-        return cached
+    if hasattr(user, "_cutover_persona"):
+        return user._cutover_persona
     names = set(user.groups.filter(name__in=ROLE_GROUPS).values_list("name", flat=True))
     found = next((name for name in ROLE_GROUPS if name in names), None)
     # A tenant role means nothing without the organization it is scoped to.

@@ -87,7 +87,7 @@ def run_claim(run: Run) -> bool:
     now = timezone.now()
     claimed = (
         type(run)
-        .objects.filter(pk=run.pk, state__in=(RunState.PENDING, RunState.RUNNING))
+        ._default_manager.filter(pk=run.pk, state__in=(RunState.PENDING, RunState.RUNNING))
         .update(
             state=RunState.RUNNING, started_at=Coalesce("started_at", Value(now)), updated_at=now
         )
@@ -110,20 +110,20 @@ def run_progress(
         fields["phase"] = phase
     if total is not None:
         fields["total"] = total
-    type(run).objects.filter(pk=run.pk).update(**fields)
+    type(run)._default_manager.filter(pk=run.pk).update(**fields)
 
 
 def run_log(run: Run, line: str) -> None:
     """Append one line to the run's log (kept short: the last 64 KiB)."""
     with transaction.atomic():
-        row = type(run).objects.select_for_update().only("log").get(pk=run.pk)
+        row = type(run)._default_manager.select_for_update().only("log").get(pk=run.pk)
         log = (row.log + f"{timezone.now():%Y-%m-%d %H:%M:%S} {line}\n")[-65536:]
-        type(run).objects.filter(pk=run.pk).update(log=log, updated_at=timezone.now())
+        type(run)._default_manager.filter(pk=run.pk).update(log=log, updated_at=timezone.now())
 
 
 def run_finish(run: Run, *, error: str = "") -> str:
     """Finish a run: failed on error, partially_failed if some items failed, else succeeded."""
-    row = type(run).objects.only("failed", "done").get(pk=run.pk)
+    row = type(run)._default_manager.only("failed", "done").get(pk=run.pk)
     if error:
         state = RunState.FAILED
     elif row.failed:
@@ -131,7 +131,7 @@ def run_finish(run: Run, *, error: str = "") -> str:
     else:
         state = RunState.SUCCEEDED
     now = timezone.now()
-    type(run).objects.filter(pk=run.pk).update(
+    type(run)._default_manager.filter(pk=run.pk).update(
         state=state, error=error[:10000], finished_at=now, updated_at=now
     )
     run.refresh_from_db()
@@ -173,7 +173,7 @@ def runs_reap(*, now: dt.datetime | None = None) -> dict[str, int]:
     hours = settings.RUN_STALE_HOURS
     reaped = {}
     for model in run_models():
-        count = model.objects.filter(
+        count = model._default_manager.filter(
             state__in=(RunState.PENDING, RunState.RUNNING),
             updated_at__lt=now - dt.timedelta(hours=hours),
         ).update(
@@ -234,7 +234,7 @@ def run_fail(model: type["Run"], run_id: int, error: BaseException | str) -> Non
     """Fail an unfinished run (the row says why); a finished one is left as it is."""
     now = timezone.now()
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    model.objects.filter(pk=run_id).exclude(state__in=FINISHED_STATES).update(
+    model._default_manager.filter(pk=run_id).exclude(state__in=FINISHED_STATES).update(
         state=RunState.FAILED, error=text[:10000], finished_at=now, updated_at=now
     )
 
@@ -262,7 +262,7 @@ def run_execute(model: type["Run"], run_id: int, service, **kwargs):
     """The body of a run task: claim the row (a duplicate delivery of a finished run does
     nothing), call ``service(run=run, **kwargs)``. Transient errors propagate (the task
     retries); any other error fails the row and propagates."""
-    run = model.objects.filter(pk=run_id).first()
+    run = model._default_manager.filter(pk=run_id).first()
     if run is None:
         logger.warning("%s %s does not exist; nothing to do", model._meta.label, run_id)
         return None

@@ -27,8 +27,7 @@ class CutoverCommand(BaseCommand):
         parser.add_argument(
             "--actor",
             metavar="EMAIL",
-            help="Run as this staff account, within what its role reaches "
-            "(default: the platform).",
+            help="Run as this staff account, within what its role reaches (default: the platform).",
         )
         return parser
 
