@@ -33,18 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from common import database_drop, database_recreate, run, scratch_parser, step
-from ingest import (
-    BIN,
-    HEARTBEAT,
-    CpuProbe,
-    free_port,
-    gunicorn_start,
-    gunicorn_stop,
-    hey_fixed_rate,
-    machine_busy,
-    seed,
-    wait_ready,
-)
+from ingest import HEARTBEAT, hey_fixed_rate, seed
+from server import BIN, CpuProbe, free_port, gunicorn_start, gunicorn_stop, machine_busy, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 STORM_LUA = ROOT / "bench" / "login_storm.lua"
