@@ -48,15 +48,19 @@ class StrictBooleanFilter(BooleanFilter):
 
 
 class StrictIsoDateTimeField(IsoDateTimeField):
-    """An ISO 8601 time whose UTC offset is one a clock can have (-14:00 to +14:00):
-    Python accepts up to a day, PostgreSQL refuses beyond 15:59 with an error."""
+    """An ISO 8601 time, handed to the database in UTC. Python accepts UTC offsets up to a
+    day, PostgreSQL refuses those beyond 15:59 with an error: in UTC every valid time is
+    one the database takes (one that leaves the years 1 to 9999 is the first or last)."""
 
     def to_python(self, value):
         value = super().to_python(value)
-        offset = value.utcoffset() if value is not None else None
-        if offset is not None and abs(offset) > dt.timedelta(hours=14):
-            raise ValidationError("Give a UTC offset between -14:00 and +14:00.", code="invalid")
-        return value
+        if value is None or value.utcoffset() is None:
+            return value
+        try:
+            return value.astimezone(dt.UTC)
+        except OverflowError:
+            edge = dt.datetime.min if value.utcoffset() > dt.timedelta(0) else dt.datetime.max
+            return edge.replace(tzinfo=dt.UTC)
 
 
 class StrictIsoDateTimeFilter(django_filters.IsoDateTimeFilter):

@@ -448,7 +448,7 @@ def test_bulk_rotation_needs_the_permission_to_add_runs(client, customer, mappin
 
     assert "reopen" in actions
     assert "start_rotation" not in actions
-    assert forged.status_code in (200, 302)
+    assert forged.status_code == 403  # not offered: refused (and audited), never run
     assert not RotationRun.objects.exists()
 
 
