@@ -54,13 +54,9 @@ def main() -> None:
 
 
 def seed():
-    from fleet_app import services
-    from fleet_app.models import Organization
+    from tests.factories import OrganizationFactory, make_system
 
-    organization = Organization.objects.create(name="Bench", kind=Organization.Kind.OWNER)
-    issued = services.system_create(actor=None, organization=organization, name="bench")
-    services.system_register(system_secret=issued.system_secret)
-    return issued.system
+    return make_system(OrganizationFactory(name="Bench"), name="bench")
 
 
 def measure(system, rounds: int) -> dict[str, tuple[list[int], list[int]]]:

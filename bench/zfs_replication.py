@@ -168,20 +168,21 @@ def run(lab: Lab, options) -> None:
 
 def job_create(lab: Lab, source: str, base: str):
     """Rows for the same pull as a job: the source over SSH, the target local."""
-    from backups_app.models_zfs import Dataset, ReplicationJob, StorageHost
+    from tests.factories import DatasetFactory, ReplicationJobFactory, StorageHostFactory
 
-    remote = StorageHost.objects.create(
+    remote = StorageHostFactory(
         name="source",
         address="127.0.0.1",
         port=lab.port,
         user=lab.user,
         host_key=lab.host_key,
     )
-    local = StorageHost.objects.create(name="target")  # named in ZFS_LOCAL_HOSTS
-    job = ReplicationJob.objects.create(
+    # Named in ZFS_LOCAL_HOSTS: reached without SSH, so no connection fields.
+    local = StorageHostFactory(name="target", address="", user="", host_key="")
+    job = ReplicationJobFactory(
         name="bench",
-        source=Dataset.objects.create(host=remote, name=source),
-        target=Dataset.objects.create(host=local, name=f"{lab.target_pool}/as-job"),
+        source=DatasetFactory(host=remote, name=source),
+        target=DatasetFactory(host=local, name=f"{lab.target_pool}/as-job"),
     )
     job_run(job)  # the first run is the full one
     return job

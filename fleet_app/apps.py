@@ -12,7 +12,7 @@ class FleetConfig(AppConfig):
         access.rules_register(access_table.RULES)
         # The admin has discovered every app's admin module by now (django.contrib.admin
         # comes first in INSTALLED_APPS): from here on each one answers to the table.
-        from .admin import admin_registry_enforce_table
+        from .admin.base import admin_registry_enforce_table
 
         admin_registry_enforce_table()
         # Permissions exist only after every app has migrated; keep the role groups in

@@ -7,11 +7,14 @@ secrets are random and high-entropy, so a slow password hash would add nothing b
 latency to the ingest path.
 """
 
+import base64
 import hashlib
 import hmac
 import secrets
 
 from django.conf import settings
+
+from .errors import NotAuthenticated
 
 SECRET_PREFIX = "my_"  # noqa: S105 - a format prefix, not a secret
 
@@ -64,3 +67,24 @@ def system_secret_public_part(secret: str) -> str | None:
     if not sep or not public or not rest or len(public) > 32:
         return None
     return public
+
+
+def basic_parse(authorization: str | None) -> tuple[str, str]:
+    """The ``(key, secret)`` of an HTTP Basic ``Authorization`` header.
+
+    Anything else is a ``NotAuthenticated`` with one sentence: the header is whatever
+    anyone on the network sends, and must never become a 500 further down."""
+    scheme, _, encoded = (authorization or "").partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        raise NotAuthenticated("HTTP Basic credentials system_key:system_secret are required.")
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8 once decoded
+        raise NotAuthenticated("The Basic credentials are not valid base64 of UTF-8.") from None
+    key, sep, secret = decoded.partition(":")
+    if not sep or not key or not secret:
+        raise NotAuthenticated("HTTP Basic credentials system_key:system_secret are required.")
+    if "\x00" in decoded:
+        # No key or secret holds one, and PostgreSQL refuses it in a query parameter.
+        raise NotAuthenticated("The Basic credentials must not contain NUL characters.")
+    return key, secret

@@ -15,7 +15,7 @@ from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from . import credentials, inventory_diff
+from . import credentials, hot, inventory_diff
 from .db import bound_cursor
 from .errors import Conflict, Forbidden, InvalidInput, NotAuthenticated
 from .models import (
@@ -346,7 +346,33 @@ def _secret_confirm(system: System) -> None:
             secret_confirmed.send(sender=System, system=system)
 
 
-def system_heartbeat(*, system: System) -> dt.datetime:
+@dataclass(frozen=True)
+class Heartbeat:
+    """An acknowledged heartbeat: whose, and the time recorded as its last."""
+
+    system_key: str
+    at: dt.datetime
+
+
+def system_heartbeat(*, authorization: str | None) -> Heartbeat:
+    """Authenticate a heartbeat by its Basic credentials and record it.
+
+    A system this process served recently is one guarded UPDATE (hot.py); any other, or
+    one whose state changed since, takes the full path: authenticate (one indexed
+    SELECT), then the UPDATE. The credentials are parsed once for both. Either way the
+    secret is digested once on the fast path, known key or not, so a miss costs the same.
+    """
+    system_key, system_secret = credentials.basic_parse(authorization)
+    at = hot.heartbeat(system_key, system_secret)
+    if at is not None:
+        return Heartbeat(system_key=system_key, at=at)
+    system = system_authenticate(system_key=system_key, system_secret=system_secret)
+    at = _heartbeat_record(system)
+    hot.remember(system)
+    return Heartbeat(system_key=system.system_key, at=at)
+
+
+def _heartbeat_record(system: System) -> dt.datetime:
     """Record liveness: one UPDATE, plus one INSERT on the first heartbeat of a day."""
     now = timezone.now()
     previous = system.last_heartbeat_at

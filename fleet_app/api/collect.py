@@ -6,7 +6,6 @@ views (no DRF, no CSRF, no content negotiation): the heartbeat is the busiest co
 the product and is kept to one indexed lookup, one UPDATE and a tiny response.
 """
 
-import base64
 import json
 from collections.abc import Callable
 from functools import wraps
@@ -15,8 +14,8 @@ from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from .. import hot, services
-from ..errors import FleetError, InvalidInput, NotAuthenticated, PayloadTooLarge, TooManyRequests
+from .. import credentials, services
+from ..errors import FleetError, InvalidInput, PayloadTooLarge, TooManyRequests
 from ..models import System
 
 
@@ -37,21 +36,14 @@ def error_response(error: FleetError) -> JsonResponse:
 
 
 def basic_credentials(request: HttpRequest) -> tuple[str, str]:
-    header = request.META.get("HTTP_AUTHORIZATION", "")
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic" or not encoded:
-        raise NotAuthenticated("HTTP Basic credentials system_key:system_secret are required.")
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8 once decoded
-        raise NotAuthenticated("The Basic credentials are not valid base64 of UTF-8.") from None
-    key, sep, secret = decoded.partition(":")
-    if not sep or not key or not secret:
-        raise NotAuthenticated("HTTP Basic credentials system_key:system_secret are required.")
-    if "\x00" in decoded:
-        # No key or secret holds one, and PostgreSQL refuses it in a query parameter.
-        raise NotAuthenticated("The Basic credentials must not contain NUL characters.")
-    return key, secret
+    """The request's Basic ``(key, secret)``; the legacy proxy reads its pair the same way."""
+    return credentials.basic_parse(request.META.get("HTTP_AUTHORIZATION"))
+
+
+def method_not_allowed(*methods: str) -> JsonResponse:
+    response = envelope(405, f"Use {' or '.join(methods)} on this endpoint.")
+    response["Allow"] = ", ".join(methods)
+    return response
 
 
 def collect_endpoint(*methods: str) -> Callable:
@@ -62,9 +54,7 @@ def collect_endpoint(*methods: str) -> Callable:
         @wraps(view)
         def wrapper(request: HttpRequest, *args, **kwargs):
             if request.method not in methods:
-                response = envelope(405, f"Use {' or '.join(methods)} on this endpoint.")
-                response["Allow"] = ", ".join(methods)
-                return response
+                return method_not_allowed(*methods)
             try:
                 key, secret = basic_credentials(request)
                 system = services.system_authenticate(system_key=key, system_secret=secret)
@@ -80,29 +70,16 @@ def collect_endpoint(*methods: str) -> Callable:
 @csrf_exempt
 def heartbeat(request: HttpRequest) -> JsonResponse:
     """The busiest endpoint: a known system's heartbeat is one guarded UPDATE (hot.py)."""
-    if request.method == "POST":
-        try:
-            key, secret = basic_credentials(request)
-        except FleetError as error:
-            return error_response(error)
-        at = hot.heartbeat(key, secret)
-        if at is not None:
-            return _heartbeat_acknowledged(key, at)
-    return _heartbeat_full(request)
-
-
-@collect_endpoint("POST")
-def _heartbeat_full(request: HttpRequest, system: System) -> JsonResponse:
-    at = services.system_heartbeat(system=system)
-    hot.remember(system)
-    return _heartbeat_acknowledged(system.system_key, at)
-
-
-def _heartbeat_acknowledged(system_key: str, at) -> JsonResponse:
+    if request.method != "POST":
+        return method_not_allowed("POST")
+    try:
+        beat = services.system_heartbeat(authorization=request.META.get("HTTP_AUTHORIZATION"))
+    except FleetError as error:
+        return error_response(error)
     return envelope(
         200,
         "heartbeat acknowledged",
-        {"system_key": system_key, "acknowledged": True, "last_heartbeat": at},
+        {"system_key": beat.system_key, "acknowledged": True, "last_heartbeat": beat.at},
     )
 
 
@@ -164,9 +141,7 @@ def info(request: HttpRequest, system: System) -> JsonResponse:
 def register(request: HttpRequest) -> JsonResponse:
     """``POST /backend/api/systems/register`` with ``{"system_secret": "…"}``, no auth."""
     if request.method != "POST":
-        response = envelope(405, "Use POST on this endpoint.")
-        response["Allow"] = "POST"
-        return response
+        return method_not_allowed("POST")
     try:
         try:
             payload = json.loads(request.read(64 * 1024) or b"null")

@@ -10,8 +10,9 @@ from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
-from fleet_app import admin as fleet_admin
 from fleet_app import credentials, services
+from fleet_app.admin import base as fleet_admin
+from fleet_app.admin import systems as system_admin
 from fleet_app.models import AuditEntry, Inventory, InventoryChange, System, User
 from tests.factories import UserFactory, make_system
 
@@ -337,7 +338,7 @@ def test_an_edit_does_not_overwrite_a_heartbeat_that_came_in_meanwhile(
 ):
     """Only the fields the form changed are written: the admin's copy of
     last_heartbeat_at is stale as soon as the system phones home."""
-    real_get_object = fleet_admin.SystemAdmin.get_object
+    real_get_object = system_admin.SystemAdmin.get_object
     fresh = timezone.now()
 
     def get_object_then_heartbeat(self, request, object_id, from_field=None):
@@ -346,7 +347,7 @@ def test_an_edit_does_not_overwrite_a_heartbeat_that_came_in_meanwhile(
         System.objects.filter(pk=object_id).update(last_heartbeat_at=fresh)
         return loaded
 
-    monkeypatch.setattr(fleet_admin.SystemAdmin, "get_object", get_object_then_heartbeat)
+    monkeypatch.setattr(system_admin.SystemAdmin, "get_object", get_object_then_heartbeat)
     _as(client, alice)
 
     client.post(

@@ -43,3 +43,11 @@ def test_it_refuses_a_suspended_system(client, system, auth_header):
 
 def test_it_only_allows_get(client, system, auth_header):
     assert client.post(URL, **auth_header).status_code == 405
+
+
+def test_it_costs_two_queries(client, system, auth_header, django_assert_num_queries):
+    client.get(URL, **auth_header)  # the first call confirms the secret: once per secret
+    # 1. SELECT the system by its unique system_key   2. SELECT its organization
+    with django_assert_num_queries(2):
+        response = client.get(URL, **auth_header)
+    assert response.status_code == 200

@@ -124,3 +124,11 @@ def test_a_secret_with_nul_or_not_ascii_is_unknown_not_a_crash(client, unregiste
 
     assert response.status_code == 401
     assert response.json()["message"] == "Unknown system secret."
+
+
+def test_it_costs_two_queries(client, unregistered, django_assert_num_queries):
+    # 1. SELECT the system by the secret's public part (indexed)
+    # 2. UPDATE registered_at WHERE registered_at IS NULL (the claim)
+    with django_assert_num_queries(2):
+        response = post(client, json.dumps({"system_secret": unregistered.issued_secret}))
+    assert response.status_code == 200

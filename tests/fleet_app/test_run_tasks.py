@@ -7,6 +7,7 @@ from django.db import OperationalError, transaction
 
 from fleet_app import runs
 from migrations_app.models import RotationRun
+from tests.factories import RotationRunFactory
 
 CALLS: list[str] = []
 
@@ -53,7 +54,7 @@ def calls():
 
 
 def _run():
-    return RotationRun.objects.create()
+    return RotationRunFactory()
 
 
 def test_a_task_is_sent_by_name_after_the_commit(celery_eager, transactional_db):

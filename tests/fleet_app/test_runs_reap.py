@@ -7,8 +7,8 @@ import pytest
 from django.utils import timezone
 
 from fleet_app.runs import RunState, run_claim, run_models, runs_reap
-from migrations_app.models import RotationRun
 from migrations_app.models_accounts import DedupeRun
+from tests.factories import RotationRunFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -33,10 +33,10 @@ def test_every_apps_run_table_is_covered():
 
 def test_a_run_nobody_touched_for_too_long_is_failed(settings):
     settings.RUN_STALE_HOURS = 6
-    lost_pending = _aged(RotationRun.objects.create(), 7)
+    lost_pending = _aged(RotationRunFactory(), 7)
     lost_running = _aged(DedupeRun.objects.create(state=RunState.RUNNING), 30)
-    slow = _aged(RotationRun.objects.create(state=RunState.RUNNING), 5)
-    finished = _aged(RotationRun.objects.create(state=RunState.SUCCEEDED), 100)
+    slow = _aged(RotationRunFactory(state=RunState.RUNNING), 5)
+    finished = _aged(RotationRunFactory(state=RunState.SUCCEEDED), 100)
 
     reaped = runs_reap()
 
@@ -52,7 +52,7 @@ def test_a_run_nobody_touched_for_too_long_is_failed(settings):
 
 def test_a_message_arriving_after_the_reaper_changes_nothing(settings):
     settings.RUN_STALE_HOURS = 1
-    run = _aged(RotationRun.objects.create(), 2)
+    run = _aged(RotationRunFactory(), 2)
     runs_reap()
 
     assert run_claim(run) is False

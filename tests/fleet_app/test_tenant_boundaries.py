@@ -6,8 +6,7 @@ from django.urls import reverse
 
 from backups_app.models import ReplicationJob, ReplicationRun
 from fleet_app import access
-from migrations_app.models import FingerprintAnomaly
-from tests.factories import UserFactory
+from tests.factories import FingerprintAnomalyFactory, UserFactory
 
 
 @pytest.fixture
@@ -82,12 +81,10 @@ def test_a_tenant_admin_does_not_see_platform_accounts(client, alice, operator):
 def test_an_anomaly_does_not_tell_a_tenant_whether_a_legacy_id_exists_elsewhere(
     client, bob, system, other_customer
 ):
-    FingerprintAnomaly.objects.create(
+    FingerprintAnomalyFactory(
         system=system, kind="mismatch", claimed_legacy_system_id="legacy-of-another-tenant"
     )
-    FingerprintAnomaly.objects.create(
-        system=system, kind="unknown", claimed_legacy_system_id="nobodys"
-    )
+    FingerprintAnomalyFactory(system=system, kind="unknown", claimed_legacy_system_id="nobodys")
     client.force_login(bob)
     page = client.get(reverse("admin:migrations_app_fingerprintanomaly_changelist"))
     text = page.content.decode()

@@ -33,10 +33,10 @@ from django.views.decorators.debug import sensitive_variables
 from knox import admin as knox_admin  # noqa: F401 - registers knox's admin, replaced below
 from knox.models import AuthToken
 
-from . import selectors, tokens
-from .admin import ReadOnlyModelAdmin
-from .errors import FleetError
-from .models import User
+from .. import selectors, tokens
+from ..errors import FleetError
+from ..models import User
+from .base import ReadOnlyModelAdmin
 
 admin.site.unregister(AuthToken)
 
