@@ -16,7 +16,7 @@ class BackupsConfig(AppConfig):
         # usage through a source its owner registers: backup bytes are ours.
         from fleet_app.quotas import usage_source_register
 
-        from .services import backup_bytes_per_organization
+        from .cluster_backups.services import backup_bytes_per_organization
 
         usage_source_register("backup_bytes", "organization", backup_bytes_per_organization)
 

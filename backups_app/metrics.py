@@ -7,11 +7,12 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from fleet_app.metrics import register_collector
 from fleet_app.models import System
 
-from . import selectors
+from .cluster_backups import selectors as cluster_selectors
+from .service_backups import selectors as service_selectors
 
 
 def backup_metrics() -> Iterable[Metric]:
-    counts = selectors.backup_freshness_counts(System.objects.all())
+    counts = cluster_selectors.backup_freshness_counts(System.objects.all())
     systems = GaugeMetricFamily(
         "cutover_cluster_backup_systems",
         "Live systems by the age of their latest configuration backup.",
@@ -33,7 +34,7 @@ def backup_metrics() -> Iterable[Metric]:
         "1 when a service has no good restore drill within the threshold.",
         labels=["service"],
     )
-    for row in selectors.services_overview():
+    for row in service_selectors.services_overview():
         overdue.add_metric([row["service"].name], int(bool(row["drill_overdue"])))
     yield overdue
 

@@ -20,33 +20,19 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.utils import timezone
 
-from .models import BackupRun, ClusterBackup
+from .cluster_backups import selectors as cluster_selectors
+from .service_backups import selectors as service_selectors
 from .storage import StorageError, get_store
 
 logger = logging.getLogger(__name__)
 
 BATCH = 500
 
-
-def _cluster_owned(keys: Collection[str]) -> set[str]:
-    return set(
-        ClusterBackup.objects.filter(storage_key__in=keys).values_list("storage_key", flat=True)
-    )
-
-
-def _service_owned(keys: Collection[str]) -> set[str]:
-    # A pruned run's archive was meant to be gone: if it is still there, its delete failed.
-    return set(
-        BackupRun.objects.filter(storage_key__in=keys, pruned_at__isnull=True).values_list(
-            "storage_key", flat=True
-        )
-    )
-
-
-# Key prefix → which of a batch of its keys rows still point at.
+# Key prefix → which of a batch of its keys rows still point at (each capability answers
+# for the prefix it writes under).
 OWNERS: dict[str, Callable[[Collection[str]], set[str]]] = {
-    "cluster/": _cluster_owned,
-    "services/": _service_owned,
+    "cluster/": cluster_selectors.storage_keys_owned,
+    "services/": service_selectors.storage_keys_owned,
 }
 
 

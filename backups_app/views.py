@@ -1,4 +1,5 @@
-"""The backup freshness dashboard (server-rendered, no external assets)."""
+"""The backup dashboard (server-rendered, no external assets): the freshness of cluster
+backups and, for superusers, service backups and drills, so it reads both capabilities."""
 
 from django.conf import settings
 from django.contrib import admin
@@ -8,7 +9,8 @@ from fleet_app import access
 from fleet_app import selectors as fleet_selectors
 from fleet_app.access_http import dashboard
 
-from . import selectors
+from .cluster_backups import selectors as cluster_selectors
+from .service_backups import selectors as service_selectors
 
 
 def _tiles(counts: dict, days: int) -> list[dict]:
@@ -31,7 +33,7 @@ def backup_dashboard(request):
     Cutover's own services they are) service backups and restore drills."""
     days = settings.CLUSTER_BACKUP_STALE_DAYS
     systems = fleet_selectors.systems_visible_to(request.user)
-    counts = selectors.backup_freshness_counts(systems, days=days)
+    counts = cluster_selectors.backup_freshness_counts(systems, days=days)
     context = {
         **admin.site.each_context(request),
         "is_nav_sidebar_enabled": False,
@@ -39,11 +41,11 @@ def backup_dashboard(request):
         "days": days,
         "counts": counts,
         "tiles": _tiles(counts, days),
-        "stale": selectors.systems_backup_stale(systems, days=days),
-        "never": selectors.systems_never_backed_up(systems),
-        "quotas": selectors.organizations_quota_usage(request.user),
+        "stale": cluster_selectors.systems_backup_stale(systems, days=days),
+        "never": cluster_selectors.systems_never_backed_up(systems),
+        "quotas": cluster_selectors.organizations_quota_usage(request.user),
         "services": (
-            selectors.services_overview()
+            service_selectors.services_overview()
             if access.allowed(request.user, "model", "backups_app.service")
             else None
         ),

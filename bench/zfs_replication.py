@@ -189,11 +189,11 @@ def job_create(lab: Lab, source: str, base: str):
 
 
 def job_run(job) -> float:
-    from backups_app.zfs import services
+    from backups_app.zfs import services, tasks
 
     began = time.monotonic()
     run = services.replication_run_start(job=job, enqueue=False)
-    state = services.replication_run_execute(run_id=run.pk)
+    state = tasks.replication_run_execute(run.pk)
     seconds = time.monotonic() - began
     run.refresh_from_db()
     assert state == "succeeded", run.error

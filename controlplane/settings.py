@@ -367,12 +367,13 @@ CELERY_BEAT_SCHEDULE["backups-storage-sweep"] = {
     "task": "backups_app.tasks.storage_sweep",
     "schedule": 6 * 3600.0,
 }
-CELERY_IMPORTS = (*globals().get("CELERY_IMPORTS", ()), "backups_app.zfs.tasks")
 
 # --- ZFS ----------------------------------------------------------------------------------
 # A snapshot or replication run whose row has not moved for this long belongs to a dead
 # worker: its (job, dataset) may be claimed again.
 ZFS_RUN_STALE_SECONDS = env.int("ZFS_RUN_STALE_SECONDS", default=600)
+# Every minute beat sends the tick that starts due snapshot and replication jobs.
+CELERY_BEAT_SCHEDULE["zfs-tick"] = {"task": "backups_app.zfs.tasks.zfs_tick", "schedule": 60.0}
 # What the workers execute, and with which key: settings of the workers, never columns, so
 # editing a storage host can change where they connect but not what they run. ZFS_BIN is
 # also the path run on the remote hosts (their forced command may insist on it).

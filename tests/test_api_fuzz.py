@@ -24,8 +24,8 @@ from knox.models import AuthToken
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from backups_app import service_backups
 from backups_app.models import BackupRun
+from backups_app.service_backups.services import service_create
 from fleet_app import services
 from fleet_app.demo import ns8_inventory
 from tests.factories import UserFactory, make_mapping, make_system
@@ -97,7 +97,7 @@ def world(customer, other_customer, tmp_path, settings):
         services.inventory_ingest(system=a1, payload=ns8_inventory(seed=seed), size=50_000)
     make_mapping(customer)
     (tmp_path / "files").mkdir()
-    service = service_backups.service_create(
+    service = service_create(
         actor=None, name="files", adapter="directory", config={"path": str(tmp_path / "files")}
     )
     BackupRun.objects.create(service=service, state="succeeded")

@@ -3,7 +3,7 @@ routes (``collect_url`` is ``{base}/collect/api/systems``); a trailing slash is 
 
 from django.urls import re_path
 
-from . import collect
+from ..cluster_backups.api import collect
 
 urlpatterns = [
     re_path(r"^collect/api/systems/backups/?$", collect.backups, name="collect-backups"),

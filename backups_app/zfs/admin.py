@@ -21,7 +21,8 @@ from fleet_app.admin import (
 )
 from fleet_app.errors import FleetError
 
-from ..models_zfs import (
+from . import hosts, services
+from .models import (
     Dataset,
     DivergenceReport,
     ReplicationJob,
@@ -30,7 +31,6 @@ from ..models_zfs import (
     SnapshotRun,
     StorageHost,
 )
-from . import pipeline, services
 from .runner import ZfsCommandError
 
 
@@ -66,10 +66,8 @@ class StorageHostAdmin(AuditedModelAdmin):
 
     @admin.action(description="Detect pools and the operator's permissions")
     def check_capabilities(self, request, queryset):
-        from . import tasks
-
         for host in queryset:
-            tasks.storage_host_check.delay(host.pk)
+            hosts.storage_host_check_enqueue(host=host)
         self.message_user(request, f"Checking {queryset.count()} host(s) in the background.")
 
 
@@ -101,7 +99,7 @@ class DatasetAdmin(AuditedModelAdmin):
         previews = []
         for dataset in queryset.select_related("host", "policy")[:20]:
             try:
-                plan = services.snapshot_plan_preview(dataset=dataset)
+                plan = hosts.snapshot_plan_preview(dataset=dataset)
                 previews.append({"dataset": dataset, "plan": plan, "error": ""})
             except (ZfsCommandError, FleetError) as exc:
                 previews.append({"dataset": dataset, "plan": None, "error": str(exc)})
@@ -174,20 +172,15 @@ class ReplicationJobAdmin(AuditedModelAdmin):
         previews = []
         for job in queryset.select_related("source__host", "target__host")[:20]:
             try:
-                with services._endpoints(
-                    (job.source.host, job.source.name), (job.target.host, job.target.name)
-                ) as (src, tgt):
-                    plan = pipeline.plan(src, tgt)
-                    steps = [
-                        {
-                            "step": step,
-                            "commands": [
-                                " ".join(["zfs", *a])
-                                for a in pipeline.step_commands(src, tgt, step)
-                            ],
-                        }
-                        for step in plan.steps
-                    ]
+                preview = hosts.replication_plan_preview(job=job)
+                plan = preview.plan
+                steps = [
+                    {
+                        "step": step,
+                        "commands": [" ".join(["zfs", *send]), " ".join(["zfs", *receive])],
+                    }
+                    for step, send, receive in preview.steps
+                ]
                 previews.append({"job": job, "plan": plan, "steps": steps, "error": ""})
             except ZfsCommandError as exc:
                 previews.append({"job": job, "plan": None, "steps": [], "error": str(exc)})
@@ -204,10 +197,8 @@ class ReplicationJobAdmin(AuditedModelAdmin):
 
     @admin.action(description="Detect capabilities and the guarantee")
     def assess(self, request, queryset):
-        from . import tasks
-
         for job in queryset:
-            tasks.replication_job_assess.delay(job.pk)
+            hosts.replication_job_assess_enqueue(job=job)
         self.message_user(request, f"Assessing {queryset.count()} job(s) in the background.")
 
 

@@ -6,8 +6,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from fleet_app.metrics import register_collector
 
-from ..models_zfs import DivergenceReport
-from . import monitoring
+from . import selectors
+from .models import DivergenceReport
 
 
 def zfs_metrics() -> Iterable[Metric]:
@@ -30,7 +30,7 @@ def zfs_metrics() -> Iterable[Metric]:
     failures = GaugeMetricFamily(
         "cutover_zfs_job_failures", "Failed runs since the last success.", labels=["job"]
     )
-    for row in monitoring.job_rows():
+    for row in selectors.job_rows():
         name = row["job"].name
         state.add_metric([name], row["state"])
         if row["job"].last_success_at:
@@ -50,7 +50,7 @@ def zfs_metrics() -> Iterable[Metric]:
         "Age of the newest snapshot.",
         labels=["dataset"],
     )
-    for check in monitoring.dataset_checks():
+    for check in selectors.dataset_checks():
         fresh.add_metric([check.name], check.state)
         if check.age_seconds is not None:
             age.add_metric([check.name], check.age_seconds)

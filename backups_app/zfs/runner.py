@@ -152,7 +152,7 @@ class SshRunner(Runner):
     """ZFS on a storage host, reached as ``user`` with ``key_path`` and the host key pinned.
 
     ``ssh_path``, ``key_path``, ``zfs_path`` and ``zpool_path`` come from the workers'
-    settings (``backups_app.zfs.services.host_runner``), never from a host row.
+    settings (``backups_app.zfs.hosts.host_runner``), never from a host row.
     """
 
     def __init__(

@@ -1,5 +1,6 @@
-"""ZFS use cases that write: snapshot jobs, replication runs, capability checks and the
-staff decisions on divergence. Views, admin actions, commands and tasks call these.
+"""ZFS use cases that write: snapshot jobs, replication runs, the staff decisions on
+divergence and the beat tick. Views, admin actions, commands and tasks call these; the
+hosts are reached through ``hosts``.
 
 Slow I/O (SSH, zfs send) never runs inside a transaction: a run row is claimed, the work
 runs, and its result is written in short transactions of its own. One run per
@@ -12,7 +13,7 @@ interrupted receive, so the job is re-runnable.
 
 import datetime as dt
 import logging
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import suppress
 from dataclasses import asdict
 
 from django.conf import settings
@@ -22,86 +23,44 @@ from django.utils import timezone
 
 from fleet_app.errors import Conflict, InvalidInput
 from fleet_app.models import User
-from fleet_app.runs import RunState, run_claim, run_finish, run_log, run_progress
+from fleet_app.runs import RunState, run_enqueue, run_finish, run_log, run_progress, task_enqueue
 from fleet_app.services import audit_record, audit_snapshot
 
-from ..models_zfs import (
+from . import commands, pipeline
+from .hosts import (
+    assessment_save,
+    endpoints_open,
+    host_runner,
+    host_user,
+    snapshot_plan_preview,
+)
+from .models import (
     ACTIVE_STATES,
     Dataset,
     DivergenceReport,
     ReplicationJob,
     ReplicationRun,
     SnapshotRun,
-    StorageHost,
 )
-from . import pipeline
-from .capabilities import Assessment, detect_permissions, detect_pool
 from .parsers import Snapshot
-from .pipeline import Approval, Endpoint
+from .pipeline import Approval
 from .planning import (
     Divergence,
     RenameAsideAndResend,
     ReplicationPlan,
     RetargetSource,
     RollbackToCommon,
-    SnapshotPlan,
 )
-from .runner import HostUnreachable, LocalRunner, Runner, SshRunner, ZfsCommandError
+from .runner import ZfsCommandError
 
 logger = logging.getLogger(__name__)
+
+DIVERGENCE_FIX_TASK = "backups_app.zfs.tasks.divergence_fix_apply"
 
 
 def stale_after() -> dt.timedelta:
     """How long a running run may go without touching its row before it counts as lost."""
     return dt.timedelta(seconds=settings.ZFS_RUN_STALE_SECONDS)
-
-
-# --- Reaching hosts -------------------------------------------------------------------------
-
-
-def host_runner(host: StorageHost) -> Runner:
-    """The runner for ``host``. What it executes (the zfs and zpool binaries, ssh and the
-    private key) is this worker's settings; the row only says where to connect."""
-    if host.is_local:
-        return LocalRunner(zfs_path=settings.ZFS_BIN, zpool_path=settings.ZPOOL_BIN)
-    if not host.is_reachable:
-        raise HostUnreachable(
-            host.name,
-            "not named in ZFS_LOCAL_HOSTS, and without the address, user and host key "
-            "to reach it over SSH.",
-        )
-    if not settings.ZFS_SSH_KEY_PATH:
-        raise HostUnreachable(host.name, "ZFS_SSH_KEY_PATH is not set on this worker.")
-    try:
-        return SshRunner(
-            host=host.address,
-            port=host.port,
-            user=host.user,
-            key_path=settings.ZFS_SSH_KEY_PATH,
-            host_key=host.host_key,
-            zfs_path=settings.ZFS_BIN,
-            zpool_path=settings.ZPOOL_BIN,
-            ssh_path=settings.ZFS_SSH_BIN,
-        )
-    except ValueError as exc:
-        raise HostUnreachable(host.name, str(exc)) from None
-
-
-@contextmanager
-def _endpoints(*pairs: tuple[StorageHost, str]):
-    """Endpoints for (host, dataset) pairs, one runner per host, all closed at the end."""
-    with ExitStack() as stack:
-        runners: dict[int, Runner] = {}
-        result = []
-        for host, name in pairs:
-            if host.pk not in runners:
-                runners[host.pk] = stack.enter_context(host_runner(host))
-            result.append(Endpoint(runners[host.pk], name))
-        yield result
-
-
-def _host_user(host: StorageHost) -> str:
-    return "root" if host.is_local else host.user
 
 
 def _snapshot_time(snapshot: Snapshot | None) -> dt.datetime | None:
@@ -118,52 +77,6 @@ def _dataset_listed(dataset: Dataset, snapshots: list[Snapshot] | None) -> None:
         snapshot_count=len(snapshots or []),
         listed_at=timezone.now(),
     )
-
-
-# --- Capabilities ---------------------------------------------------------------------------
-
-
-def storage_host_check(*, host: StorageHost, dataset: str | None = None) -> dict:
-    """Detect the pools of ``host``'s datasets and what its user may do; store and return."""
-    names = [dataset] if dataset else list(host.datasets.values_list("name", flat=True))
-    found: dict = {"pools": {}, "permissions": {}}
-    with host_runner(host) as runner:
-        for name in names:
-            pool = name.split("/", 1)[0]
-            if pool not in found["pools"]:
-                found["pools"][pool] = detect_pool(runner, name).as_dict()
-            found["permissions"][name] = detect_permissions(
-                runner, name, user=_host_user(host)
-            ).as_dict()
-    StorageHost.objects.filter(pk=host.pk).update(capabilities=found, checked_at=timezone.now())
-    return found
-
-
-def _assessment_save(job: ReplicationJob, assessment: Assessment, src: Endpoint) -> None:
-    now = timezone.now()
-    ReplicationJob.objects.filter(pk=job.pk).update(
-        guarantee=assessment.guarantee,
-        refusal="\n".join(assessment.refusals),
-        assessed_at=now,
-    )
-    host = job.source.host
-    caps = dict(host.capabilities or {})
-    caps.setdefault("pools", {})[src.pool.pool] = src.pool.as_dict()
-    if assessment.permissions is not None:
-        caps.setdefault("permissions", {})[src.dataset] = assessment.permissions.as_dict()
-    StorageHost.objects.filter(pk=host.pk).update(capabilities=caps, checked_at=now)
-
-
-def replication_job_assess(*, job: ReplicationJob) -> Assessment:
-    """Detect both sides and store the guarantee (or the refusal) on the job."""
-    job = ReplicationJob.objects.select_related("source__host", "target__host").get(pk=job.pk)
-    with _endpoints((job.source.host, job.source.name), (job.target.host, job.target.name)) as (
-        src,
-        tgt,
-    ):
-        assessment = pipeline.preflight(src, tgt, user=_host_user(job.source.host))
-    _assessment_save(job, assessment, src)
-    return assessment
 
 
 # --- Replication runs -------------------------------------------------------------------------
@@ -213,7 +126,7 @@ def replication_run_start(
                     actor=actor, action="zfs.replication.start", obj=run, after=audit_snapshot(run)
                 )
             if enqueue:
-                transaction.on_commit(lambda: _enqueue("replication_run_execute", run.pk))
+                run_enqueue(run)
     except IntegrityError:
         active = ReplicationRun.objects.filter(
             job=job, source_dataset=source_dataset, state__in=ACTIVE_STATES
@@ -225,32 +138,22 @@ def replication_run_start(
     return run
 
 
-def _enqueue(task: str, *args) -> None:
-    from . import tasks
+def replication_run_execute(*, run: ReplicationRun) -> str:
+    """Run one claimed pull: preflight, plan, send | receive, holds; record everything on
+    the row. Returns the run's final state.
 
-    getattr(tasks, task).delay(*args)
-
-
-def replication_run_execute(*, run_id: int) -> str:
-    """Run one pull: preflight, plan, send | receive, holds; record everything on the row.
-
-    Idempotent: a finished run is left alone; a redelivered one plans again from what the
-    two sides hold now, so a half-done transfer is neither repeated nor skipped.
+    Idempotent: a redelivered run plans again from what the two sides hold now, so a
+    half-done transfer is neither repeated nor skipped.
     """
-    run = ReplicationRun.objects.select_related("job__source__host", "job__target__host").get(
-        pk=run_id
-    )
-    if not run_claim(run):
-        return run.state
-    job = run.job
+    job = ReplicationJob.objects.select_related("source__host", "target__host").get(pk=run.job_id)
     began = timezone.now()
     try:
-        with _endpoints(
+        with endpoints_open(
             (job.source.host, run.source_dataset), (job.target.host, run.target_dataset)
         ) as (src, tgt):
             run_progress(run, phase="preflight")
-            assessment = pipeline.preflight(src, tgt, user=_host_user(job.source.host))
-            _assessment_save(job, assessment, src)
+            assessment = pipeline.preflight(src, tgt, user=host_user(job.source.host))
+            assessment_save(job, assessment, src)
             ReplicationRun.objects.filter(pk=run.pk).update(guarantee=assessment.guarantee)
             if assessment.refused:
                 run_progress(run, phase="refused")
@@ -327,8 +230,6 @@ def _replication_record(run, job, outcome: pipeline.Outcome, began) -> str:
 def _start_children(job: ReplicationJob, run: ReplicationRun) -> None:
     """A recursive job: one run per child dataset, each with its own claim."""
     with host_runner(job.source.host) as runner:
-        from . import commands
-
         listed = runner.zfs(commands.dataset_names(job.source.name, recursive=True)).stdout
     for child in listed.split():
         if child != job.source.name:
@@ -405,7 +306,7 @@ def divergence_approve(
             after=audit_snapshot(report),
         )
         if enqueue:
-            transaction.on_commit(lambda: _enqueue("divergence_fix_apply", report.pk))
+            task_enqueue(DIVERGENCE_FIX_TASK, report.pk)
     return report
 
 
@@ -461,7 +362,7 @@ def divergence_fix_apply(*, report_id: int, enqueue: bool = True) -> DivergenceR
             pipeline.apply_fix(fix, target=None, approval=approval)
             ran = [_job_retarget(job, fix.new, report)]
         else:
-            with _endpoints((job.target.host, report.target_dataset)) as (tgt,):
+            with endpoints_open((job.target.host, report.target_dataset)) as (tgt,):
                 ran = pipeline.apply_fix(fix, target=tgt, approval=approval)
         status, outcome = DivergenceReport.Status.APPLIED, "\n".join(ran)
     except (ZfsCommandError, ValueError, InvalidInput) as exc:
@@ -506,19 +407,6 @@ def _job_retarget(job: ReplicationJob, new: str, report: DivergenceReport) -> st
 # --- Snapshot jobs ----------------------------------------------------------------------------
 
 
-def snapshot_plan_preview(*, dataset: Dataset, now: dt.datetime | None = None) -> SnapshotPlan:
-    """What the snapshot job would create and destroy now (reads only)."""
-    if dataset.policy is None:
-        raise InvalidInput(f"{dataset} has no snapshot policy.")
-    jobs = list(dataset.replicated_to.select_related("target__host"))
-    pairs = [(dataset.host, dataset.name)] + [(j.target.host, j.target.name) for j in jobs]
-    with _endpoints(*pairs) as endpoints:
-        targets = {str(j.target): e for j, e in zip(jobs, endpoints[1:], strict=True)}
-        return pipeline.snapshot_plan(
-            endpoints[0], policy=dataset.policy.as_policy(), now=now, targets=targets
-        )
-
-
 def snapshot_run_start(
     *, dataset: Dataset, actor: User | None = None, enqueue: bool = True
 ) -> SnapshotRun:
@@ -534,22 +422,20 @@ def snapshot_run_start(
                 dataset=dataset, created_by=actor if actor is not None and actor.pk else None
             )
             if enqueue:
-                transaction.on_commit(lambda: _enqueue("snapshot_run_execute", run.pk))
+                run_enqueue(run)
     except IntegrityError:
         raise Conflict(f"A snapshot job is already running on {dataset}.") from None
     return run
 
 
-def snapshot_run_execute(*, run_id: int, now: dt.datetime | None = None) -> str:
-    run = SnapshotRun.objects.select_related("dataset__host", "dataset__policy").get(pk=run_id)
-    if not run_claim(run):
-        return run.state
-    dataset = run.dataset
+def snapshot_run_execute(*, run: SnapshotRun, now: dt.datetime | None = None) -> str:
+    """Work one claimed snapshot run: plan, create and destroy, list what is left."""
+    dataset = Dataset.objects.select_related("host", "policy").get(pk=run.dataset_id)
     try:
         run_progress(run, phase="planning")
         plan = snapshot_plan_preview(dataset=dataset, now=now)
         run_progress(run, phase="applying", total=len(plan.create) + len(plan.destroy))
-        with _endpoints((dataset.host, dataset.name)) as (endpoint,):
+        with endpoints_open((dataset.host, dataset.name)) as (endpoint,):
             done = pipeline.snapshot_apply(endpoint, plan)
             listed = pipeline.list_snapshots(endpoint)
     except (ZfsCommandError, InvalidInput) as exc:

@@ -8,10 +8,10 @@ from django.utils import timezone
 
 from fleet_app.access_http import dashboard
 
-from ..models_zfs import DivergenceReport, ReplicationRun
-from . import monitoring
+from . import selectors
+from .models import DivergenceReport, ReplicationRun
 
-TONES = {monitoring.OK: "ok", monitoring.WARN: "warn", monitoring.CRIT: "crit"}
+TONES = {selectors.OK: "ok", selectors.WARN: "warn", selectors.CRIT: "crit"}
 
 
 def _human_bytes(value: int) -> str:
@@ -26,13 +26,13 @@ def _human_bytes(value: int) -> str:
 @dashboard("zfs-dashboard")
 def zfs_dashboard(request):
     now = timezone.now()
-    jobs = monitoring.job_rows(now)
-    datasets = monitoring.dataset_checks(now)
+    jobs = selectors.job_rows(now)
+    datasets = selectors.dataset_checks(now)
     for row in jobs:
         row["tone"] = TONES[row["state"]]
         row["bytes_human"] = _human_bytes(row["last_bytes"])
         row["lag_human"] = (
-            monitoring._age(row["lag_seconds"]) if row["lag_seconds"] is not None else "—"
+            selectors.age_text(row["lag_seconds"]) if row["lag_seconds"] is not None else "—"
         )
     divergences = list(
         DivergenceReport.objects.filter(status=DivergenceReport.Status.OPEN)
@@ -47,9 +47,9 @@ def zfs_dashboard(request):
     states = [row["state"] for row in jobs]
     tiles = [
         ("Jobs", len(jobs), "replication jobs", ""),
-        ("OK", states.count(monitoring.OK), "up to date", "ok"),
-        ("Warning", states.count(monitoring.WARN), "late or last run failed", "warn"),
-        ("Critical", states.count(monitoring.CRIT), "refused, diverged or far behind", "crit"),
+        ("OK", states.count(selectors.OK), "up to date", "ok"),
+        ("Warning", states.count(selectors.WARN), "late or last run failed", "warn"),
+        ("Critical", states.count(selectors.CRIT), "refused, diverged or far behind", "crit"),
         ("Divergences", len(divergences), "awaiting a staff decision", pending),
         ("Moved, 24 h", _human_bytes(moved), "bytes sent by finished runs", ""),
     ]

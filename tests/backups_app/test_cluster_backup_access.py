@@ -2,9 +2,9 @@
 
 import pytest
 
-from backups_app import services
+from backups_app.cluster_backups import services
+from backups_app.cluster_backups.models import ClusterBackup
 from backups_app.errors import BackupCorrupt
-from backups_app.models import ClusterBackup
 from fleet_app.models import AuditEntry, Quota
 from tests.backups_app.helpers import URL, auth, payload, post_backup, sha256
 

@@ -7,7 +7,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from backups_app.models import ClusterBackup
+from backups_app.cluster_backups.models import ClusterBackup
 from fleet_app.models import AuditEntry, Quota
 from tests.backups_app.helpers import payload, post_backup
 from tests.factories import make_system

@@ -3,7 +3,7 @@
 import pytest
 from django.urls import reverse
 
-from backups_app.models import ClusterBackup
+from backups_app.cluster_backups.models import ClusterBackup
 from fleet_app.models import AuditEntry
 from tests.backups_app.helpers import post_backup
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from backups_app.models import ClusterBackup
+from backups_app.cluster_backups.models import ClusterBackup
 from tests.backups_app.helpers import URL, payload
 from tests.conftest import basic_auth, wait_for
 

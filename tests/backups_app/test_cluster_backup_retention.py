@@ -5,8 +5,8 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from backups_app import services
-from backups_app.models import ClusterBackup
+from backups_app.cluster_backups import services
+from backups_app.cluster_backups.models import ClusterBackup
 from fleet_app.models import Quota
 from tests.backups_app.helpers import payload, post_backup
 
@@ -18,7 +18,8 @@ def commit_callbacks(monkeypatch):
     """Run the object deletions the prune schedules after commit at once: the test's
     transaction never commits."""
     monkeypatch.setattr(
-        "backups_app.services.transaction.on_commit", lambda callback, **kwargs: callback()
+        "backups_app.cluster_backups.services.transaction.on_commit",
+        lambda callback, **kwargs: callback(),
     )
 
 

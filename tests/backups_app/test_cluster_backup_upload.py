@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from backups_app.models import ClusterBackup
+from backups_app.cluster_backups.models import ClusterBackup
 from fleet_app.models import AuditEntry, Quota
 from tests.backups_app.helpers import URL, auth, payload, post_backup, sha256
 from tests.conftest import basic_auth
@@ -48,7 +48,7 @@ def test_it_counts_the_bytes_against_the_organization_quota(client, system):
 
 def test_it_reads_the_body_in_bounded_chunks(system, settings):
     """The service asks the request for at most one chunk at a time: never the whole body."""
-    from backups_app import services
+    from backups_app.cluster_backups import services
 
     settings.CLUSTER_BACKUP_CHUNK_BYTES = 4096
     body = payload(100_000)
@@ -188,7 +188,7 @@ def test_it_refuses_a_backup_over_the_organization_quota_with_413(client, system
 def test_the_quota_is_checked_again_when_the_row_is_written(system, store):
     """Two uploads racing for the last bytes: the second finds the quota full at commit
     (its bytes already streamed) and leaves no row and no object."""
-    from backups_app import services
+    from backups_app.cluster_backups import services
 
     quota = Quota.objects.create(
         organization=system.organization, resource="backup_bytes", limit=1000

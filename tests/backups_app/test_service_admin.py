@@ -4,8 +4,8 @@ import pytest
 from django.urls import reverse
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
-from backups_app import service_backups
-from backups_app.models import BackupRun, BackupSchedule, RestoreRun, Service
+from backups_app.service_backups import schedules, services
+from backups_app.service_backups.models import BackupRun, BackupSchedule, RestoreRun, Service
 from fleet_app.models import AuditEntry
 from tests.factories import UserFactory
 
@@ -20,7 +20,7 @@ def root():
 @pytest.fixture
 def service(tmp_path):
     (tmp_path / "conf").mkdir()
-    return service_backups.service_create(
+    return services.service_create(
         actor=None, name="conf", adapter="directory", config={"path": str(tmp_path / "conf")}
     )
 
@@ -87,7 +87,7 @@ def test_a_schedule_needs_an_interval_or_a_crontab_not_both(client, root, servic
 def test_a_schedule_is_edited_and_deleted_in_the_admin_and_its_entry_follows(client, root, service):
     hourly = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.HOURS)
     nightly = CrontabSchedule.objects.create(minute="0", hour="3")
-    schedule = service_backups.backup_schedule_create(actor=None, service=service, timing=hourly)
+    schedule = schedules.backup_schedule_create(actor=None, service=service, timing=hourly)
     url = reverse("admin:backups_app_backupschedule_change", args=[schedule.pk])
     client.force_login(root)
     listing = client.get(reverse("admin:backups_app_backupschedule_changelist"))
@@ -117,7 +117,7 @@ def test_a_schedule_is_edited_and_deleted_in_the_admin_and_its_entry_follows(cli
 
 def test_a_schedules_entry_is_read_only_in_beats_admin(client, root, service):
     hourly = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.HOURS)
-    schedule = service_backups.backup_schedule_create(actor=None, service=service, timing=hourly)
+    schedule = schedules.backup_schedule_create(actor=None, service=service, timing=hourly)
     entry_url = reverse(
         "admin:django_celery_beat_periodictask_change", args=[schedule.periodic_task_id]
     )

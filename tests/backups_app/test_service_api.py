@@ -3,7 +3,7 @@
 import pytest
 from rest_framework.test import APIClient
 
-from backups_app import service_backups
+from backups_app.service_backups.services import service_create
 from tests.factories import UserFactory
 
 
@@ -19,9 +19,7 @@ def services(db, tmp_path):
     for name in ("zeta", "alpha", "mid"):
         folder = tmp_path / name
         folder.mkdir()
-        service_backups.service_create(
-            actor=None, name=name, adapter="directory", config={"path": str(folder)}
-        )
+        service_create(actor=None, name=name, adapter="directory", config={"path": str(folder)})
 
 
 def test_the_service_list_pages_in_name_order(api, services):

@@ -4,9 +4,9 @@ another target, verify, drills; the staff API answers 202 and a real worker runs
 import pytest
 from django.urls import reverse
 
-from backups_app import service_backups
-from backups_app.adapters import get_adapter
-from backups_app.models import BackupRun
+from backups_app.service_backups import restore, services
+from backups_app.service_backups.adapters import get_adapter
+from backups_app.service_backups.models import BackupRun
 from fleet_app.models import Organization
 from tests.conftest import wait_for
 from tests.factories import UserFactory, make_system
@@ -24,13 +24,13 @@ def tree(tmp_path):
 
 @pytest.fixture
 def folder_service(db, tree):
-    return service_backups.service_create(
+    return services.service_create(
         actor=None, name="share", adapter="directory", config={"path": str(tree)}
     )
 
 
 def _backup(service) -> BackupRun:
-    run = service_backups.backup_run_start(actor=None, service=service)
+    run = services.backup_run_start(actor=None, service=service)
     run.refresh_from_db()
     assert run.state == "succeeded", run.error + run.log
     return run
@@ -41,9 +41,9 @@ def test_a_folder_round_trips_into_another_folder(folder_service, tmp_path):
     backup = _backup(folder_service)
     assert sorted(backup.manifest["files"]) == ["etc/a.conf", "etc/nested/b.bin", "top.txt"]
     target = tmp_path / "restored"
-    plan = service_backups.restore_plan(backup=backup, target={"path": str(target)})
+    plan = restore.restore_plan(backup=backup, target={"path": str(target)})
     assert plan["target_exists"] is False and plan["files"] == 3
-    run = service_backups.restore_run_start(
+    run = restore.restore_run_start(
         actor=None, backup=backup, target={"path": str(target)}, dry_run=False
     )
     run.refresh_from_db()
@@ -65,7 +65,7 @@ def test_a_folder_round_trips_into_another_folder(folder_service, tmp_path):
 @pytest.mark.django_db(transaction=True)
 def test_a_folder_drill_uses_a_scratch_folder_and_removes_it(folder_service):
     _backup(folder_service)
-    drill = service_backups.restore_drill_start(service=folder_service)
+    drill = restore.restore_drill_start(service=folder_service)
     drill.refresh_from_db()
     assert drill.state == "succeeded" and drill.verified
     from pathlib import Path
@@ -96,14 +96,12 @@ def test_a_path_outside_the_target_cannot_be_written(tmp_path):
 def test_cutover_data_is_portable_and_its_drill_loads_it_into_a_scratch_database(customer):
     for n in range(2):
         make_system(customer, name=f"cluster-{n}")
-    service = service_backups.service_create(
-        actor=None, name="cutover-data", adapter="cutover_data"
-    )
+    service = services.service_create(actor=None, name="cutover-data", adapter="cutover_data")
     backup = _backup(service)
     models = backup.manifest["models"]
     assert models["fleet_app.system"] == 2
     assert models["fleet_app.organization"] == Organization.objects.count() == 3
-    drill = service_backups.restore_drill_start(service=service)
+    drill = restore.restore_drill_start(service=service)
     drill.refresh_from_db()
     assert drill.state == "succeeded", drill.error + drill.log
     assert drill.verified is True
@@ -117,7 +115,7 @@ def test_cutover_data_is_portable_and_its_drill_loads_it_into_a_scratch_database
 def test_the_staff_api_answers_202_and_a_real_worker_runs_the_backup(
     celery_worker_process, client, tree, settings
 ):
-    service = service_backups.service_create(
+    service = services.service_create(
         actor=None, name="share", adapter="directory", config={"path": str(tree)}
     )
     root = UserFactory(email="root@example.com", is_superuser=True)

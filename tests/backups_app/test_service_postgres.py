@@ -8,9 +8,9 @@ import psycopg
 import pytest
 from django.db import connection
 
-from backups_app import service_backups
-from backups_app.models import BackupRun, RestoreRun
-from backups_app.selectors import services_overview
+from backups_app.service_backups import restore, services
+from backups_app.service_backups.models import BackupRun, RestoreRun
+from backups_app.service_backups.selectors import services_overview
 from backups_app.storage import get_store
 from tests.backups_app.conftest import pg_database_exists
 from tests.factories import make_system
@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 
 @pytest.fixture
 def service():
-    return service_backups.service_create(
+    return services.service_create(
         actor=None,
         name="cutover-db",
         adapter="postgres",
@@ -32,7 +32,7 @@ def service():
 def backup(service, customer):
     for n in range(3):
         make_system(customer, name=f"cluster-{n}")
-    run = service_backups.backup_run_start(actor=None, service=service)
+    run = services.backup_run_start(actor=None, service=service)
     run.refresh_from_db()
     assert run.state == "succeeded", run.error + run.log
     return run
@@ -59,14 +59,14 @@ def test_a_backup_stores_a_custom_format_dump_with_its_checksum(backup):
 
 def test_restore_into_another_database_after_a_dry_run(backup, scratch_database):
     target = {"database": scratch_database}
-    plan = service_backups.restore_run_start(actor=None, backup=backup, target=target, dry_run=True)
+    plan = restore.restore_run_start(actor=None, backup=backup, target=target, dry_run=True)
     assert plan.state == "succeeded" and plan.dry_run
     assert plan.plan["database_exists"] is False
     assert plan.plan["original_target"] is False
     assert plan.plan["rows"] == sum(backup.manifest["tables"].values())
     assert not pg_database_exists(scratch_database), "a dry run writes nothing"
 
-    run = service_backups.restore_run_start(actor=None, backup=backup, target=target, dry_run=False)
+    run = restore.restore_run_start(actor=None, backup=backup, target=target, dry_run=False)
     run.refresh_from_db()
     assert run.state == "succeeded", run.error + run.log
     assert run.verified is True
@@ -76,19 +76,17 @@ def test_restore_into_another_database_after_a_dry_run(backup, scratch_database)
     assert checks["test query: SELECT count(*) FROM fleet_app_system"]["found"] == [3]
 
     # Restoring again into the now existing database replaces what it holds.
-    replan = service_backups.restore_plan(backup=backup, target=target)
+    replan = restore.restore_plan(backup=backup, target=target)
     assert replan["database_exists"] is True
     assert replan["tables_replaced"]["public.fleet_app_system"] == 3
-    again = service_backups.restore_run_start(
-        actor=None, backup=backup, target=target, dry_run=False
-    )
+    again = restore.restore_run_start(actor=None, backup=backup, target=target, dry_run=False)
     again.refresh_from_db()
     assert again.state == "succeeded" and again.verified
     assert _count(scratch_database, "fleet_app_system") == 3
 
 
 def test_verify_fails_when_the_restored_rows_differ(backup, service, scratch_database):
-    run = service_backups.restore_run_start(
+    run = restore.restore_run_start(
         actor=None, backup=backup, target={"database": scratch_database}, dry_run=False
     )
     run.refresh_from_db()
@@ -98,7 +96,7 @@ def test_verify_fails_when_the_restored_rows_differ(backup, service, scratch_dat
         host=params["HOST"], port=params["PORT"], user=params["USER"], dbname=scratch_database
     ) as conn:
         conn.execute("DELETE FROM fleet_app_auditentry")
-    from backups_app.adapters import get_adapter
+    from backups_app.service_backups.adapters import get_adapter
 
     result = get_adapter("postgres").verify(
         service.config, {"database": scratch_database}, backup.manifest, lambda line: None
@@ -109,7 +107,7 @@ def test_verify_fails_when_the_restored_rows_differ(backup, service, scratch_dat
 
 
 def test_a_drill_restores_verifies_and_drops_its_scratch_database(backup, service):
-    drill = service_backups.restore_drill_start(service=service)
+    drill = restore.restore_drill_start(service=service)
     drill.refresh_from_db()
     assert drill.purpose == "drill" and drill.backup_id == backup.pk
     assert drill.state == "succeeded", drill.error + drill.log
@@ -129,7 +127,7 @@ def test_a_drill_detects_a_corrupted_backup(backup, service):
     writer.write(bytes(data))
     writer.commit()
 
-    drill = service_backups.restore_drill_start(service=service)
+    drill = restore.restore_drill_start(service=service)
     drill.refresh_from_db()
     assert drill.state == "failed"
     assert drill.verified is False
@@ -142,7 +140,7 @@ def test_a_drill_detects_a_corrupted_backup(backup, service):
 
 def test_a_failed_backup_leaves_no_archive(service, settings):
     settings.BACKUP_PG_BIN_DIR = "/nonexistent"
-    run = service_backups.backup_run_start(actor=None, service=service)
+    run = services.backup_run_start(actor=None, service=service)
     run.refresh_from_db()
     assert run.state == "failed"
     assert "FileNotFoundError" in run.error

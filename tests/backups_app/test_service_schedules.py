@@ -13,10 +13,11 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 from django_celery_beat.schedulers import DatabaseScheduler
 
-from backups_app import service_backups
-from backups_app.models import BackupRun, BackupSchedule, RestoreRun
+from backups_app.service_backups import restore, schedules, services
+from backups_app.service_backups.models import BackupRun, BackupSchedule, RestoreRun
 from backups_app.storage import get_store
 from controlplane.celery import app as celery_app
+from fleet_app.errors import InvalidInput
 from fleet_app.models import AuditEntry
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,7 +28,7 @@ def service(tmp_path):
     root = tmp_path / "conf"
     root.mkdir()
     (root / "a.txt").write_text("a")
-    return service_backups.service_create(
+    return services.service_create(
         actor=None, name="conf", adapter="directory", config={"path": str(root)}
     )
 
@@ -42,7 +43,7 @@ def _beat_entry(schedule: BackupSchedule) -> PeriodicTask:
 
 
 def test_a_schedule_gets_a_beat_entry_that_sends_its_run(service, daily):
-    schedule = service_backups.backup_schedule_create(
+    schedule = schedules.backup_schedule_create(
         actor=None, service=service, timing=daily, keep_count=3
     )
 
@@ -54,10 +55,10 @@ def test_a_schedule_gets_a_beat_entry_that_sends_its_run(service, daily):
 
 
 def test_the_beat_entry_follows_edits_and_enabled(service, daily):
-    schedule = service_backups.backup_schedule_create(actor=None, service=service, timing=daily)
+    schedule = schedules.backup_schedule_create(actor=None, service=service, timing=daily)
     nightly = CrontabSchedule.objects.create(minute="30", hour="2")
 
-    service_backups.backup_schedule_update(
+    schedules.backup_schedule_update(
         actor=None, schedule=schedule, timing=nightly, keep_days=10, enabled=False
     )
 
@@ -68,16 +69,16 @@ def test_the_beat_entry_follows_edits_and_enabled(service, daily):
     audit = AuditEntry.objects.get(action="backupschedule.update")
     assert audit.before["timing"] == str(daily) and audit.after["timing"] == str(nightly)
 
-    service_backups.backup_schedule_update(actor=None, schedule=schedule, enabled=True)
+    schedules.backup_schedule_update(actor=None, schedule=schedule, enabled=True)
     assert _beat_entry(schedule).enabled and _beat_entry(schedule).crontab == nightly
 
 
 def test_the_beat_entry_goes_with_its_schedule_and_the_backups_stay(service, daily):
-    schedule = service_backups.backup_schedule_create(actor=None, service=service, timing=daily)
-    run = service_backups.backup_run_start(actor=None, service=service, schedule=schedule)
+    schedule = schedules.backup_schedule_create(actor=None, service=service, timing=daily)
+    run = services.backup_run_start(actor=None, service=service, schedule=schedule)
     entry_pk = schedule.periodic_task_id
 
-    service_backups.backup_schedule_delete(actor=None, schedule=schedule)
+    schedules.backup_schedule_delete(actor=None, schedule=schedule)
 
     assert not BackupSchedule.objects.exists()
     assert not PeriodicTask.objects.filter(pk=entry_pk).exists()
@@ -94,7 +95,7 @@ def _scheduler() -> DatabaseScheduler:
 
 
 def test_beat_lists_the_schedule_and_finds_it_due_once_an_interval_passed(service, daily):
-    schedule = service_backups.backup_schedule_create(actor=None, service=service, timing=daily)
+    schedule = schedules.backup_schedule_create(actor=None, service=service, timing=daily)
     name = _beat_entry(schedule).name
 
     entries = _scheduler().schedule
@@ -120,14 +121,14 @@ def test_beat_lists_the_schedule_and_finds_it_due_once_an_interval_passed(servic
 
 
 def test_beat_leaves_out_a_disabled_schedule(service, daily):
-    schedule = service_backups.backup_schedule_create(
+    schedule = schedules.backup_schedule_create(
         actor=None, service=service, timing=daily, enabled=False
     )
     assert _beat_entry(schedule).name not in _scheduler().schedule
 
 
 def test_a_due_time_sent_twice_starts_one_backup(service, daily):
-    schedule = service_backups.backup_schedule_create(actor=None, service=service, timing=daily)
+    schedule = schedules.backup_schedule_create(actor=None, service=service, timing=daily)
     PeriodicTask.objects.filter(pk=schedule.periodic_task_id).update(
         last_run_at=timezone.now() - dt.timedelta(days=2)
     )
@@ -147,34 +148,34 @@ def test_a_due_time_sent_twice_starts_one_backup(service, daily):
 
 
 def test_the_next_due_time_starts_the_next_backup(service, daily):
-    schedule = service_backups.backup_schedule_create(actor=None, service=service, timing=daily)
+    schedule = schedules.backup_schedule_create(actor=None, service=service, timing=daily)
     now = timezone.now()
 
-    assert service_backups.backup_schedule_run(schedule_id=schedule.pk, now=now) is not None
+    assert schedules.backup_schedule_run(schedule_id=schedule.pk, now=now) is not None
     # A copy an hour later (a redelivery): the same due time.
     later = now + dt.timedelta(hours=1)
-    assert service_backups.backup_schedule_run(schedule_id=schedule.pk, now=later) is None
+    assert schedules.backup_schedule_run(schedule_id=schedule.pk, now=later) is None
     # Beat's next send comes a day later, a little early by the worker's clock.
     next_day = now + dt.timedelta(days=1, seconds=-3)
-    assert service_backups.backup_schedule_run(schedule_id=schedule.pk, now=next_day) is not None
+    assert schedules.backup_schedule_run(schedule_id=schedule.pk, now=next_day) is not None
     assert BackupRun.objects.count() == 2
 
 
 def test_a_crontab_schedule_runs_once_per_due_time(service):
     nightly = CrontabSchedule.objects.create(minute="0", hour="2")
-    schedule = service_backups.backup_schedule_create(actor=None, service=service, timing=nightly)
+    schedule = schedules.backup_schedule_create(actor=None, service=service, timing=nightly)
     due = dt.datetime(2030, 1, 1, 2, 0, tzinfo=dt.UTC)
 
-    assert service_backups.backup_schedule_run(schedule_id=schedule.pk, now=due) is not None
+    assert schedules.backup_schedule_run(schedule_id=schedule.pk, now=due) is not None
     for copy_at in (due + dt.timedelta(seconds=4), due + dt.timedelta(hours=20)):
-        assert service_backups.backup_schedule_run(schedule_id=schedule.pk, now=copy_at) is None
+        assert schedules.backup_schedule_run(schedule_id=schedule.pk, now=copy_at) is None
     tomorrow = due + dt.timedelta(days=1, seconds=1)
-    assert service_backups.backup_schedule_run(schedule_id=schedule.pk, now=tomorrow) is not None
+    assert schedules.backup_schedule_run(schedule_id=schedule.pk, now=tomorrow) is not None
     assert BackupRun.objects.count() == 2
 
 
 def test_two_copies_at_the_same_instant_start_one_backup(service, daily):
-    schedule = service_backups.backup_schedule_create(actor=None, service=service, timing=daily)
+    schedule = schedules.backup_schedule_create(actor=None, service=service, timing=daily)
     barrier = threading.Barrier(2)
     now = timezone.now()
     started = []
@@ -182,7 +183,7 @@ def test_two_copies_at_the_same_instant_start_one_backup(service, daily):
     def deliver():
         try:
             barrier.wait()
-            started.append(service_backups.backup_schedule_run(schedule_id=schedule.pk, now=now))
+            started.append(schedules.backup_schedule_run(schedule_id=schedule.pk, now=now))
         finally:
             connection.close()
 
@@ -198,25 +199,22 @@ def test_two_copies_at_the_same_instant_start_one_backup(service, daily):
 
 def test_a_disabled_schedule_or_service_is_not_run(service, daily):
     now = timezone.now()
-    off = service_backups.backup_schedule_create(
-        actor=None, service=service, timing=daily, enabled=False
-    )
-    assert service_backups.backup_schedule_run(schedule_id=off.pk, now=now) is None
-    on = service_backups.backup_schedule_create(actor=None, service=service, timing=daily)
+    off = schedules.backup_schedule_create(actor=None, service=service, timing=daily, enabled=False)
+    assert schedules.backup_schedule_run(schedule_id=off.pk, now=now) is None
+    on = schedules.backup_schedule_create(actor=None, service=service, timing=daily)
     service.enabled = False
     service.save()
-    assert service_backups.backup_schedule_run(schedule_id=on.pk, now=now) is None
-    assert service_backups.backup_schedule_run(schedule_id=999_999, now=now) is None
+    assert schedules.backup_schedule_run(schedule_id=on.pk, now=now) is None
+    assert schedules.backup_schedule_run(schedule_id=999_999, now=now) is None
     assert not BackupRun.objects.exists()
 
 
 def test_retention_keeps_the_newest_by_count_and_drops_the_old(service, daily):
-    schedule = service_backups.backup_schedule_create(
+    schedule = schedules.backup_schedule_create(
         actor=None, service=service, timing=daily, keep_count=2, keep_days=30
     )
     runs = [
-        service_backups.backup_run_start(actor=None, service=service, schedule=schedule)
-        for _ in range(4)
+        services.backup_run_start(actor=None, service=service, schedule=schedule) for _ in range(4)
     ]
     # Each successful scheduled run applies retention: two archives are left.
     kept = BackupRun.objects.filter(pruned_at__isnull=True).order_by("pk")
@@ -226,21 +224,21 @@ def test_retention_keeps_the_newest_by_count_and_drops_the_old(service, daily):
 
     # Age: everything older than keep_days goes, except the latest good backup.
     BackupRun.objects.update(created_at=timezone.now() - dt.timedelta(days=40))
-    pruned = service_backups.backup_retention_apply(schedule=schedule)
+    pruned = services.backup_retention_apply(schedule=schedule)
     assert pruned == [runs[2].pk]
     assert list(get_store().keys()) == [BackupRun.objects.get(pk=runs[3].pk).storage_key]
 
 
 def test_a_pruned_backup_cannot_be_restored(service, daily):
-    schedule = service_backups.backup_schedule_create(
+    schedule = schedules.backup_schedule_create(
         actor=None, service=service, timing=daily, keep_count=1
     )
-    first = service_backups.backup_run_start(actor=None, service=service, schedule=schedule)
-    service_backups.backup_run_start(actor=None, service=service, schedule=schedule)
+    first = services.backup_run_start(actor=None, service=service, schedule=schedule)
+    services.backup_run_start(actor=None, service=service, schedule=schedule)
     first.refresh_from_db()
     assert first.pruned_at is not None
-    with pytest.raises(service_backups.InvalidInput, match="removed by retention"):
-        service_backups.restore_plan(backup=first, target=None)
+    with pytest.raises(InvalidInput, match="removed by retention"):
+        restore.restore_plan(backup=first, target=None)
 
 
 def test_the_backup_command_runs_a_backup(service, capsys):

@@ -1,14 +1,14 @@
 """The service overview (dashboard, API, /metrics): latest backup and drill of each."""
 
-from backups_app import selectors, service_backups
-from backups_app.models import BackupRun, RestoreRun
+from backups_app.service_backups import selectors, services
+from backups_app.service_backups.models import BackupRun, RestoreRun
 
 
 def test_it_costs_three_queries_however_many_services(db, tmp_path, django_assert_num_queries):
     for n in range(4):
         folder = tmp_path / f"s{n}"
         folder.mkdir()
-        service = service_backups.service_create(
+        service = services.service_create(
             actor=None, name=f"s{n}", adapter="directory", config={"path": str(folder)}
         )
         backup = BackupRun.objects.create(service=service, state="succeeded")

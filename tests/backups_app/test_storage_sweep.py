@@ -8,7 +8,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from backups_app.models import BackupRun, ClusterBackup, Service
+from backups_app.cluster_backups.models import ClusterBackup
+from backups_app.service_backups.models import BackupRun, Service
 from backups_app.sweep import storage_sweep
 from tests.backups_app.helpers import payload, post_backup
 

@@ -11,7 +11,7 @@ from fleet_app.locks import LockHeld, named_lock
 from fleet_app.management.base import CutoverCommand
 from fleet_app.runs import run_wait
 
-from ...service_backups import backup_run_start, service_by_name
+from ...service_backups.services import backup_run_start, service_by_name
 
 
 class Command(CutoverCommand):

@@ -15,8 +15,8 @@ from fleet_app.locks import LockHeld, named_lock
 from fleet_app.management.base import CutoverCommand
 from fleet_app.runs import run_wait
 
-from ...models import BackupRun
-from ...service_backups import restore_run_start
+from ...service_backups.models import BackupRun
+from ...service_backups.restore import restore_run_start
 
 
 def _target(pairs: list[str]) -> dict[str, str] | None:

@@ -8,8 +8,9 @@ exits 0 (OK), 1 (WARN) or 2 (CRIT). The same states are the Prometheus metrics
 
 import sys
 
-from backups_app.zfs import monitoring
 from fleet_app.management.base import CutoverCommand
+
+from ...zfs import selectors
 
 
 class Command(CutoverCommand):
@@ -24,19 +25,19 @@ class Command(CutoverCommand):
         )
 
     def handle(self, *args, **options):
-        checks = monitoring.all_checks()
-        state = monitoring.worst(checks)
-        problems = [c for c in checks if c.state != monitoring.OK]
+        checks = selectors.all_checks()
+        state = selectors.worst(checks)
+        problems = [c for c in checks if c.state != selectors.OK]
         if not checks:
             summary = "no dataset with a snapshot policy and no replication job"
         elif not problems:
             summary = f"all {len(checks)} checks fine"
         else:
             summary = ", ".join(
-                f"{sum(c.state == s for c in checks)} {monitoring.LABELS[s]}"
-                for s in (monitoring.CRIT, monitoring.WARN, monitoring.OK)
+                f"{sum(c.state == s for c in checks)} {selectors.LABELS[s]}"
+                for s in (selectors.CRIT, selectors.WARN, selectors.OK)
             )
-        self.stdout.write(f"{monitoring.LABELS[state]}: ZFS {summary}")
+        self.stdout.write(f"{selectors.LABELS[state]}: ZFS {summary}")
         shown = checks if options["verbose_checks"] else problems
         for check in sorted(shown, key=lambda c: (-c.state, c.kind, c.name)):
             self.stdout.write(check.line())

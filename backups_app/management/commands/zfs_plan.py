@@ -9,11 +9,12 @@ Reads only; nothing is created, destroyed or sent.
 
 from django.core.management.base import CommandError
 
-from backups_app.models_zfs import Dataset, ReplicationJob
-from backups_app.zfs import pipeline, services
-from backups_app.zfs.runner import ZfsCommandError
 from fleet_app.errors import FleetError
 from fleet_app.management.base import CutoverCommand
+
+from ...zfs import hosts
+from ...zfs.models import Dataset, ReplicationJob
+from ...zfs.runner import ZfsCommandError
 
 
 class Command(CutoverCommand):
@@ -42,7 +43,7 @@ class Command(CutoverCommand):
             f"snapshots of {dataset.name} on host {dataset.host.name} (policy {dataset.policy}):"
         )
         try:
-            plan = services.snapshot_plan_preview(dataset=dataset)
+            plan = hosts.snapshot_plan_preview(dataset=dataset)
         except (ZfsCommandError, FleetError) as exc:
             self.stdout.write(f"  cannot plan: {exc}")
             return
@@ -58,20 +59,17 @@ class Command(CutoverCommand):
     def _job(self, job):
         self.stdout.write(f"replication {job.name}: {job.source} → {job.target}")
         try:
-            with services._endpoints(
-                (job.source.host, job.source.name), (job.target.host, job.target.name)
-            ) as (src, tgt):
-                plan = pipeline.plan(src, tgt)
-                self.stdout.write(
-                    f"  plan: {plan.kind}" + (f" from {plan.common.short}" if plan.common else "")
-                )
-                for step in plan.steps:
-                    send, receive = pipeline.step_commands(src, tgt, step)
-                    self.stdout.write(f"  on {job.source.host.name}: zfs {' '.join(send)}")
-                    self.stdout.write(f"  on {job.target.host.name}: zfs {' '.join(receive)}")
+            preview = hosts.replication_plan_preview(job=job)
         except ZfsCommandError as exc:
             self.stdout.write(f"  cannot plan: {exc}")
             return
+        plan = preview.plan
+        self.stdout.write(
+            f"  plan: {plan.kind}" + (f" from {plan.common.short}" if plan.common else "")
+        )
+        for _step, send, receive in preview.steps:
+            self.stdout.write(f"  on {job.source.host.name}: zfs {' '.join(send)}")
+            self.stdout.write(f"  on {job.target.host.name}: zfs {' '.join(receive)}")
         if plan.divergence is not None:
             report = plan.divergence
             self.stdout.write(f"  diverged: {report.reason}")

@@ -31,7 +31,7 @@ def zfs_rows(db, zfs_lab, settings):
     """Rows for a pull job on the lab: the source host reached over SSH as the operator
     (pinned host key, the forced-command key as the workers' key), the target host local
     (named in ZFS_LOCAL_HOSTS), a fresh dataset each."""
-    from backups_app.models_zfs import Dataset, ReplicationJob, StorageHost
+    from backups_app.zfs.models import Dataset, ReplicationJob, StorageHost
 
     lab = zfs_lab
     lab.configure(settings, local_hosts=["ovh3"])

@@ -8,8 +8,8 @@ import signal
 import time
 from pathlib import Path
 
-from backups_app.models_zfs import ReplicationRun
 from backups_app.zfs import services, tasks
+from backups_app.zfs.models import ReplicationRun
 from fleet_app.runs import RunState
 from tests.conftest import wait_for
 
@@ -53,7 +53,7 @@ def test_a_killed_worker_leaves_the_job_re_runnable(zfs_rows, celery_worker_proc
     settings.ZFS_RUN_STALE_SECONDS = 1
     time.sleep(1.5)
     again = services.replication_run_start(job=rows.job, enqueue=False)
-    assert services.replication_run_execute(run_id=again.pk) == RunState.SUCCEEDED
+    assert tasks.replication_run_execute(again.pk) == RunState.SUCCEEDED
     run.refresh_from_db()
     assert run.state == RunState.FAILED and run.phase == "lost"
     again.refresh_from_db()

@@ -9,8 +9,8 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from backups_app.models_zfs import DivergenceReport, ReplicationRun
-from backups_app.zfs import services
+from backups_app.zfs import services, tasks
+from backups_app.zfs.models import DivergenceReport, ReplicationRun
 from fleet_app.errors import Conflict, InvalidInput
 from fleet_app.models import AuditEntry
 from fleet_app.runs import RunState, run_claim
@@ -25,7 +25,7 @@ def zfs_check() -> tuple[int, str]:
 
 def run_job(rows, **kw):
     run = services.replication_run_start(job=rows.job, enqueue=False, **kw)
-    services.replication_run_execute(run_id=run.pk)
+    tasks.replication_run_execute(run.pk)
     run.refresh_from_db()
     return run
 
@@ -94,9 +94,9 @@ def test_a_redelivered_run_completes_once(zfs_rows):
     lab.snapshot(rows.source.name, "s1")
     run = services.replication_run_start(job=rows.job, enqueue=False)
     assert run_claim(run)  # the first delivery claimed it and died before any transfer
-    assert services.replication_run_execute(run_id=run.pk) == RunState.SUCCEEDED
+    assert tasks.replication_run_execute(run.pk) == RunState.SUCCEEDED
     # A duplicate delivery after it finished is a no-op.
-    assert services.replication_run_execute(run_id=run.pk) == RunState.SUCCEEDED
+    assert tasks.replication_run_execute(run.pk) == RunState.SUCCEEDED
     assert ReplicationRun.objects.filter(job=rows.job).count() == 1
 
 
@@ -158,7 +158,7 @@ def test_divergence_waits_for_an_approval_then_the_fix_runs(zfs_rows, alice):
     assert report.outcome == f"zfs rollback -r {rows.target.name}@s1"
     assert AuditEntry.objects.filter(action="zfs.divergence.applied").exists()
     rerun = ReplicationRun.objects.filter(job=rows.job, state=RunState.PENDING).get()
-    services.replication_run_execute(run_id=rerun.pk)
+    tasks.replication_run_execute(rerun.pk)
     rerun.refresh_from_db()
     assert rerun.state == RunState.SUCCEEDED and rerun.plan_kind == "incremental"
     assert lab.snapshots(rows.target.name) == ["s1", "s2"]
@@ -186,7 +186,7 @@ def test_a_renamed_source_is_followed_once_staff_approve(zfs_rows, alice):
 
     lab.snapshot(moved, "s2")
     rerun = ReplicationRun.objects.get(job=rows.job, state=RunState.PENDING)
-    services.replication_run_execute(run_id=rerun.pk)
+    tasks.replication_run_execute(rerun.pk)
     rerun.refresh_from_db()
     assert rerun.state == RunState.SUCCEEDED and rerun.plan_kind == "incremental"
     assert lab.snapshots(rows.target.name) == ["s1", "s2"]
@@ -206,5 +206,5 @@ def test_a_recursive_job_runs_each_child_dataset_in_its_own_run(zfs_rows):
     child_run = ReplicationRun.objects.get(job=rows.job, source_dataset=child)
     assert child_run.state == RunState.PENDING
     assert child_run.target_dataset == f"{rows.target.name}/images"
-    assert services.replication_run_execute(run_id=child_run.pk) == RunState.SUCCEEDED
+    assert tasks.replication_run_execute(child_run.pk) == RunState.SUCCEEDED
     assert lab.snapshots(f"{rows.target.name}/images") == ["s1"]

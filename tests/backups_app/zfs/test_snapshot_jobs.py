@@ -5,8 +5,8 @@ import datetime as dt
 
 from django.core.management import call_command
 
-from backups_app.models_zfs import Dataset, ReplicationJob, SnapshotPolicy, StorageHost
-from backups_app.zfs import services
+from backups_app.zfs import hosts, services, tasks
+from backups_app.zfs.models import Dataset, ReplicationJob, SnapshotPolicy, StorageHost
 from fleet_app.runs import RunState
 
 from .realzfs import sanoid
@@ -35,13 +35,13 @@ def test_a_snapshot_job_spares_the_targets_base_and_the_preview_says_so(
     for short in hours:
         lab.snapshot(source.name, short)
     run = services.replication_run_start(job=job, enqueue=False)
-    assert services.replication_run_execute(run_id=run.pk) == RunState.SUCCEEDED
+    assert tasks.replication_run_execute(run.pk) == RunState.SUCCEEDED
     later = [sanoid(NOW - dt.timedelta(hours=h)) for h in (3, 2)]
     for short in later:
         lab.snapshot(source.name, short)
     lab.zfs("release", job.hold_tag, f"{source.name}@{hours[-1]}")  # the rule alone
 
-    plan = services.snapshot_plan_preview(dataset=source, now=NOW)
+    plan = hosts.snapshot_plan_preview(dataset=source, now=NOW)
     assert plan.create == [f"{source.name}@autosnap_2024-03-06_12:30:00_hourly"]
     assert {s.short for s in plan.destroy} == set(hours[:2])
     assert plan.spared == {f"{source.name}@{hours[-1]}": f"base of {target}"}
@@ -54,7 +54,7 @@ def test_a_snapshot_job_spares_the_targets_base_and_the_preview_says_so(
     assert lab.snapshots(source.name) == hours + later  # the preview changed nothing
 
     run = services.snapshot_run_start(dataset=source, enqueue=False)
-    assert services.snapshot_run_execute(run_id=run.pk, now=NOW) == RunState.SUCCEEDED
+    assert tasks.snapshot_run_execute(run.pk, now=NOW) == RunState.SUCCEEDED
     run.refresh_from_db()
     assert len(run.created) == 1 and len(run.destroyed) == 2 and run.refused == []
     assert lab.snapshots(source.name) == [hours[-1], *later, "autosnap_2024-03-06_12:30:00_hourly"]

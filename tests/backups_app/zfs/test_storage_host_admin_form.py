@@ -4,8 +4,8 @@ is posted to it, the commands built for the host come from the workers' settings
 import pytest
 from django.urls import reverse
 
-from backups_app.models_zfs import StorageHost
-from backups_app.zfs import services
+from backups_app.zfs import hosts
+from backups_app.zfs.models import StorageHost
 from fleet_app.models import User
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPinnedKey"
@@ -78,7 +78,7 @@ def test_posting_a_binary_path_changes_nothing_the_workers_run(client, root, wor
     assert (host.address, host.port) == ("off2.example", 2299)  # the form was saved
     assert host.name == name
 
-    with services.host_runner(host) as runner:
+    with hosts.host_runner(host) as runner:
         zfs = runner.zfs_argv(["list", "-H"])
         zpool = runner.zpool_argv(["list", "-H"])
 

@@ -4,8 +4,8 @@ other host must be reachable over SSH, and a run on one that is not fails saying
 import pytest
 from django.core.exceptions import ValidationError
 
-from backups_app.models_zfs import Dataset, SnapshotPolicy, StorageHost
-from backups_app.zfs import services
+from backups_app.zfs import hosts, services, tasks
+from backups_app.zfs.models import Dataset, SnapshotPolicy, StorageHost
 from backups_app.zfs.runner import HostUnreachable, LocalRunner, SshRunner
 from fleet_app.runs import RunState
 
@@ -21,7 +21,7 @@ def test_a_host_is_local_only_when_named_in_zfs_local_hosts(db, settings):
     assert not host.is_local
     settings.ZFS_LOCAL_HOSTS = frozenset({"off2", "ovh3"})
     assert host.is_local
-    assert isinstance(services.host_runner(host), LocalRunner)
+    assert isinstance(hosts.host_runner(host), LocalRunner)
 
 
 def test_a_host_not_named_local_is_reached_over_ssh(db, settings):
@@ -29,7 +29,7 @@ def test_a_host_not_named_local_is_reached_over_ssh(db, settings):
     settings.ZFS_SSH_KEY_PATH = "/etc/cutover/zfs_ed25519"
     host = StorageHost.objects.create(name="off2", address="off2.example", user="op", host_key=KEY)
 
-    with services.host_runner(host) as runner:
+    with hosts.host_runner(host) as runner:
         assert isinstance(runner, SshRunner)
         assert runner.label == "op@off2.example:22"
 
@@ -52,7 +52,7 @@ def test_a_run_on_a_host_neither_local_nor_reachable_fails_saying_why(db, settin
     dataset = Dataset.objects.create(host=host, name="tank/data", policy=policy)
 
     run = services.snapshot_run_start(dataset=dataset, enqueue=False)
-    assert services.snapshot_run_execute(run_id=run.pk) == RunState.FAILED
+    assert tasks.snapshot_run_execute(run.pk) == RunState.FAILED
 
     run.refresh_from_db()
     assert "ovh3: not named in ZFS_LOCAL_HOSTS" in run.error
@@ -64,4 +64,4 @@ def test_no_ssh_runner_is_built_without_the_workers_key(db, settings):
     host = StorageHost.objects.create(name="off2", address="off2.example", user="op", host_key=KEY)
 
     with pytest.raises(HostUnreachable, match="ZFS_SSH_KEY_PATH is not set"):
-        services.host_runner(host)
+        hosts.host_runner(host)

@@ -7,7 +7,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from backups_app.models_zfs import (
+from backups_app.zfs.models import (
     Dataset,
     DivergenceReport,
     ReplicationJob,

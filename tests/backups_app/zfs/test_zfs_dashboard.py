@@ -6,7 +6,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from backups_app.models_zfs import (
+from backups_app.zfs.models import (
     Dataset,
     DivergenceReport,
     ReplicationJob,

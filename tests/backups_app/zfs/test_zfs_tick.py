@@ -4,7 +4,8 @@ import datetime as dt
 
 from django.utils import timezone
 
-from backups_app.models_zfs import (
+from backups_app.zfs import services
+from backups_app.zfs.models import (
     Dataset,
     ReplicationJob,
     ReplicationRun,
@@ -12,7 +13,6 @@ from backups_app.models_zfs import (
     SnapshotRun,
     StorageHost,
 )
-from backups_app.zfs import services
 
 
 def test_due_jobs_start_once(db, django_capture_on_commit_callbacks):

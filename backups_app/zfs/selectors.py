@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from fleet_app.runs import RunState
 
-from ..models_zfs import Dataset, DivergenceReport, ReplicationJob, ReplicationRun
+from .models import Dataset, DivergenceReport, ReplicationJob, ReplicationRun
 
 OK, WARN, CRIT = 0, 1, 2
 LABELS = {OK: "OK", WARN: "WARN", CRIT: "CRIT"}
@@ -63,7 +63,7 @@ def thresholds(dataset: Dataset) -> tuple[int, int] | None:
     return None
 
 
-def _age(seconds: float) -> str:
+def age_text(seconds: float) -> str:
     if seconds <= 90 * 60:
         return f"{seconds / 60:.0f}m"
     if seconds < 48 * 3600:
@@ -93,8 +93,8 @@ def dataset_checks(now: dt.datetime | None = None) -> list[Check]:
                 "dataset",
                 name,
                 state,
-                f"newest snapshot {dataset.newest_snapshot} is {_age(age)} old "
-                f"(warn {_age(warn * 60)}, crit {_age(crit * 60)})",
+                f"newest snapshot {dataset.newest_snapshot} is {age_text(age)} old "
+                f"(warn {age_text(warn * 60)}, crit {age_text(crit * 60)})",
                 age_seconds=age,
             )
         )
@@ -137,16 +137,19 @@ def job_rows(now: dt.datetime | None = None) -> list[dict]:
             state = WARN if job.last_state == RunState.FAILED else OK
             message = "never succeeded" + (f": {job.last_error}" if job.last_error else " yet")
         elif since > 4 * every + 600:
-            state, message = CRIT, f"last success {_age(since)} ago (every {job.every_minutes}m)"
+            state, message = (
+                CRIT,
+                f"last success {age_text(since)} ago (every {job.every_minutes}m)",
+            )
         elif since > 2 * every + 300 or job.last_state == RunState.FAILED:
             state = WARN
-            message = f"last success {_age(since)} ago" + (
+            message = f"last success {age_text(since)} ago" + (
                 f"; last run failed: {job.last_error}" if job.last_state == RunState.FAILED else ""
             )
         else:
-            state, message = OK, f"last success {_age(since)} ago"
+            state, message = OK, f"last success {age_text(since)} ago"
         if lag is not None:
-            message += f", lag {_age(lag)}"
+            message += f", lag {age_text(lag)}"
         rows.append(
             {
                 "job": job,

@@ -1,9 +1,9 @@
 """ZFS: storage hosts, datasets, sanoid-style snapshot policies, pull replication jobs,
 their run rows and the divergence reports that wait for a staff decision.
 
-Imported by ``backups_app.models`` (one line at its end), so the tables belong to
-``backups_app``. What a row means for ZFS is in ``backups_app.zfs``; everything that writes
-is in ``backups_app.zfs.services``.
+``backups_app.models`` imports these by name, so the tables belong to ``backups_app``.
+What a row means for ZFS is in ``backups_app.zfs``; what writes is in
+``backups_app.zfs.services`` and, for what is read from the hosts, ``backups_app.zfs.hosts``.
 """
 
 from django.conf import settings
@@ -14,19 +14,9 @@ from django.utils import timezone
 
 from fleet_app.runs import Run, RunState
 
-from .zfs import names
-from .zfs.planning import Policy
-from .zfs.runner import host_key_validate
-
-__all__ = [
-    "DivergenceReport",
-    "Dataset",
-    "ReplicationJob",
-    "ReplicationRun",
-    "SnapshotPolicy",
-    "SnapshotRun",
-    "StorageHost",
-]
+from . import names
+from .planning import Policy
+from .runner import host_key_validate
 
 ACTIVE_STATES = (RunState.PENDING, RunState.RUNNING)
 

@@ -1,6 +1,8 @@
-"""Read queries shared by the admin, the dashboard and the staff API."""
+"""Read queries on cluster backups shared by the admin, the dashboard, metrics and the
+staff API."""
 
 import datetime as dt
+from collections.abc import Collection
 
 from django.conf import settings
 from django.db.models import (
@@ -22,7 +24,7 @@ from fleet_app import access
 from fleet_app import selectors as fleet
 from fleet_app.models import Quota, System, User
 
-from .models import BackupRun, ClusterBackup, RestoreRun, Service
+from .models import ClusterBackup
 
 
 def cluster_backups_visible_to(user: User) -> QuerySet[ClusterBackup]:
@@ -137,49 +139,8 @@ def organizations_quota_usage(user: User, *, limit: int = 20) -> list[dict]:
     return result
 
 
-# --- Service backups -------------------------------------------------------------------------
-
-
-def latest_good_backup(service: Service) -> BackupRun | None:
-    return (
-        BackupRun.objects.filter(service=service, state="succeeded", pruned_at__isnull=True)
-        .order_by("-pk")
-        .first()
+def storage_keys_owned(keys: Collection[str]) -> set[str]:
+    """Which of ``keys`` a cluster backup row points at (the storage sweep keeps those)."""
+    return set(
+        ClusterBackup.objects.filter(storage_key__in=keys).values_list("storage_key", flat=True)
     )
-
-
-def services_overview(*, drill_max_age_days: int | None = None) -> list[dict]:
-    """Each service with its latest backup, latest drill, latest good drill and the
-    overdue flag (no good drill within the threshold)."""
-    days = settings.BACKUP_DRILL_MAX_AGE_DAYS if drill_max_age_days is None else drill_max_age_days
-    cutoff = timezone.now() - dt.timedelta(days=days)
-    good_drill = RestoreRun.objects.filter(
-        service_id=OuterRef("pk"), purpose=RestoreRun.Purpose.DRILL, verified=True
-    ).order_by("-finished_at")
-    latest_backup = BackupRun.objects.filter(service_id=OuterRef("pk")).order_by("-pk")
-    latest_drill = RestoreRun.objects.filter(
-        service_id=OuterRef("pk"), purpose=RestoreRun.Purpose.DRILL
-    ).order_by("-pk")
-    services = list(
-        Service.objects.annotate(
-            last_good_drill_at=Subquery(good_drill.values("finished_at")[:1]),
-            last_backup_id=Subquery(latest_backup.values("pk")[:1]),
-            last_drill_id=Subquery(latest_drill.values("pk")[:1]),
-        ).order_by("name")
-    )
-    # Three queries however many services: the latest rows are fetched together.
-    backups = BackupRun.objects.in_bulk([s.last_backup_id for s in services if s.last_backup_id])
-    drills = RestoreRun.objects.in_bulk([s.last_drill_id for s in services if s.last_drill_id])
-    result = []
-    for service in services:
-        result.append(
-            {
-                "service": service,
-                "last_backup": backups.get(service.last_backup_id),
-                "last_drill": drills.get(service.last_drill_id),
-                "last_good_drill_at": service.last_good_drill_at,
-                "drill_overdue": service.enabled
-                and (service.last_good_drill_at is None or service.last_good_drill_at < cutoff),
-            }
-        )
-    return result

@@ -1,41 +1,23 @@
-"""The backups staff API under /api/backups/.
+"""The service backups staff API under /api/backups/: services, backup runs, restore runs.
 
-Cluster backups are scoped to the caller's organization subtree like every fleet list.
 Service backups and restores are Cutover's own (its database, its folders): the
 platform's alone (the permission table). Starting a run answers 202 with the run's URL;
 the run row is the status.
 """
 
 from django.urls import reverse
-from django_filters import rest_framework as filters
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from fleet_app import services as fleet
-from fleet_app.api.filters import visible_systems
 from fleet_app.api.pagination import NewestFirst
 from fleet_app.errors import FleetError
 
-from .. import selectors, service_backups, services
-from ..errors import BackupCorrupt
-from ..models import BackupRun, ClusterBackup, RestoreRun, Service
+from .. import restore, selectors, services
+from ..models import BackupRun, RestoreRun, Service
 from . import serializers
-from .collect import download_response
-
-
-class ClusterBackupFilter(filters.FilterSet):
-    system = filters.ModelChoiceFilter(queryset=visible_systems, label="System (id)")
-
-    class Meta:
-        model = ClusterBackup
-        fields = ["system"]
-
-
-class NewestUploadFirst(NewestFirst):
-    ordering = ("-uploaded_at", "-pk")
 
 
 class ByName(NewestFirst):
@@ -46,50 +28,6 @@ class ByName(NewestFirst):
 
 def _invalid(error: FleetError) -> ValidationError:
     return ValidationError({"detail": error.message})
-
-
-class ClusterBackupViewSet(
-    mixins.ListModelMixin,
-    mixins.RetrieveModelMixin,
-    mixins.DestroyModelMixin,
-    viewsets.GenericViewSet,
-):
-    """Cluster backups of the visible fleet, newest first; ``?system=<id>`` filters."""
-
-    serializer_class = serializers.ClusterBackupSerializer
-    pagination_class = NewestUploadFirst
-    filterset_class = ClusterBackupFilter
-
-    def get_queryset(self):
-        return selectors.cluster_backups_visible_to(self.request.user).select_related("system")
-
-    def perform_destroy(self, instance):
-        services.cluster_backup_delete(backup=instance, actor=self.request.user)
-
-    @extend_schema(
-        responses={
-            (200, "application/octet-stream"): bytes,
-            500: OpenApiResponse(
-                description="The stored object failed its integrity check: "
-                "a fault of the store, not of the request."
-            ),
-        }
-    )
-    @action(detail=True, methods=["get"])
-    def download(self, request, pk=None):
-        backup = self.get_object()
-        try:
-            response = download_response(backup)
-        except BackupCorrupt as error:
-            return Response({"detail": error.message}, status=500)
-        fleet.audit_record(
-            actor=request.user,
-            action="cluster_backup.download",
-            obj=backup,
-            after={"size": backup.size, "sha256": backup.sha256},
-            organization=backup.organization,
-        )
-        return response
 
 
 class ServiceViewSet(viewsets.ReadOnlyModelViewSet):
@@ -139,7 +77,7 @@ class BackupRunViewSet(
         form = serializers.BackupRunCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         try:
-            run = service_backups.backup_run_start(
+            run = services.backup_run_start(
                 actor=request.user, service=form.validated_data["service"]
             )
         except FleetError as error:
@@ -169,7 +107,7 @@ class RestoreRunViewSet(
         form = serializers.RestoreRunCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         try:
-            run = service_backups.restore_run_start(
+            run = restore.restore_run_start(
                 actor=request.user,
                 backup=form.validated_data["backup"],
                 target=form.validated_data["target"] or None,

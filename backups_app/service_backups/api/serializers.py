@@ -1,9 +1,9 @@
-"""Staff API serializers for backups."""
+"""Staff API serializers for service backups and restores."""
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ..models import BackupRun, ClusterBackup, RestoreRun, Service
+from ..models import BackupRun, RestoreRun, Service
 
 RUN_FIELDS = [
     "id",
@@ -20,25 +20,6 @@ RUN_FIELDS = [
     "finished_at",
     "updated_at",
 ]
-
-
-class ClusterBackupSerializer(serializers.ModelSerializer):
-    system_key = serializers.CharField(source="system.system_key", read_only=True)
-
-    class Meta:
-        model = ClusterBackup
-        fields = [
-            "id",
-            "system",
-            "system_key",
-            "organization",
-            "filename",
-            "mimetype",
-            "size",
-            "sha256",
-            "uploaded_at",
-            "corrupt_at",
-        ]
 
 
 class ServiceSerializer(serializers.ModelSerializer):

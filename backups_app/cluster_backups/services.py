@@ -27,10 +27,10 @@ from fleet_app import services as fleet
 from fleet_app.errors import InvalidInput, PayloadTooLarge, TooManyRequests
 from fleet_app.models import Organization, Quota, System, User
 
+from ..errors import BackupCorrupt, LengthRequired, NotFound, StorageUnavailable
+from ..storage import StorageError, get_store
 from . import throttle
-from .errors import BackupCorrupt, LengthRequired, NotFound, StorageUnavailable
 from .models import ClusterBackup
-from .storage import StorageError, get_store
 
 logger = logging.getLogger(__name__)
 

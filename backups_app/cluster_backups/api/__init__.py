@@ -1,0 +1,1 @@
+"""Cluster backups over HTTP: the collect API (systems) and the staff API."""

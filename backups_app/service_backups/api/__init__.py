@@ -1,0 +1,1 @@
+"""Service backups in the staff API."""
