@@ -326,8 +326,6 @@ FLEET_QUOTA_DEFAULTS = {
     "systems": env.int("FLEET_QUOTA_SYSTEMS", default=100),
     "backup_bytes": env.int("FLEET_QUOTA_BACKUP_BYTES", default=100 * 1024**3),
 }
-# Celery autodiscovers only tasks.py; the account jobs live in their own module.
-CELERY_IMPORTS = ("migrations_app.tasks_accounts",)
 
 # --- Backups ------------------------------------------------------------------------------
 # Blob store: empty → a local folder (BACKUP_LOCAL_ROOT, under MEDIA_ROOT by default);
