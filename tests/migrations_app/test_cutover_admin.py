@@ -566,7 +566,8 @@ def test_every_cutover_admin_page_renders_for_each_role(client, request, persona
 
 
 def test_the_admin_module_loads_without_the_rotation_module():
-    """The bulk rotation import is lazy: the admin must not need migrations_app.rotation."""
+    """The bulk rotation import is lazy: the admin must not need the rotation module
+    (migrations_app.cutover.rotation)."""
     import ast
     import inspect
 
