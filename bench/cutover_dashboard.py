@@ -218,8 +218,8 @@ def main() -> None:
 
         from fleet_app import services
         from fleet_app.models import User
-        from migrations_app import selectors
-        from migrations_app import services as cutover
+        from migrations_app.cutover import selectors
+        from migrations_app.cutover import services as cutover
 
         owner = services.organization_create(actor=None, name="Owner", kind="owner")
         organizations = [
@@ -253,7 +253,7 @@ def main() -> None:
                 if label == "dashboard":
                     last_sql = sql
             # /metrics also runs the fleet's collector; this is the cutover's share alone.
-            from migrations_app.metrics import cutover_metrics
+            from migrations_app.cutover.metrics import cutover_metrics
 
             p50, p95, queries = measure_call(lambda: list(cutover_metrics()), options.requests)
             rows.append((scale, "cutover gauges", p50, p95, queries, fill_s, rebuild_s))

@@ -128,11 +128,11 @@ def seed_finder() -> list[str]:
 
 
 def small(options) -> dict:
-    from migrations_app import accounts
+    from migrations_app.accounts import selectors
 
     print(f"\n1. finder on {options.small:,} users, beside seed 001's")
     groups = step("generate users", lambda: users_generate(options.small, options.every))
-    ours, found = best(lambda: accounts.duplicates_find(with_owned=False), options.repeat)
+    ours, found = best(lambda: selectors.duplicates_find(with_owned=False), options.repeat)
     print(
         f"  duplicates_find: {ours * 1000:.1f} ms, {len(found)} groups (best of {options.repeat})"
     )
@@ -148,13 +148,13 @@ def small(options) -> dict:
 
 
 def large(options) -> dict:
-    from migrations_app import accounts
+    from migrations_app.accounts import selectors
 
     print(f"\n2. finder on {options.large:,} users")
     groups = step("generate users", lambda: users_generate(options.large, options.every))
-    first, found = best(lambda: accounts.duplicates_find(with_owned=False), 1)
-    warm, _ = best(lambda: accounts.duplicates_find(with_owned=False), options.repeat)
-    owned, _ = best(lambda: accounts.duplicates_find(with_owned=True), 1)
+    first, found = best(lambda: selectors.duplicates_find(with_owned=False), 1)
+    warm, _ = best(lambda: selectors.duplicates_find(with_owned=False), options.repeat)
+    owned, _ = best(lambda: selectors.duplicates_find(with_owned=True), 1)
     print(
         f"  duplicates_find: first {first:.2f} s, then {warm:.2f} s (best of {options.repeat}); "
         f"{len(found):,} groups; with the dry run's owned counts {owned:.2f} s"
@@ -210,15 +210,15 @@ def relations_give(groups) -> int:
 
 
 def merge(options) -> dict:
-    from migrations_app import accounts
+    from migrations_app.accounts import selectors, services
 
     print(f"\n3. merge throughput, {options.groups:,} groups")
     if not options.large:
         users_generate(max(options.small, options.groups * options.every), options.every)
-    groups = accounts.dedupe_plan(accounts.duplicates_find(with_owned=False))[: options.groups]
+    groups = selectors.dedupe_plan(selectors.duplicates_find(with_owned=False))[: options.groups]
     rows = step("give the accounts related rows", lambda: relations_give(groups))
     checkpoint_time = []
-    write = accounts.dedupe_checkpoint_write
+    write = services.dedupe_checkpoint_write
 
     def timed_checkpoint(**kwargs):
         began = time.perf_counter()
@@ -226,18 +226,18 @@ def merge(options) -> dict:
         checkpoint_time.append(time.perf_counter() - began)
         return value
 
-    accounts.dedupe_checkpoint_write = timed_checkpoint
-    run = accounts.dedupe_run_create(actor=None, plan=accounts.plan_json(groups))
+    services.dedupe_checkpoint_write = timed_checkpoint
+    run = services.dedupe_run_create(actor=None, plan=selectors.plan_json(groups))
     began = time.perf_counter()
-    run = accounts.dedupe_run_process(run=run)
+    run = services.dedupe_run_process(run=run)
     merged = time.perf_counter() - began
     assert (run.state, run.done) == ("succeeded", len(groups)), (run.state, run.error, run.log)
-    undo = accounts.dedupe_undo_create(actor=None, run=run)
+    undo = services.dedupe_undo_create(actor=None, run=run)
     began = time.perf_counter()
-    undo = accounts.dedupe_run_process(run=undo)
+    undo = services.dedupe_run_process(run=undo)
     undone = time.perf_counter() - began
     assert (undo.state, undo.done) == ("succeeded", len(groups)), (undo.state, undo.error)
-    accounts.dedupe_checkpoint_write = write
+    services.dedupe_checkpoint_write = write
     checkpoint = checkpoint_time[0]
     print(
         f"  {rows:,} related rows; checkpoint {checkpoint:.2f} s; merge {merged:.2f} s in all "

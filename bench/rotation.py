@@ -113,8 +113,8 @@ def seed(count: int) -> None:
 
     from fleet_app import credentials, services
     from fleet_app.models import System
+    from migrations_app.cutover.services import counters_bump
     from migrations_app.models import LegacyMapping
-    from migrations_app.services import counters_bump
 
     owner = services.organization_create(actor=None, name="bench-owner", kind="owner")
     customer = services.organization_create(
@@ -206,8 +206,8 @@ def chunk_times(log: Path) -> list[float]:
 
 
 def measure(options, queue: str) -> dict:
+    from migrations_app.cutover.rotation import rotation_run_start
     from migrations_app.models import RotationRun
-    from migrations_app.rotation import rotation_run_start
 
     began = time.monotonic()
     run = rotation_run_start(actor=None, filters={}, chunk_size=options.chunk_size, queue=queue)

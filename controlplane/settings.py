@@ -256,7 +256,7 @@ FLEET_HISTORY_DAYS = env.int("FLEET_HISTORY_DAYS", default=90)
 # Failed legacy logins on /proxy/credentials and freekey: after this many failures in the
 # window, an address is refused (429 with Retry-After) whatever it presents, and a legacy
 # id is refused to the addresses that failed for it; others' failures never lock a system
-# out (migrations_app/throttle.py).
+# out (migrations_app/cutover/throttle.py).
 PROXY_THROTTLE_FAILURES = env.int("PROXY_THROTTLE_FAILURES", default=10)
 PROXY_THROTTLE_WINDOW_SECONDS = env.int("PROXY_THROTTLE_WINDOW_SECONDS", default=900)
 # A bulk rotation leaves alone mappings whose credentials were fetched this recently: the
@@ -326,8 +326,6 @@ FLEET_QUOTA_DEFAULTS = {
     "systems": env.int("FLEET_QUOTA_SYSTEMS", default=100),
     "backup_bytes": env.int("FLEET_QUOTA_BACKUP_BYTES", default=100 * 1024**3),
 }
-# Celery autodiscovers only tasks.py; the account jobs live in their own module.
-CELERY_IMPORTS = ("migrations_app.tasks_accounts",)
 
 # --- Backups ------------------------------------------------------------------------------
 # Blob store: empty → a local folder (BACKUP_LOCAL_ROOT, under MEDIA_ROOT by default);

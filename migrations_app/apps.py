@@ -12,6 +12,6 @@ class MigrationsConfig(AppConfig):
 
         rules_register(access_table.RULES)
 
-        from . import metrics, receivers  # noqa: F401 - metrics registers its collector
+        from .cutover import metrics, receivers  # noqa: F401 - metrics registers its collector
 
         receivers.connect()

@@ -1,153 +1,30 @@
-"""Legacy credential mappings (``proxy_mappings``), their rotation and the cutover counts."""
+"""The app's models, one module per capability; Django looks for them here.
 
-from django.db import models
-from django.db.models import Q
-from django.utils import timezone
+Each keeps the app label ``migrations_app`` and its table, so moving a model between
+capabilities needs no migration.
+"""
 
-from fleet_app.models import Inventory, System
-from fleet_app.runs import Run
+from .accounts.models import (
+    DedupeCheckpoint,
+    DedupeJournal,
+    DedupeMerged,
+    DedupeRun,
+    LegacyAccount,
+    LegacyOrganization,
+    QuotaRun,
+)
+from .cutover.models import CutoverDay, FingerprintAnomaly, LegacyMapping, RotationRun
 
-
-class RotationRun(Run):
-    """A staff-initiated bulk rotation over the mappings matching ``filters``.
-
-    Processed in primary-key chunks; ``cursor`` is the last mapping id done, written in
-    the same transaction as the chunk, so a killed worker resumes exactly where it was.
-    """
-
-    task_name = "migrations_app.tasks.rotation_run_execute"
-
-    filters = models.JSONField(default=dict, blank=True)
-    cursor = models.BigIntegerField(default=0)
-    chunk_size = models.PositiveIntegerField(default=1000)
-
-    class Meta:
-        ordering = ["-created_at"]
-
-    def __str__(self) -> str:
-        return f"rotation run {self.pk} ({self.state})"
-
-
-class LegacyMapping(models.Model):
-    """A legacy pair (``legacy_system_id`` + legacy token) and the native system it maps to.
-
-    The legacy token is kept only as a keyed digest: it still authenticates the legacy
-    client on ``/proxy/credentials`` and ``/api/Utils/freekey`` and is preserved, never
-    overwritten, for audit. The life of a mapping is a series of first-time stamps:
-    rotated (native credentials handed out), confirmed (first native call), fingerprinted
-    (an inventory names this legacy id in ``facts.migration``), released (the legacy slot
-    was freed).
-    """
-
-    legacy_system_id = models.CharField(max_length=128, unique=True)
-    legacy_token_digest = models.CharField(max_length=64, editable=False)
-    system = models.OneToOneField(System, on_delete=models.PROTECT, related_name="legacy_mapping")
-    created_at = models.DateTimeField(default=timezone.now, editable=False)
-    # Last contact known from the legacy side (import file) and from our proxy endpoint.
-    legacy_last_seen_at = models.DateTimeField(null=True, blank=True)
-    last_attempt_at = models.DateTimeField(null=True, blank=True)
-    rotated_at = models.DateTimeField(null=True, blank=True)
-    rotation_count = models.PositiveIntegerField(default=0)
-    last_rotation_run = models.ForeignKey(
-        RotationRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    confirmed_at = models.DateTimeField(null=True, blank=True)
-    fingerprint_at = models.DateTimeField(null=True, blank=True)
-    # What the cluster itself reported in facts.migration.migrated_at.
-    migrated_at = models.DateTimeField(null=True, blank=True)
-    released_at = models.DateTimeField(null=True, blank=True)
-    reopened_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        db_table = "proxy_mappings"
-        indexes = [
-            # Stragglers: not rotated yet, oldest first.
-            models.Index(
-                fields=["created_at", "id"],
-                condition=Q(rotated_at__isnull=True),
-                name="mapping_not_rotated_idx",
-            ),
-            # Credentials issued, never used: oldest rotation first.
-            models.Index(
-                fields=["rotated_at", "id"],
-                condition=Q(rotated_at__isnull=False, confirmed_at__isnull=True),
-                name="mapping_unconfirmed_idx",
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return self.legacy_system_id
-
-    @property
-    def state(self) -> str:
-        """The furthest step reached, for lists and filters."""
-        if self.fingerprint_at:
-            return "fingerprinted"
-        if self.confirmed_at:
-            return "confirmed"
-        if self.rotated_at:
-            return "rotated"
-        return "legacy"
-
-
-class CutoverDay(models.Model):
-    """Per-day deltas of the cutover counts, written with the change that causes them.
-
-    The dashboard reads totals and the burn-down from these few hundred rows instead of
-    counting a million mappings; ``cutover_counters_rebuild`` recomputes them from the
-    mappings if they are ever in doubt.
-    """
-
-    day = models.DateField(primary_key=True)
-    mappings = models.IntegerField(default=0)
-    rotated = models.IntegerField(default=0)
-    confirmed = models.IntegerField(default=0)
-    fingerprinted = models.IntegerField(default=0)
-    released = models.IntegerField(default=0)
-
-    class Meta:
-        ordering = ["day"]
-
-    def __str__(self) -> str:
-        return str(self.day)
-
-
-class FingerprintAnomaly(models.Model):
-    """An inventory whose ``facts.migration.from_legacy_system_id`` does not fit.
-
-    ``unknown``: no mapping has that legacy id. ``mismatch``: the legacy id belongs to
-    another system's mapping, or this system's mapping has another legacy id.
-    """
-
-    class Kind(models.TextChoices):
-        UNKNOWN = "unknown", "Unknown legacy id"
-        MISMATCH = "mismatch", "Legacy id of another system"
-
-    system = models.ForeignKey(System, on_delete=models.CASCADE, related_name="+")
-    inventory = models.ForeignKey(
-        Inventory, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    kind = models.CharField(max_length=16, choices=Kind.choices)
-    claimed_legacy_system_id = models.CharField(max_length=128)
-    expected_legacy_system_id = models.CharField(max_length=128, blank=True)
-    first_seen_at = models.DateTimeField(default=timezone.now)
-    last_seen_at = models.DateTimeField(default=timezone.now)
-    occurrences = models.PositiveIntegerField(default=1)
-    resolved_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        verbose_name_plural = "fingerprint anomalies"
-        constraints = [
-            # One open anomaly per system and claim; later inventories bump occurrences.
-            models.UniqueConstraint(
-                fields=["system", "claimed_legacy_system_id"],
-                condition=Q(resolved_at__isnull=True),
-                name="anomaly_open_uniq",
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.kind}: {self.claimed_legacy_system_id} on system {self.system_id}"
-
-
-from .models_accounts import *  # noqa: E402,F403
+__all__ = [
+    "CutoverDay",
+    "DedupeCheckpoint",
+    "DedupeJournal",
+    "DedupeMerged",
+    "DedupeRun",
+    "FingerprintAnomaly",
+    "LegacyAccount",
+    "LegacyMapping",
+    "LegacyOrganization",
+    "QuotaRun",
+    "RotationRun",
+]

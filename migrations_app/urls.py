@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import views
+from .cutover import views
 
 urlpatterns = [
     path("cutover/", views.cutover_dashboard, name="cutover-dashboard"),

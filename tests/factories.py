@@ -117,7 +117,7 @@ def make_mapping(
     born_registered=False,
 ):
     """A legacy mapping and its native system, imported as the command does."""
-    from migrations_app import services as cutover
+    from migrations_app.cutover import services as cutover
     from migrations_app.models import LegacyMapping
 
     report = cutover.mappings_import(

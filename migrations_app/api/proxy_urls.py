@@ -2,7 +2,7 @@
 
 from django.urls import re_path
 
-from . import proxy
+from ..cutover.api import proxy
 
 urlpatterns = [
     re_path(r"^proxy/credentials/?$", proxy.credentials, name="proxy-credentials"),

@@ -2,7 +2,7 @@
 
 from rest_framework.routers import SimpleRouter
 
-from . import staff
+from ..cutover.api import staff
 
 # SimpleRouter: no API root view, whose "api-root" name the fleet's router already uses.
 router = SimpleRouter()

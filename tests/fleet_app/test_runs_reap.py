@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from fleet_app.runs import RunState, run_claim, run_models, runs_reap
-from migrations_app.models_accounts import DedupeRun
+from migrations_app.models import DedupeRun
 from tests.factories import RotationRunFactory
 
 pytestmark = pytest.mark.django_db

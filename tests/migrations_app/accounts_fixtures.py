@@ -13,7 +13,7 @@ from knox.models import AuthToken
 
 from fleet_app import services
 from fleet_app.models import Membership, Quota, User
-from migrations_app.accounts import user_relations
+from migrations_app.accounts.selectors import user_relations
 from migrations_app.models import LegacyAccount, RotationRun
 
 NOW = timezone.now()

@@ -6,7 +6,7 @@ from django.urls import reverse
 from knox.models import AuthToken
 
 from fleet_app.models import AuditEntry, User
-from migrations_app import accounts
+from migrations_app.accounts import selectors, services
 from migrations_app.models import DedupeJournal, DedupeRun
 from tests.conftest import wait_for
 from tests.factories import UserFactory
@@ -110,7 +110,7 @@ def test_the_undo_action_restores_the_run(
 ):
     before = snapshot(ignore=(root.pk,))
     with django_capture_on_commit_callbacks(execute=True):
-        run = accounts.dedupe_run_start(actor=None)
+        run = services.dedupe_run_start(actor=None)
     assert DedupeRun.objects.get(pk=run.pk).state == "succeeded"
     client.force_login(root)
 
@@ -134,12 +134,12 @@ def test_the_journal_page_masks_credentials(client, root, duplicates, celery_eag
     other.save()
     password_hash = other.password
     token_digest = AuthToken.objects.get(user=other).digest
-    run = accounts.dedupe_run_create(
+    run = services.dedupe_run_create(
         actor=None,
-        plan=accounts.plan_json(accounts.dedupe_plan(accounts.duplicates_find())),
+        plan=selectors.plan_json(selectors.dedupe_plan(selectors.duplicates_find())),
         delete=True,
     )
-    accounts.dedupe_run_process(run=run)
+    services.dedupe_run_process(run=run)
     entry = DedupeJournal.objects.get()
     raw = str(entry.changes)
     assert password_hash in raw and token_digest in raw  # kept whole, for an exact undo
@@ -163,7 +163,7 @@ def test_the_dedupe_job_runs_in_a_real_worker(celery_worker_process, customer):
         make_account(f"U{n}@example.com", active=False)
     before = snapshot()
 
-    run = accounts.dedupe_run_start(actor=None, queue=celery_worker_process)
+    run = services.dedupe_run_start(actor=None, queue=celery_worker_process)
 
     assert wait_for(lambda: DedupeRun.objects.get(pk=run.pk).is_finished, timeout=60)
     run.refresh_from_db()
@@ -171,12 +171,12 @@ def test_the_dedupe_job_runs_in_a_real_worker(celery_worker_process, customer):
     assert (run.groups_found, run.groups_merged, run.failed) == (4, 4, 0)
     assert run.checkpoints.count() == 4
     assert not User.objects.filter(pk__in=[u.pk for u in others], is_active=True).exists()
-    assert accounts.duplicates_find() == []
+    assert selectors.duplicates_find() == []
 
-    undo = accounts.dedupe_undo_start(actor=None, run=run, queue=celery_worker_process)
+    undo = services.dedupe_undo_start(actor=None, run=run, queue=celery_worker_process)
 
     assert wait_for(lambda: DedupeRun.objects.get(pk=undo.pk).is_finished, timeout=60)
     undo.refresh_from_db()
     assert (undo.state, undo.done) == ("succeeded", 4), undo.error
     assert snapshot() == before
-    assert survivor.pk in {a.id for g in accounts.duplicates_find() for a in g.accounts}
+    assert survivor.pk in {a.id for g in selectors.duplicates_find() for a in g.accounts}

@@ -12,7 +12,7 @@ import pytest
 from django.core.management import call_command
 
 from fleet_app.demo import ns8_inventory
-from migrations_app import selectors, services
+from migrations_app.cutover import selectors, services
 from migrations_app.models import CutoverDay, FingerprintAnomaly, LegacyMapping
 from tests.conftest import basic_auth
 from tests.factories import make_system

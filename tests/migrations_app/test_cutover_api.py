@@ -7,7 +7,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from fleet_app.models import System
-from migrations_app import services as cutover
+from migrations_app.cutover import services as cutover
 from migrations_app.models import CutoverDay, FingerprintAnomaly, LegacyMapping
 from tests.factories import UserFactory, make_mapping
 

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from fleet_app.demo import ns8_inventory
 from fleet_app.models import System
-from migrations_app import services as cutover
+from migrations_app.cutover import services as cutover
 from migrations_app.models import CutoverDay, FingerprintAnomaly, LegacyMapping, RotationRun
 from tests.conftest import basic_auth
 from tests.factories import UserFactory, make_mapping, make_system

@@ -67,7 +67,7 @@ def test_the_projection_is_omitted_without_recent_progress(client, db, metrics_a
 
 
 def test_the_cutover_gauges_cost_the_same_queries_at_any_size(db, django_assert_num_queries):
-    from migrations_app.metrics import cutover_metrics
+    from migrations_app.cutover.metrics import cutover_metrics
 
     CutoverDay.objects.create(day=timezone.now().date(), mappings=1_000_000, fingerprinted=10)
     # 1. every CutoverDay row (a few hundred at most)  2. COUNT open anomalies

@@ -7,7 +7,7 @@ from django.core.management import CommandError, call_command
 from knox.models import AuthToken
 
 from fleet_app.models import Membership, Quota, User
-from migrations_app import accounts
+from migrations_app.accounts import selectors
 from migrations_app.models import DedupeJournal, DedupeMerged, DedupeRun
 from tests.migrations_app.accounts_fixtures import give_everything, make_account, snapshot
 
@@ -57,7 +57,10 @@ def test_undo_restores_accounts_and_relations_exactly(customer, other_customer, 
     assert set(DedupeJournal.objects.values_list("state", flat=True)) == {"undone"}
     assert not DedupeMerged.objects.exists()
     # The duplicates are duplicates again, and the finder sees them.
-    assert [g.key for g in accounts.duplicates_find()] == ["ann@example.com", "bob@example.com"]
+    assert [g.key for g in selectors.duplicates_find()] == [
+        "ann@example.com",
+        "bob@example.com",
+    ]
 
 
 def test_a_run_is_undone_once(customer, other_customer):

@@ -14,7 +14,9 @@ from knox.models import AuthToken
 from fleet_app import services
 from fleet_app.locks import _lock_id
 from fleet_app.models import AuditEntry, Membership, Quota, System, User
-from migrations_app import accounts
+from migrations_app.accounts import merge as account_merge
+from migrations_app.accounts import selectors
+from migrations_app.accounts import services as dedupe
 from migrations_app.models import (
     DedupeCheckpoint,
     DedupeJournal,
@@ -67,7 +69,7 @@ def test_it_groups_emails_that_differ_only_in_case(emails):
     make_account("single@example.com")
     make_account("other@example.com", active=False)
 
-    groups = accounts.duplicates_find()
+    groups = selectors.duplicates_find()
 
     assert len(groups) == 1
     assert groups[0].key == first.lower()
@@ -85,12 +87,12 @@ def test_the_finder_runs_two_queries_whatever_the_number_of_accounts(
     # 1. SELECT lower(email) … GROUP BY lower(email) HAVING count(*) > 1
     # 2. SELECT the members of those groups (with their legacy flags)
     with django_assert_num_queries(2):
-        groups = accounts.duplicates_find(with_owned=False)
+        groups = selectors.duplicates_find(with_owned=False)
 
     assert len(groups) == 30
     # "What it owns" adds one grouped count per relation, not one per account.
-    with django_assert_num_queries(2 + len(accounts.user_relations())):
-        accounts.duplicates_find()
+    with django_assert_num_queries(2 + len(selectors.user_relations())):
+        selectors.duplicates_find()
 
 
 def test_accounts_already_merged_are_not_found_again():
@@ -99,7 +101,7 @@ def test_accounts_already_merged_are_not_found_again():
 
     run_command("--apply")
 
-    assert accounts.duplicates_find() == []
+    assert selectors.duplicates_find() == []
     out, _ = run_command()
     assert "No duplicate accounts" in out
 
@@ -108,7 +110,7 @@ def test_accounts_already_merged_are_not_found_again():
 
 
 def _account(pk, *, active=True, login=None, joined=100, legacy=None):
-    return accounts.Account(
+    return selectors.Account(
         id=pk,
         email=f"a{pk}@example.com",
         is_active=active,
@@ -144,9 +146,9 @@ def _account(pk, *, active=True, login=None, joined=100, legacy=None):
     ],
 )
 def test_the_survivor_rule(members, survivor, reason):
-    group = accounts.DuplicateGroup(key="a@example.com", accounts=members)
+    group = selectors.DuplicateGroup(key="a@example.com", accounts=members)
 
-    accounts.dedupe_plan([group])
+    selectors.dedupe_plan([group])
 
     assert (group.survivor_id, group.reason) == (survivor, reason)
 
@@ -300,7 +302,7 @@ def test_nothing_points_at_a_merged_account_afterwards(customer):
     run_command("--apply")
 
     merged = {u.pk for u in others}
-    for relation in accounts.user_relations():
+    for relation in selectors.user_relations():
         pointing = relation.model._base_manager.filter(
             **{f"{relation.field.attname}__in": merged}
         ).count()
@@ -310,7 +312,7 @@ def test_nothing_points_at_a_merged_account_afterwards(customer):
 
 
 def test_the_model_graph_includes_hidden_relations_and_other_apps():
-    labels = {relation.label for relation in accounts.user_relations()}
+    labels = {relation.label for relation in selectors.user_relations()}
 
     assert {
         "admin.LogEntry.user",
@@ -382,7 +384,7 @@ def test_a_failing_group_rolls_back_alone(customer, monkeypatch):
     bob = make_account("bob@example.com", login=1)
     bob_dup = make_account("BOB@example.com", active=False)
     bob_things = give_everything(bob_dup, customer)
-    real_move = accounts._move
+    real_move = account_merge._move
 
     def move_then_break(relation, other, survivor, journal):
         real_move(relation, other, survivor, journal)
@@ -390,7 +392,7 @@ def test_a_failing_group_rolls_back_alone(customer, monkeypatch):
         if survivor == bob.pk and relation.label == "fleet_app.System.created_by":
             raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(accounts, "_move", move_then_break)
+    monkeypatch.setattr(account_merge, "_move", move_then_break)
     bob_before = snapshot()
 
     out, err = run_command("--apply")
@@ -414,7 +416,7 @@ def test_a_failing_group_rolls_back_alone(customer, monkeypatch):
             r for r in bob_before[label] if r["user_id"] == bob_dup.pk
         ]
     # The failed group is still there to retry.
-    assert [g.key for g in accounts.duplicates_find()] == ["bob@example.com"]
+    assert [g.key for g in selectors.duplicates_find()] == ["bob@example.com"]
 
 
 # --- Checkpoint --------------------------------------------------------------------------
@@ -426,19 +428,19 @@ def test_the_checkpoint_is_written_before_the_first_change(customer, monkeypatch
     give_everything(other, customer)
     before = snapshot()
     seen = []
-    real_merge = accounts.users_merge
+    real_merge = dedupe.users_merge
 
     def merge(**kwargs):
         seen.append(DedupeCheckpoint.objects.filter(run=kwargs["run"]).count())
         return real_merge(**kwargs)
 
-    monkeypatch.setattr(accounts, "users_merge", merge)
+    monkeypatch.setattr(dedupe, "users_merge", merge)
 
     run_command("--apply", "--delete")
 
     assert seen == [1]
     run = DedupeRun.objects.get()
-    rows = accounts.dedupe_checkpoint_rows(run=run)
+    rows = selectors.dedupe_checkpoint_rows(run=run)
     backed_up = {(r["model"], str(r["pk"])) for r in rows}
     assert ("fleet_app.user", str(other.pk)) in backed_up
     assert ("fleet_app.user", str(survivor.pk)) in backed_up

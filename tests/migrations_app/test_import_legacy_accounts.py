@@ -11,7 +11,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models.functions import Lower
 
 from fleet_app.models import AuditEntry, Membership, Organization, Quota, User
-from migrations_app import accounts
+from migrations_app.accounts import selectors
 from migrations_app.models import LegacyAccount, LegacyOrganization
 
 pytestmark = pytest.mark.django_db
@@ -122,7 +122,7 @@ def test_a_json_export_is_imported(owner, tmp_path, settings):
 def test_the_flagged_accounts_are_what_dedupe_finds(owner, tmp_path):
     run_command(write_json(tmp_path, EXPORT), "--apply")
 
-    (group,) = accounts.dedupe_plan(accounts.duplicates_find())
+    (group,) = selectors.dedupe_plan(selectors.duplicates_find())
 
     assert sorted(a.email for a in group.accounts) == sorted(
         # Stored as typed; only the domain is lower-cased.

@@ -91,7 +91,7 @@ def test_a_dry_run_refuses_the_same_rows_and_fails_too(write):
 
 
 def test_a_duplicate_is_found_across_batches(write, settings, monkeypatch):
-    monkeypatch.setattr("migrations_app.legacy_import.BATCH_ROWS", 2)
+    monkeypatch.setattr("migrations_app.legacy_import.run.BATCH_ROWS", 2)
     rows = b"".join(b"L-%d,t,x\n" % n for n in range(5)) + b"L-1,t,x\n"
     path, *org = write("m.csv", HEADER + rows)
 

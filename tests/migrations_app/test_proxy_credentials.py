@@ -81,7 +81,7 @@ def test_once_confirmed_further_rotation_is_a_conflict(client, mapping):
 
 
 def test_staff_can_reopen_a_confirmed_mapping(client, mapping, alice):
-    from migrations_app import services
+    from migrations_app.cutover import services
 
     data = rotate(client, mapping).json()["data"]
     heartbeat(client, data["system_key"], data["system_secret"])

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from fleet_app import quotas, services
 from fleet_app.models import AuditEntry, Quota
-from migrations_app import accounts
+from migrations_app.accounts import quotas as account_quotas
 from migrations_app.models import QuotaRun
 from tests.conftest import wait_for
 from tests.factories import UserFactory
@@ -107,7 +107,7 @@ def test_verify_lists_every_account_whose_stored_usage_differs(
     )
     assert sources >= 2
     with django_assert_num_queries(1 + sources + 2):
-        found = accounts.quotas_verify()
+        found = account_quotas.quotas_verify()
 
     assert {(d.scope, d.account_id, d.resource, d.stored, d.real) for d in found} == {
         ("organization", customer.pk, "systems", 5, 2),
@@ -148,7 +148,7 @@ def test_sync_rewrites_only_the_differing_accounts(fleet, customer, distributor,
     out = run_command("--sync")
 
     assert "4 usage(s) differed; 2 quota row(s) rewritten, 2 created." in out
-    assert accounts.quotas_verify() == []
+    assert account_quotas.quotas_verify() == []
     rows = {
         (q.organization_id, q.user_id, q.resource): (q.usage, q.limit) for q in Quota.objects.all()
     }
@@ -171,7 +171,7 @@ def test_reset_usage_recomputes_every_account(fleet, other_customer):
 
     assert "4 usage(s) differed; 3 quota row(s) rewritten, 2 created." in out
     assert not Quota.objects.filter(updated_at=LONG_AGO).exists()
-    assert accounts.quotas_verify() == []
+    assert account_quotas.quotas_verify() == []
     assert AuditEntry.objects.filter(action="quota.reset_usage").exists()
 
 
@@ -180,13 +180,13 @@ def test_a_dedupe_keeps_usage_true(customer):
     other = make_account("ANN@example.com", active=False)
     systems(customer, 1, by=survivor)
     systems(customer, 2, by=other)
-    accounts.quotas_sync()
-    assert accounts.quotas_verify() == []
+    account_quotas.quotas_sync()
+    assert account_quotas.quotas_verify() == []
 
     call_command("dedupe_users", "--apply", stdout=io.StringIO(), stderr=io.StringIO())
 
     assert Quota.objects.get(user=survivor).usage == 3
-    assert accounts.quotas_verify() == []
+    assert account_quotas.quotas_verify() == []
 
 
 @pytest.mark.parametrize(
@@ -207,7 +207,7 @@ def test_bad_arguments_are_refused(args, message):
 
 def test_background_starts_a_quota_run(fleet, django_capture_on_commit_callbacks, monkeypatch):
     sent = []
-    monkeypatch.setattr(accounts, "_quota_enqueue", lambda run_id, queue: sent.append(run_id))
+    monkeypatch.setattr(account_quotas, "run_enqueue", lambda run, queue=None: sent.append(run.pk))
 
     with django_capture_on_commit_callbacks(execute=True):
         out = run_command("--sync", "--background")
@@ -218,13 +218,10 @@ def test_background_starts_a_quota_run(fleet, django_capture_on_commit_callbacks
 
 
 def test_the_admin_starts_quota_runs(
-    client, owner, fleet, django_capture_on_commit_callbacks, monkeypatch
+    client, owner, fleet, celery_eager, django_capture_on_commit_callbacks
 ):
     root = UserFactory(email="root@example.com", organization=owner, is_superuser=True)
     client.force_login(root)
-    monkeypatch.setattr(
-        accounts, "_quota_enqueue", lambda run_id, queue: accounts.quota_run_execute(run_id=run_id)
-    )
 
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(reverse("admin:migrations_app_quotarun_start"), {"mode": "verify"})
@@ -243,18 +240,18 @@ def test_the_admin_starts_quota_runs(
 
 @pytest.mark.timeout(120)
 def test_quota_runs_run_in_a_real_worker(celery_worker_process, fleet):
-    verify = accounts.quota_run_start(actor=None, mode="verify", queue=celery_worker_process)
+    verify = account_quotas.quota_run_start(actor=None, mode="verify", queue=celery_worker_process)
     assert wait_for(lambda: QuotaRun.objects.get(pk=verify.pk).is_finished, timeout=60)
     verify.refresh_from_db()
     assert (verify.state, verify.result["differing"]) == ("succeeded", 4), verify.error
     assert Quota.objects.filter(updated_at=LONG_AGO).count() == 3
 
-    sync = accounts.quota_run_start(actor=None, mode="sync", queue=celery_worker_process)
+    sync = account_quotas.quota_run_start(actor=None, mode="sync", queue=celery_worker_process)
     assert wait_for(lambda: QuotaRun.objects.get(pk=sync.pk).is_finished, timeout=60)
     sync.refresh_from_db()
     assert (sync.state, sync.result["updated"], sync.result["created"]) == ("succeeded", 2, 2)
-    assert accounts.quotas_verify() == []
+    assert account_quotas.quotas_verify() == []
 
-    reset = accounts.quota_run_start(actor=None, mode="reset", queue=celery_worker_process)
+    reset = account_quotas.quota_run_start(actor=None, mode="reset", queue=celery_worker_process)
     assert wait_for(lambda: QuotaRun.objects.get(pk=reset.pk).is_finished, timeout=60)
     assert not Quota.objects.filter(updated_at=LONG_AGO).exists()

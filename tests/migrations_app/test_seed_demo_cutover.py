@@ -5,7 +5,7 @@ import io
 import pytest
 from django.core.management import CommandError, call_command
 
-from migrations_app import selectors, services
+from migrations_app.cutover import selectors, services
 from migrations_app.models import CutoverDay, FingerprintAnomaly, LegacyMapping
 
 

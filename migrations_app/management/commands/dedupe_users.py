@@ -17,7 +17,7 @@ from fleet_app.locks import LockHeld, named_lock
 from fleet_app.management.base import CutoverCommand
 from fleet_app.progress import ProgressBar
 
-from ... import accounts
+from ...accounts import selectors, services
 from ...models import DedupeJournal, DedupeRun
 
 LOCKED = (
@@ -76,13 +76,13 @@ class Command(CutoverCommand):
         self._check_arguments(options)
         if options["checkpoint"] is not None:
             run = self._run(options["checkpoint"])
-            self.stdout.write(json.dumps(accounts.dedupe_checkpoint_rows(run=run), indent=1))
+            self.stdout.write(json.dumps(selectors.dedupe_checkpoint_rows(run=run), indent=1))
             return
         if options["undo"] is not None:
             self._undo(self._run(options["undo"]), force=options["force"])
             return
         try:
-            groups = accounts.dedupe_plan(accounts.duplicates_find(), prefer=options["prefer"])
+            groups = selectors.dedupe_plan(selectors.duplicates_find(), prefer=options["prefer"])
         except FleetError as error:
             raise CommandError(error.message) from None
         run = None
@@ -123,10 +123,13 @@ class Command(CutoverCommand):
         progress = ProgressBar(self.stderr, len(groups), "groups")
         try:
             with named_lock("dedupe_users"):
-                run = accounts.dedupe_run_create(
-                    actor=None, plan=accounts.plan_json(groups), delete=delete, prefer=prefer
+                run = services.dedupe_run_create(
+                    actor=None,
+                    plan=selectors.plan_json(groups),
+                    delete=delete,
+                    prefer=prefer,
                 )
-                run = accounts.dedupe_run_process(run=run, progress=progress.step)
+                run = services.dedupe_run_process(run=run, progress=progress.step)
         except LockHeld:
             raise CommandError(LOCKED) from None
         except FleetError as error:
@@ -138,9 +141,9 @@ class Command(CutoverCommand):
     def _undo(self, run: DedupeRun, *, force: bool) -> None:
         try:
             with named_lock("dedupe_users"):
-                undo = accounts.dedupe_undo_create(actor=None, run=run, force=force)
+                undo = services.dedupe_undo_create(actor=None, run=run, force=force)
                 progress = ProgressBar(self.stderr, undo.total, "groups")
-                undo = accounts.dedupe_run_process(run=undo, progress=progress.step)
+                undo = services.dedupe_run_process(run=undo, progress=progress.step)
                 progress.close()
         except LockHeld:
             raise CommandError(LOCKED) from None
@@ -212,7 +215,7 @@ class Command(CutoverCommand):
             f"Run {run.pk}: {run.done} group(s) merged, {run.failed} failed ({run.state}); "
             f"the merged accounts were {fate}. Undo with: manage.py dedupe_users --undo {run.pk}"
         )
-        for email, error in accounts.dedupe_failures(run):
+        for email, error in selectors.dedupe_failures(run):
             self.stderr.write(self.style.ERROR(f"group {email} failed: {error}"))
 
     def _json(self, groups, run: DedupeRun | None) -> None:

@@ -30,7 +30,7 @@ from fleet_app.models import Organization
 from fleet_app.progress import ProgressBar
 from fleet_app.selectors import organization_resolve
 
-from ... import accounts
+from ...accounts import legacy_import as account_import
 from ...legacy_import import Export, LegacyImport
 
 # A CSV's section is the first whose telltale column its header has.
@@ -50,9 +50,9 @@ def file_sections(export: Export) -> list[str]:
         if is_array:
             raise CommandError(
                 f"{path} must hold a JSON object with lists named "
-                f"{', '.join(accounts.IMPORT_SECTIONS)}."
+                f"{', '.join(account_import.IMPORT_SECTIONS)}."
             )
-        unknown = sorted(set(lists + others) - set(accounts.IMPORT_SECTIONS))
+        unknown = sorted(set(lists + others) - set(account_import.IMPORT_SECTIONS))
         if unknown:
             raise CommandError(f"{path} has an unknown section {unknown[0]!r}.")
         if others:
@@ -91,7 +91,7 @@ class Command(CutoverCommand):
     def handle(self, *args, files: list[Path], apply: bool, under: str | None, **options):
         exports = [Export(path, name_in_where=True) for path in files]
         passes = [(section, export) for export in exports for section in file_sections(export)]
-        passes.sort(key=lambda item: accounts.IMPORT_SECTIONS.index(item[0]))  # stable
+        passes.sort(key=lambda item: account_import.IMPORT_SECTIONS.index(item[0]))  # stable
         parent = _organization(under)
         total = sum(export.size for _, export in passes)
         progress = ProgressBar(self.stderr, total, "bytes")
@@ -107,7 +107,7 @@ class Command(CutoverCommand):
                 for section, export in passes:
                     current[:] = [export]
                     key = section if export.kind == "json" else None
-                    accounts.accounts_import_feed(
+                    account_import.accounts_import_feed(
                         run, section, export.records(key=key), under=parent
                     )
                     done += export.size
@@ -120,7 +120,7 @@ class Command(CutoverCommand):
         verb = "Imported" if apply else "Would import"
         parts = [
             f"{report.created[name]} {name}"
-            for name in accounts.IMPORT_SECTIONS
+            for name in account_import.IMPORT_SECTIONS
             if name in sections
         ]
         self.stdout.write(

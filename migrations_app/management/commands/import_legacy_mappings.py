@@ -18,7 +18,7 @@ from fleet_app.models import Organization
 from fleet_app.progress import ProgressBar
 from fleet_app.selectors import organization_resolve, organizations_visible_to
 
-from ... import services
+from ...cutover import services
 from ...legacy_import import Export, LegacyImport
 
 REQUIRED = ("legacy_system_id", "legacy_token")

@@ -14,7 +14,7 @@ from fleet_app.errors import FleetError
 from fleet_app.locks import LockHeld, named_lock
 from fleet_app.management.base import CutoverCommand
 
-from ... import accounts
+from ...accounts import quotas as account_quotas
 from ...models import QuotaRun
 
 MODES = {
@@ -48,7 +48,7 @@ class Command(CutoverCommand):
         mode = next(MODES[name] for name in MODES if options[name])
         if options["background"]:
             try:
-                run = accounts.quota_run_start(actor=None, mode=mode)
+                run = account_quotas.quota_run_start(actor=None, mode=mode)
             except FleetError as error:
                 raise CommandError(error.message) from None
             self.stdout.write(f"Quota run {run.pk} ({mode}) queued; the admin shows its result.")
@@ -56,9 +56,9 @@ class Command(CutoverCommand):
         try:
             with named_lock("quotas"):
                 if mode == QuotaRun.Mode.VERIFY:
-                    differences, updated, created = accounts.quotas_verify(), 0, 0
+                    differences, updated, created = account_quotas.quotas_verify(), 0, 0
                 else:
-                    report = accounts.quotas_sync(reset=mode == QuotaRun.Mode.RESET)
+                    report = account_quotas.quotas_sync(reset=mode == QuotaRun.Mode.RESET)
                     differences, updated, created = (
                         report.differences,
                         report.updated,

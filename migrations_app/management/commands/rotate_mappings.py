@@ -19,13 +19,13 @@ from fleet_app.management.base import CutoverCommand
 from fleet_app.progress import ProgressBar
 from fleet_app.runs import RunState
 
-from ...models import RotationRun
-from ...rotation import (
+from ...cutover.rotation import (
     CHUNK_SIZE_MAX,
     rotation_candidates,
     rotation_filters_clean,
     rotation_run_start,
 )
+from ...models import RotationRun
 
 SAMPLE = 10
 POLL_SECONDS = 0.5

@@ -18,7 +18,7 @@ from django.utils import timezone
 from fleet_app.management.base import CutoverCommand
 from fleet_app.models import Organization, System
 
-from ... import services
+from ...cutover import services
 from ...models import FingerprintAnomaly, LegacyMapping
 
 PREFIX = "demo-legacy-"

@@ -1,7 +1,7 @@
 """Bulk rotation: staff re-key the native credentials of many legacy mappings at once.
 
 A run row (``RotationRun``) holds the selection (``filters``), the progress and a cursor;
-``rotation_run_execute`` (tasks.py) works through the matching mappings in primary-key
+``rotation_run_work`` (run by the task) works through the matching mappings in primary-key
 chunks, one chunk per task message. Each chunk is one transaction that re-keys the
 systems, stamps the mappings and advances the cursor together, so a worker killed in the
 middle of a chunk leaves nothing behind and the redelivered message redoes the chunk
@@ -40,7 +40,14 @@ from fleet_app import credentials
 from fleet_app import services as fleet
 from fleet_app.errors import InvalidInput
 from fleet_app.models import Organization, System, User
-from fleet_app.runs import FINISHED_STATES, RunState, run_finish, run_log
+from fleet_app.runs import (
+    FINISHED_STATES,
+    TRANSIENT_ERRORS,
+    RunState,
+    run_finish,
+    run_log,
+    task_enqueue,
+)
 
 from .models import LegacyMapping, RotationRun
 from .services import counters_bump
@@ -166,11 +173,10 @@ def rotation_candidates(filters: dict[str, Any]) -> QuerySet[LegacyMapping]:
 # --- Runs -----------------------------------------------------------------------------------
 
 
-def _enqueue(run_id: int, queue: str | None) -> None:
-    from .tasks import rotation_run_execute
-
-    options = {"queue": queue} if queue else {}
-    rotation_run_execute.apply_async(args=(run_id,), kwargs={"queue": queue}, **options)
+def _chunk_enqueue(run: RotationRun, queue: str | None) -> None:
+    # The queue goes twice: as the task's second argument, so the chunk after this one is
+    # sent to it as well, and as the routing of this message. By default the routes decide.
+    task_enqueue(RotationRun.task_name, run.pk, queue, queue=queue)
 
 
 @transaction.atomic
@@ -218,7 +224,7 @@ def rotation_run_start(
         f"queued by {actor if actor is not None else 'system'}: {total} mapping(s) match, "
         f"chunks of {chunk_size}",
     )
-    transaction.on_commit(lambda: _enqueue(run.pk, queue))
+    _chunk_enqueue(run, queue)
     return run
 
 
@@ -314,6 +320,30 @@ def rotation_run_finish(*, run_id: int) -> RotationRun:
     RotationRun.objects.filter(pk=run.pk).update(phase="done")
     run_finish(run)
     return run
+
+
+def rotation_run_work(*, run: RotationRun, queue: str | None = None) -> str:
+    """Re-key one chunk of a claimed run, then send the next chunk or finish the run.
+
+    One chunk per message keeps each message short (Redis redelivers an unacknowledged
+    message after the visibility timeout, which must exceed one chunk, not the run). A
+    redelivered or duplicate message is harmless: a chunk only ever takes mappings after
+    the committed cursor. Without a broker (tasks run in-process) the chunks are looped
+    here, since a message per chunk would recurse once per chunk.
+    """
+    try:
+        more = rotation_run_execute_chunk(run_id=run.pk)
+        while more and settings.CELERY_TASK_ALWAYS_EAGER:
+            more = rotation_run_execute_chunk(run_id=run.pk)
+    except TRANSIENT_ERRORS:
+        raise  # the task retries; what was committed stays, chunks are atomic
+    except Exception as error:
+        rotation_run_fail(run_id=run.pk, error=f"{type(error).__name__}: {error}")
+        raise
+    if more:
+        _chunk_enqueue(run, queue)
+        return RunState.RUNNING
+    return rotation_run_finish(run_id=run.pk).state
 
 
 def rotation_run_fail(*, run_id: int, error: str) -> None:

@@ -28,7 +28,6 @@ CHART_MIN_DAYS = 14
 CHART_DATE_LABELS = 7  # about this many date labels, counted back from today
 
 
-
 def _compact(value: int) -> str:
     """An axis label: 1500 → 1.5k, 2000000 → 2M."""
     for size, suffix in ((1_000_000, "M"), (1_000, "k")):

@@ -24,7 +24,7 @@ from fleet_app.admin import AuditedModelAdmin, ReadOnlyModelAdmin, pretty_json
 from fleet_app.errors import FleetError
 from fleet_app.models import Membership, Quota
 
-from . import accounts
+from . import quotas, selectors, services
 from .models import DedupeJournal, DedupeRun, LegacyAccount, QuotaRun
 
 # How many groups the plan page lists; the confirmation covers all of them (digest).
@@ -140,7 +140,7 @@ class DedupeRunAdmin(ReadOnlyModelAdmin):
 
     @admin.display(description="failed groups")
     def failures(self, obj: DedupeRun) -> str:
-        failed = accounts.dedupe_failures(obj)
+        failed = selectors.dedupe_failures(obj)
         if not failed:
             return "-"
         return format_html("<ul>{}</ul>", format_html_join("", "<li>{}: {}</li>", failed[:200]))
@@ -166,7 +166,7 @@ class DedupeRunAdmin(ReadOnlyModelAdmin):
     def undo(self, request, queryset):
         for run in queryset.order_by("-pk"):
             try:
-                undo = accounts.dedupe_undo_start(actor=request.user, run=run)
+                undo = services.dedupe_undo_start(actor=request.user, run=run)
             except FleetError as error:
                 self.message_user(request, f"Run {run.pk}: {error.message}", messages.ERROR)
                 continue
@@ -202,11 +202,11 @@ class DedupeRunAdmin(ReadOnlyModelAdmin):
         prefer, delete = _ids(prefer_text), bool(data.get("delete"))
         error = ""
         try:
-            groups = accounts.dedupe_plan(accounts.duplicates_find(), prefer=prefer)
+            groups = selectors.dedupe_plan(selectors.duplicates_find(), prefer=prefer)
         except FleetError as failure:
             groups, error = [], failure.message
-        plan = accounts.plan_json(groups)
-        digest = accounts.plan_digest(plan)
+        plan = selectors.plan_json(groups)
+        digest = selectors.plan_digest(plan)
         if request.method == "POST" and not error:
             if data.get("digest") != digest:
                 error = "The duplicates changed since the plan was shown: review this plan."
@@ -214,7 +214,7 @@ class DedupeRunAdmin(ReadOnlyModelAdmin):
                 error = "There is nothing to merge."
             else:
                 try:
-                    run = accounts.dedupe_run_start(
+                    run = services.dedupe_run_start(
                         actor=request.user, plan=plan, delete=delete, prefer=prefer
                     )
                 except FleetError as failure:
@@ -341,7 +341,7 @@ class QuotaRunAdmin(ReadOnlyModelAdmin):
         if not (request.user.is_active and request.user.is_superuser):
             raise PermissionDenied
         try:
-            run = accounts.quota_run_start(actor=request.user, mode=request.POST.get("mode", ""))
+            run = quotas.quota_run_start(actor=request.user, mode=request.POST.get("mode", ""))
         except FleetError as error:
             self.message_user(request, error.message, messages.ERROR)
             return HttpResponseRedirect(reverse("admin:migrations_app_quotarun_changelist"))

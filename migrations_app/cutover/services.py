@@ -18,8 +18,7 @@ from fleet_app.errors import Conflict, Forbidden, InvalidInput, NotAuthenticated
 from fleet_app.models import AuditEntry, Inventory, Organization, System, User
 from fleet_app.selectors import organization_resolve
 
-from . import throttle
-from .legacy_import import (
+from ..legacy_import import (
     ImportReport,
     LegacyImport,
     Record,
@@ -28,6 +27,7 @@ from .legacy_import import (
     row_stamp,
     row_text,
 )
+from . import throttle
 from .models import CutoverDay, FingerprintAnomaly, LegacyMapping
 
 # --- Counters -------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ class OldestFirst(StrictCursorPagination):
 class SummaryViewSet(viewsets.ViewSet):
     """Totals, decommission readiness, blockers and the projection (what the dashboard shows)."""
 
-
     @extend_schema(responses=serializers.SummarySerializer)
     def list(self, request):
         summary = selectors.cutover_summary()

@@ -12,16 +12,6 @@ from django.utils import timezone
 from fleet_app.models import Organization, User
 from fleet_app.runs import Run
 
-__all__ = [
-    "DedupeCheckpoint",
-    "DedupeJournal",
-    "DedupeMerged",
-    "DedupeRun",
-    "LegacyAccount",
-    "LegacyOrganization",
-    "QuotaRun",
-]
-
 
 class LegacyOrganization(models.Model):
     """The legacy platform's id of an imported organization (re-imports find it here)."""

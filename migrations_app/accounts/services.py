@@ -1,0 +1,282 @@
+"""Accounts: dedupe runs (merge or undo a confirmed plan), chunk by chunk."""
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+
+from fleet_app import services as fleet
+from fleet_app.errors import Conflict, InvalidInput
+from fleet_app.locks import LockHeld, named_lock
+from fleet_app.models import User
+from fleet_app.runs import FINISHED_STATES, RunState, run_claim, run_finish, run_log, task_enqueue
+
+from .merge import MergeError, dedupe_checkpoint_write, users_merge, users_merge_undo
+from .models import (
+    DedupeJournal,
+    DedupeRun,
+)
+from .selectors import dedupe_plan, duplicates_find, plan_json
+
+logger = logging.getLogger(__name__)
+
+
+# --- Runs -----------------------------------------------------------------------------------
+
+
+def _refuse_if_active() -> None:
+    active = DedupeRun.objects.filter(state__in=(RunState.PENDING, RunState.RUNNING)).first()
+    if active is not None:
+        raise Conflict(f"Dedupe run {active.pk} is still {active.state}; wait until it ends.")
+
+
+def dedupe_run_create(
+    *,
+    actor: User | None,
+    plan: list[dict[str, Any]],
+    delete: bool = False,
+    prefer: Iterable[int] = (),
+    chunk_size: int = 200,
+) -> DedupeRun:
+    """Write a pending merge run for a confirmed plan (``plan_json`` of ``dedupe_plan``)."""
+    _refuse_if_active()
+    run = DedupeRun.objects.create(
+        kind=DedupeRun.Kind.MERGE,
+        plan=plan,
+        prefer=sorted(prefer),
+        delete_duplicates=delete,
+        total=len(plan),
+        chunk_size=chunk_size,
+        phase="queued",
+        created_by=actor if actor is not None and actor.pk else None,
+    )
+    fleet.audit_record(
+        actor=actor,
+        action="dedupe.start",
+        obj=run,
+        after={"groups": len(plan), "delete": delete, "prefer": sorted(prefer)},
+    )
+    return run
+
+
+def dedupe_undo_create(
+    *, actor: User | None, run: DedupeRun, force: bool = False, chunk_size: int = 200
+) -> DedupeRun:
+    """Write a pending undo run over the merged groups of ``run``, newest group first."""
+    if run.kind != DedupeRun.Kind.MERGE:
+        raise InvalidInput(f"Run {run.pk} is an undo run; only a merge run can be undone.")
+    if run.state not in FINISHED_STATES:
+        raise Conflict(f"Run {run.pk} is still {run.state}; undo it once it has finished.")
+    if run.undone_at is not None:
+        raise Conflict(f"Run {run.pk} was already undone on {run.undone_at:%Y-%m-%d %H:%M}.")
+    _refuse_if_active()
+    journal_ids = list(
+        run.journal.filter(state=DedupeJournal.State.MERGED)
+        .order_by("-position")
+        .values_list("pk", flat=True)
+    )
+    undo = DedupeRun.objects.create(
+        kind=DedupeRun.Kind.UNDO,
+        undo_of=run,
+        plan=journal_ids,
+        total=len(journal_ids),
+        chunk_size=chunk_size,
+        force=force,
+        phase="queued",
+        created_by=actor if actor is not None and actor.pk else None,
+    )
+    fleet.audit_record(
+        actor=actor,
+        action="dedupe.undo",
+        obj=undo,
+        after={"undo_of": run.pk, "groups": len(journal_ids), "force": force},
+    )
+    return undo
+
+
+def _enqueue(run: DedupeRun, queue: str | None) -> None:
+    # The queue goes twice: as the task's second argument, so the chunk after this one is
+    # sent to it as well, and as the routing of this message. By default the routes decide.
+    task_enqueue(DedupeRun.task_name, run.pk, queue, queue=queue)
+
+
+@transaction.atomic
+def dedupe_run_start(
+    *,
+    actor: User | None,
+    plan: list[dict[str, Any]] | None = None,
+    delete: bool = False,
+    prefer: Iterable[int] = (),
+    queue: str | None = None,
+) -> DedupeRun:
+    """Create a merge run (the current plan unless one is given) and enqueue it after
+    commit; ``queue`` sends it to a named Celery queue."""
+    prefer = list(prefer)
+    if plan is None:
+        plan = plan_json(dedupe_plan(duplicates_find(with_owned=False), prefer=prefer))
+    run = dedupe_run_create(actor=actor, plan=plan, delete=delete, prefer=prefer)
+    _enqueue(run, queue)
+    return run
+
+
+@transaction.atomic
+def dedupe_undo_start(
+    *, actor: User | None, run: DedupeRun, force: bool = False, queue: str | None = None
+) -> DedupeRun:
+    """Create an undo run for ``run`` and enqueue it after commit."""
+    undo = dedupe_undo_create(actor=actor, run=run, force=force)
+    _enqueue(undo, queue)
+    return undo
+
+
+def _step_done(run: DedupeRun, position: int, *, ok: bool) -> None:
+    DedupeRun.objects.filter(pk=run.pk).update(
+        cursor=position + 1,
+        done=models.F("done") + int(ok),
+        failed=models.F("failed") + int(not ok),
+        updated_at=timezone.now(),
+    )
+
+
+def _error_text(error: Exception) -> str:
+    return str(error) if isinstance(error, MergeError) else f"{type(error).__name__}: {error}"
+
+
+def _merge_position(run: DedupeRun, position: int) -> tuple[bool, str]:
+    group = run.plan[position]
+    if DedupeJournal.objects.filter(run=run, position=position).exists():
+        return True, ""  # a redelivered chunk: this group is done already
+    try:
+        with transaction.atomic():
+            users_merge(
+                run=run,
+                position=position,
+                email=group["email"],
+                survivor_id=group["survivor"],
+                other_ids=group["others"],
+                delete=run.delete_duplicates,
+                actor=run.created_by,
+            )
+            _step_done(run, position, ok=True)
+        return True, ""
+    except Exception as error:  # any failure fails this group alone
+        message = _error_text(error)
+        logger.warning("dedupe run %s: group %s failed: %s", run.pk, group["email"], message)
+        with transaction.atomic():
+            DedupeJournal.objects.create(
+                run=run,
+                position=position,
+                email_key=group["email"],
+                survivor_id=group["survivor"],
+                merged_ids=group["others"],
+                state=DedupeJournal.State.FAILED,
+                error=message[:10000],
+            )
+            _step_done(run, position, ok=False)
+        run_log(run, f"group {group['email']} failed: {message}")
+        return False, message
+
+
+def _undo_position(run: DedupeRun, position: int) -> tuple[bool, str]:
+    journal_id = run.plan[position]
+    entry = DedupeJournal.objects.filter(pk=journal_id).first()
+    if entry is None or entry.state == DedupeJournal.State.UNDONE:
+        with transaction.atomic():
+            _step_done(run, position, ok=True)
+        return True, ""
+    try:
+        with transaction.atomic():
+            users_merge_undo(journal_id=journal_id, actor=run.created_by, force=run.force)
+            _step_done(run, position, ok=True)
+        return True, ""
+    except Exception as error:  # any failure fails this group alone
+        message = _error_text(error)
+        with transaction.atomic():
+            _step_done(run, position, ok=False)
+        run_log(run, f"undo of group {entry.email_key} failed: {message}")
+        return False, message
+
+
+def dedupe_run_step(
+    *, run_id: int, progress: Callable[[int, bool, str], None] | None = None
+) -> bool:
+    """Work through one chunk of the run; True if more remains.
+
+    A merge run writes its checkpoint first. Each group is its own transaction, which
+    also advances the cursor, so a redelivered chunk starts after the last group done.
+    """
+    run = DedupeRun.objects.select_related("created_by").get(pk=run_id)
+    if run.kind == DedupeRun.Kind.MERGE and run.phase in ("", "queued"):
+        rows = dedupe_checkpoint_write(run=run)
+        DedupeRun.objects.filter(pk=run.pk).update(phase="merging", updated_at=timezone.now())
+        run_log(run, f"checkpoint written: {rows} row(s) of {len(run.plan)} group(s)")
+    elif run.kind == DedupeRun.Kind.UNDO and run.phase in ("", "queued"):
+        DedupeRun.objects.filter(pk=run.pk).update(phase="restoring", updated_at=timezone.now())
+    end = min(len(run.plan), run.cursor + max(1, run.chunk_size))
+    step = _merge_position if run.kind == DedupeRun.Kind.MERGE else _undo_position
+    for position in range(run.cursor, end):
+        ok, message = step(run, position)
+        if progress is not None:
+            progress(position, ok, message)
+    return end < len(run.plan)
+
+
+def dedupe_run_finish(*, run_id: int) -> DedupeRun:
+    run = DedupeRun.objects.get(pk=run_id)
+    state = run_finish(run)
+    if run.kind == DedupeRun.Kind.UNDO and state == RunState.SUCCEEDED:
+        DedupeRun.objects.filter(pk=run.undo_of_id).update(undone_at=timezone.now())
+    run_log(run, f"finished {state}: {run.done} group(s) done, {run.failed} failed")
+    run.refresh_from_db()
+    return run
+
+
+def dedupe_run_fail(*, run_id: int, error: str) -> None:
+    run = DedupeRun.objects.filter(pk=run_id).first()
+    if run is not None and not run.is_finished:
+        run_finish(run, error=error)
+
+
+def dedupe_run_work(*, run: DedupeRun, queue: str | None = None) -> str:
+    """Do one chunk of groups of a claimed run, then send the next chunk or finish it.
+
+    Holds the lock of the ``dedupe_users`` command. The checkpoint is written by the first
+    chunk, before any change. A redelivered or duplicate message is harmless: each group
+    advances the cursor in its own transaction. Without a broker (tasks run in-process)
+    the chunks are looped here, since a message per chunk would recurse once per chunk.
+    """
+    in_process = settings.CELERY_TASK_ALWAYS_EAGER
+    try:
+        with named_lock("dedupe_users"):
+            more = dedupe_run_step(run_id=run.pk)
+            while more and in_process:
+                more = dedupe_run_step(run_id=run.pk)
+    except LockHeld:
+        error = "Another dedupe (a dedupe_users command) holds the lock."
+        if in_process:
+            dedupe_run_fail(run_id=run.pk, error=error)
+            return RunState.FAILED
+        # The command ends on its own: retried with backoff like any transient error.
+        raise TimeoutError(error) from None
+    if more:
+        _enqueue(run, queue)
+        return RunState.RUNNING
+    return dedupe_run_finish(run_id=run.pk).state
+
+
+def dedupe_run_process(
+    *, run: DedupeRun, progress: Callable[[int, bool, str], None] | None = None
+) -> DedupeRun:
+    """Run a whole run in this process (the command); the worker does it chunk by chunk."""
+    if not run_claim(run):
+        return run
+    try:
+        while dedupe_run_step(run_id=run.pk, progress=progress):
+            pass
+    except BaseException as error:
+        dedupe_run_fail(run_id=run.pk, error=f"{type(error).__name__}: {error}")
+        raise
+    return dedupe_run_finish(run_id=run.pk)

@@ -1,0 +1,22 @@
+"""Cutover tasks: one shape, keyed on a run id (fleet_app.runs.RunTask claims the run,
+retries transient errors with backoff and fails the row when it gives up).
+
+Each keeps the name it was released under, so queued messages still find it.
+"""
+
+from celery import shared_task
+
+from fleet_app.runs import RunTask, run_execute
+
+from . import rotation
+from .models import RotationRun
+
+
+@shared_task(
+    base=RunTask,
+    bind=False,
+    name="migrations_app.tasks.rotation_run_execute",
+    run_model="migrations_app.RotationRun",
+)
+def rotation_run_execute(run_id: int, queue: str | None = None):
+    return run_execute(RotationRun, run_id, rotation.rotation_run_work, queue=queue)
