@@ -125,6 +125,9 @@ def _lock_held_elsewhere(name):
     ) as other:
         other.execute("SELECT pg_advisory_lock(%s)", [_lock_id(name)])
         yield
+        # Released here, not by closing: a closed session's backend lets go of its locks
+        # only when it has exited, which a busy server does a moment later.
+        other.execute("SELECT pg_advisory_unlock(%s)", [_lock_id(name)])
 
 
 def test_it_will_not_start_while_a_run_is_in_progress(customer, celery_eager):
