@@ -469,6 +469,10 @@ def test_two_dedupes_cannot_overlap():
         with pytest.raises(CommandError, match="Another dedupe is running"):
             run_command("--apply")
     finally:
+        # Released before closing: a closed session frees its locks only once its backend
+        # has exited, and the next test must find the lock free.
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock_all()")
         other.close()
     assert not DedupeRun.objects.exists()
 
