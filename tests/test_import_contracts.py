@@ -59,3 +59,69 @@ def test_a_forbidden_import_breaks_a_contract(tree, module, line, contract):
     assert result.returncode != 0
     broken = [row for row in result.stdout.splitlines() if row.endswith("BROKEN")]
     assert any(contract in row for row in broken), result.stdout
+
+
+def _module_cycles(graph) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan), over direct imports."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_no_two_modules_import_each_other():
+    import grimp
+
+    graph = grimp.build_graph(*PACKAGES, include_external_packages=False)
+    assert _module_cycles(graph) == []
+
+
+def test_no_module_outside_migrations_and_tests_is_over_600_lines():
+    sources = [
+        path
+        for folder in (*PACKAGES, "bench")
+        for path in (ROOT / folder).rglob("*.py")
+        if "migrations" not in path.relative_to(ROOT).parts
+    ]
+    long = {
+        str(p.relative_to(ROOT)): n for p in sources if (n := len(p.read_text().splitlines())) > 600
+    }
+    assert long == {}
+
+
+def test_the_circle_finder_finds_a_circle():
+    class Graph:
+        edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+        modules = set(edges)
+
+        def find_modules_directly_imported_by(self, module):
+            return self.edges[module]
+
+    assert _module_cycles(Graph()) == [["a", "b", "c"]]

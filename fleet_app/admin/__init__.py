@@ -15,7 +15,7 @@ The shared classes live in ``base``; the other apps' admins import them from her
 Django's autodiscovery imports this package: importing each area registers its models.
 """
 
-from . import history, organizations, systems, tokens, users  # noqa: F401 - registration
+from . import accounts, history, organizations, systems, tokens, users  # noqa: F401
 from .base import (
     FORM_ACTION_PREFIX,
     AuditedModelAdmin,

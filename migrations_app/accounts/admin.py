@@ -20,9 +20,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
-from fleet_app.admin import AuditedModelAdmin, ReadOnlyModelAdmin, pretty_json
+from fleet_app.admin import ReadOnlyModelAdmin, pretty_json
 from fleet_app.errors import FleetError
-from fleet_app.models import Membership, Quota
 
 from . import quotas, selectors, services
 from .models import DedupeJournal, DedupeRun, LegacyAccount, QuotaRun
@@ -347,41 +346,3 @@ class QuotaRunAdmin(ReadOnlyModelAdmin):
             return HttpResponseRedirect(reverse("admin:migrations_app_quotarun_changelist"))
         self.message_user(request, f"Quota run {run.pk} ({run.mode}) started.", messages.SUCCESS)
         return HttpResponseRedirect(reverse("admin:migrations_app_quotarun_change", args=[run.pk]))
-
-
-@admin.register(Quota)
-class QuotaAdmin(AuditedModelAdmin):
-    """Limits are edited here (audited); usage is written by the quota jobs only."""
-
-    list_display = ("holder", "resource", "limit", "effective_limit", "usage", "updated_at")
-    list_filter = ("resource",)
-    list_select_related = ("organization", "user")
-    search_fields = ("organization__name", "user__email")
-    fields = ("organization", "user", "resource", "limit", "usage", "updated_at")
-    readonly_fields = ("usage", "updated_at")
-    raw_id_fields = ("user",)
-
-    def has_add_permission(self, request):
-        return self.has_view_permission(request)
-
-    def has_change_permission(self, request, obj=None):
-        return self.has_view_permission(request)
-
-    def has_delete_permission(self, request, obj=None):
-        return self.has_view_permission(request)
-
-    @admin.display(description="holder")
-    def holder(self, obj: Quota) -> str:
-        return str(obj.organization or obj.user)
-
-    @admin.display(description="effective limit")
-    def effective_limit(self, obj: Quota) -> int:
-        return obj.effective_limit
-
-
-@admin.register(Membership)
-class MembershipAdmin(ReadOnlyModelAdmin):
-    list_display = ("user", "organization", "role", "created_at")
-    list_filter = ("role",)
-    list_select_related = ("user", "organization")
-    search_fields = ("user__email", "organization__name")
