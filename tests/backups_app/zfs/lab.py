@@ -25,6 +25,8 @@ ZPOOL = "/usr/sbin/zpool"
 SSHD = "/usr/sbin/sshd"
 # The commands pull replication needs on the source (issue 7): the key allows no others.
 REPLICATION_COMMANDS = ("send", "list", "get", "hold", "release", "holds")
+# A snapshot operator also takes, prunes and mounts (README's delegation grants).
+SNAPSHOT_COMMANDS = (*REPLICATION_COMMANDS, "snapshot", "destroy", "mount")
 
 # The forced command: only /usr/sbin/zfs, only the subcommands given as arguments, only
 # arguments made of ZFS name characters and option letters.
@@ -162,10 +164,13 @@ class Lab:
         home = Path(f"/home/{self.user}")
         (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
         lines = []
-        # "full": what replication needs; "nohold": the same without hold.
+        # "full": what replication needs; "nohold"/"norelease": the same without one;
+        # "snapshot": a snapshot operator's.
         for name, allowed in (
             ("full", REPLICATION_COMMANDS),
             ("nohold", tuple(c for c in REPLICATION_COMMANDS if c != "hold")),
+            ("norelease", tuple(c for c in REPLICATION_COMMANDS if c != "release")),
+            ("snapshot", SNAPSHOT_COMMANDS),
         ):
             key = self.root / f"id_{name}"
             _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", key)
