@@ -84,6 +84,7 @@ class SnapshotPolicyAdmin(AuditedModelAdmin):
         "yearly",
         "autosnap",
         "autoprune",
+        "monitor_only",
     )
 
 

@@ -52,7 +52,7 @@ class Check:
 def thresholds(dataset: Dataset) -> tuple[int, int] | None:
     """(warn, crit) minutes for the newest snapshot's age, or None when not monitored."""
     policy = dataset.policy
-    if policy is None or not policy.autosnap:
+    if policy is None or not (policy.autosnap or policy.monitor_only):
         return None
     if policy.warn_minutes and policy.crit_minutes:
         return policy.warn_minutes, policy.crit_minutes

@@ -25,6 +25,7 @@ from fleet_app.runs import RunState, run_enqueue, run_finish, run_progress, task
 from fleet_app.services import audit_record, audit_snapshot
 
 from . import fixes, pipeline, replication
+from .capabilities import SNAPSHOT_NEEDS, detect_permissions, snapshot_refusals
 from .hosts import endpoints_open, snapshot_plan_preview
 from .models import (
     ACTIVE_STATES,
@@ -295,10 +296,43 @@ def snapshot_run_start(
     return run
 
 
+def _snapshot_next(dataset: Dataset) -> None:
+    policy = dataset.policy
+    minutes = policy.frequent_period if policy is not None and policy.frequently else 15
+    Dataset.objects.filter(pk=dataset.pk).update(
+        next_snapshot_at=timezone.now() + dt.timedelta(minutes=minutes)
+    )
+
+
+def _snapshot_refusals(dataset: Dataset) -> list[str]:
+    """A remote dataset's operator must be a snapshot operator (named in words if not)."""
+    policy = dataset.policy
+    if dataset.host.is_local or policy is None or not (policy.autosnap or policy.autoprune):
+        return []
+    with endpoints_open((dataset.host, dataset.name)) as (endpoint,):
+        perms = detect_permissions(
+            endpoint.runner, dataset.name, user=dataset.host.user, needed=SNAPSHOT_NEEDS
+        )
+    return snapshot_refusals(perms, host=dataset.host.name, prune=policy.autoprune)
+
+
 def snapshot_run_execute(*, run: SnapshotRun, now: dt.datetime | None = None) -> str:
     """Work one claimed snapshot run: plan, create and destroy, list what is left."""
     dataset = Dataset.objects.select_related("host", "policy").get(pk=run.dataset_id)
+    policy = dataset.policy
     try:
+        if policy is not None and policy.monitor_only:
+            # The host's own sanoid takes and prunes: read what is there, whoever made it.
+            run_progress(run, phase="listing")
+            with endpoints_open((dataset.host, dataset.name)) as (endpoint,):
+                _dataset_listed(dataset, pipeline.list_snapshots(endpoint))
+            run_progress(run, phase="done (monitor only)")
+            _snapshot_next(dataset)
+            return run_finish(run)
+        refusals = _snapshot_refusals(dataset)
+        if refusals:
+            run_progress(run, phase="refused")
+            return run_finish(run, error="Refused: " + "; ".join(refusals))
         run_progress(run, phase="planning")
         plan = snapshot_plan_preview(dataset=dataset, now=now)
         run_progress(run, phase="applying", total=len(plan.create) + len(plan.destroy))
@@ -308,11 +342,7 @@ def snapshot_run_execute(*, run: SnapshotRun, now: dt.datetime | None = None) ->
     except (ZfsCommandError, InvalidInput) as exc:
         return run_finish(run, error=str(exc))
     _dataset_listed(dataset, listed)
-    policy = dataset.policy
-    Dataset.objects.filter(pk=dataset.pk).update(
-        next_snapshot_at=timezone.now()
-        + dt.timedelta(minutes=policy.frequent_period if policy.frequently else 15)
-    )
+    _snapshot_next(dataset)
     SnapshotRun.objects.filter(pk=run.pk).update(
         created=done["created"],
         destroyed=done["destroyed"],
