@@ -41,6 +41,11 @@ SSH_CAUSES = (
 )
 
 
+def ssh_failed(stderr: str) -> bool:
+    """ssh's own words for a connection that failed (exit status 255 carries them)."""
+    return any(marker in stderr for marker, _ in SSH_CAUSES)
+
+
 class ZfsCommandError(RuntimeError):
     """A ZFS command (or the SSH connection carrying it) failed."""
 
@@ -122,6 +127,9 @@ class Runner:
                 self.label, shown, -1, f"timed out after {timeout:.0f} s"
             ) from None
         result = Result(shown, done.returncode, done.stdout, done.stderr)
+        if done.returncode == 255 and self.label != "local" and ssh_failed(done.stderr):
+            # The connection failed, not the command: never mistaken for zfs's answer.
+            raise ZfsCommandError(self.label, shown, done.returncode, done.stderr)
         if check and not result.ok:
             raise ZfsCommandError(self.label, shown, done.returncode, done.stderr)
         return result
