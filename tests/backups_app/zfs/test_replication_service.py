@@ -130,6 +130,7 @@ def test_divergence_waits_for_an_approval_then_the_fix_runs(zfs_rows, alice):
     report = DivergenceReport.objects.get(job=rows.job)
     assert f"Report {report.pk} awaits" in stopped.error
     assert (report.status, report.last_common) == ("open", "s1")
+    assert report.kind == "snapshots_missing"
     assert (report.source_only, report.target_only) == (["s2"], ["local-change"])
     assert [f["kind"] for f in report.fixes] == ["rollback", "rename_aside"]
     assert report.fix("rollback")["commands"] == [f"zfs rollback -r {rows.target.name}@s1"]
