@@ -21,6 +21,7 @@ from .parsers import Snapshot
 from .planning import (
     ChildrenThenParent,
     Divergence,
+    Fix,
     RenameAsideAndResend,
     RenameBack,
     ReplicationPlan,
@@ -109,14 +110,11 @@ def examine(
     """Refine ``plan`` with the hosts' state (moved datasets, a rolled-back or modified
     target, children a rename would drag along)."""
     tgt = listed.target
-    if (
-        plan.divergence is not None
-        and plan.divergence.kind == "source_renamed"
-        or (plan.divergence is not None and plan.divergence.kind == "no_common" and tgt)
-    ):
+    found = plan.divergence
+    if found is not None and found.kind in ("source_renamed", "no_common") and tgt:
         moved = find_moved_dataset(source_runner, pool_of(source), {s.guid for s in tgt[-1:]})
         if moved and moved != source:
-            d = plan.divergence
+            d = found
             d.kind = "source_renamed"
             d.source_moved_to = moved
             d.reason += f"; the target's newest snapshot now lives in {moved}"
@@ -126,8 +124,9 @@ def examine(
     if tgt is None and known.guid:
         _target_moved(plan, target_runner, target, known)
         return
-    d = plan.divergence
-    if d is not None and d.kind == "no_common" and listed.target_children:
+    found = plan.divergence
+    if found is not None and found.kind == "no_common" and listed.target_children:
+        d = found
         staging = f"{target}-new-{now.astimezone(dt.UTC):%Y%m%d%H%M%S}"
         d.fixes.insert(
             0,
@@ -144,8 +143,9 @@ def examine(
         )
         return
     common = plan.target_common
-    if plan.kind != "incremental" or common is None or tgt is None:
+    if plan.kind != "incremental" or common is None or tgt is None or plan.common is None:
         return
+    base = plan.common
     if known.guid and known.guid != common.guid and known.guid not in {s.guid for s in tgt}:
         _stop(
             plan,
@@ -154,7 +154,7 @@ def examine(
                 reason=f"the target {target} was rolled back to {common.short}: it no longer "
                 f"has {known.snapshot or 'the snapshot it last received'}",
                 last_common=common.short,
-                source_only=[s.short for s in listed.source or [] if s.index > plan.common.index],
+                source_only=[s.short for s in listed.source or [] if s.index > base.index],
                 fixes=[
                     ResumeFromCommon(
                         target=target,
@@ -171,14 +171,14 @@ def examine(
 
 
 def _target_moved(plan: ReplicationPlan, runner: Runner, target: str, known: Known) -> None:
-    moved = find_moved_dataset(runner, pool_of(target), {known.guid})
+    moved = find_moved_dataset(runner, pool_of(target), {known.guid} if known.guid else set())
     released = f"{plan.source}@{known.held}" if known.held else ""
     if moved:
         reason = (
             f"the target {target} is gone: the snapshot {known.snapshot} it last received "
             f"now lives in {moved} (moved on the target host)"
         )
-        fixes = [RenameBack(target=target, moved=moved), ResendFull(target, released)]
+        fixes: list[Fix] = [RenameBack(target=target, moved=moved), ResendFull(target, released)]
     else:
         reason = (
             f"the target {target} is gone and no dataset on its pool holds the snapshot "

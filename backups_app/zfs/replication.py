@@ -92,12 +92,33 @@ def _target_of(job: ReplicationJob, source_dataset: str) -> str:
     return job.target.name + source_dataset[len(job.source.name) :]
 
 
-def dataset_states(job: ReplicationJob, names: list[str]) -> dict[str, ReplicatedDataset]:
+def _inherited(job: ReplicationJob, name: str, tree: Tree | None) -> dict:
+    """For a job that ran before datasets had rows: what the job recorded on its own
+    dataset (the snapshot last received and held, its GUID from the source's listing)."""
+    if tree is None or name != job.source.name or not job.last_snapshot:
+        return {}
+    short = job.last_snapshot
+    guid = next((s.guid for s in tree.snapshots.get(name, []) if s.short == short), None)
+    return {
+        "last_snapshot": short,
+        "held_snapshot": short,
+        "last_snapshot_guid": str(guid) if guid else "",
+        "last_snapshot_at": job.last_snapshot_at,
+    }
+
+
+def dataset_states(
+    job: ReplicationJob, names: list[str], tree: Tree | None = None
+) -> dict[str, ReplicatedDataset]:
     """The job's rows for ``names``, created when missing (one query each way)."""
     rows = {r.source_dataset: r for r in job.datasets.filter(source_dataset__in=names)}
     missing = [
         ReplicatedDataset(
-            job=job, source_dataset=n, target_dataset=_target_of(job, n), source_name=n
+            job=job,
+            source_dataset=n,
+            target_dataset=_target_of(job, n),
+            source_name=n,
+            **_inherited(job, n, tree),
         )
         for n in names
         if n not in rows
@@ -151,7 +172,7 @@ def run_execute(run: ReplicationRun) -> str:
                 tgt, recursive=tree_run, written=bool(tgt.pool and tgt.pool.list_parsable)
             )
             names = _names(job, run, src_tree, tree_run)
-            states = dataset_states(job, names)
+            states = dataset_states(job, names, src_tree)
             run_progress(run, phase="sending", total=len(names))
             results = _replicate_all(job, src, tgt, src_tree, tgt_tree, names, states, assessment)
     except (ZfsCommandError, pipeline.ReplicationError, pipeline.PermissionRefused) as exc:
@@ -257,14 +278,14 @@ def _record_dataset(run, job, result: DatasetResult) -> tuple[str, str]:
         if newest is not None:
             fields.update(source_newest=newest.short, source_newest_at=_snapshot_time(newest))
         fields["last_bytes"] = outcome.bytes
-        if plan.kind == "diverged":
-            report = divergence_record(run, job, state, plan.divergence)
-            stopped = plan.divergence.kind == "target_moved"
+        if plan.kind == "diverged" and plan.divergence is not None:
+            found = plan.divergence
+            report = divergence_record(run, job, state, found)
             fields.update(
-                state=S.STOPPED if stopped else S.DIVERGED,
-                message=f"{plan.divergence.reason} (report {report.pk})",
+                state=S.STOPPED if found.kind == "target_moved" else S.DIVERGED,
+                message=f"{found.reason} (report {report.pk})",
             )
-            line = f"{state.source_dataset}: diverged ({plan.divergence.kind}), report {report.pk}"
+            line = f"{state.source_dataset}: diverged ({found.kind}), report {report.pk}"
         elif plan.kind == "nothing_to_send":
             fields.update(state=S.FAILED, message="the source has no snapshot yet")
             line = f"{state.source_dataset}: the source has no snapshot yet"
@@ -351,8 +372,9 @@ def _error_text(result: DatasetResult) -> str:
         job_id=result.state.job_id, source_dataset=name, status=DivergenceReport.Status.OPEN
     ).first()
     number = report.pk if report else "?"
+    reason = plan.divergence.reason if plan.divergence else plan.kind
     return (
-        f"Diverged: {plan.divergence.reason}. Report {number} awaits a staff decision; "
+        f"Diverged: {reason}. Report {number} awaits a staff decision; "
         f"nothing on the target was changed ({name})."
     )
 
