@@ -10,6 +10,7 @@ from .service_backups.models import BackupRun, BackupSchedule, RestoreRun, Servi
 from .zfs.models import (
     Dataset,
     DivergenceReport,
+    ReplicatedDataset,
     ReplicationJob,
     ReplicationRun,
     SnapshotPolicy,
@@ -23,6 +24,7 @@ __all__ = [
     "ClusterBackup",
     "Dataset",
     "DivergenceReport",
+    "ReplicatedDataset",
     "ReplicationJob",
     "ReplicationRun",
     "RestoreRun",

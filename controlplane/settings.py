@@ -368,8 +368,13 @@ CELERY_BEAT_SCHEDULE["backups-storage-sweep"] = {
 
 # --- ZFS ----------------------------------------------------------------------------------
 # A snapshot or replication run whose row has not moved for this long belongs to a dead
-# worker: its (job, dataset) may be claimed again.
-ZFS_RUN_STALE_SECONDS = env.int("ZFS_RUN_STALE_SECONDS", default=600)
+# worker (a running replication touches its row every 10 s): it is failed as interrupted
+# and its (job, dataset) may be claimed again.
+ZFS_RUN_STALE_SECONDS = env.int("ZFS_RUN_STALE_SECONDS", default=60)
+# How long an SSH connection to a storage host may take before the host counts as
+# unreachable (the run fails saying why), and how many datasets of a tree send at once.
+ZFS_SSH_CONNECT_TIMEOUT = env.int("ZFS_SSH_CONNECT_TIMEOUT", default=15)
+ZFS_PARALLEL_SENDS = env.int("ZFS_PARALLEL_SENDS", default=4)
 # Every minute beat sends the tick that starts due snapshot and replication jobs.
 CELERY_BEAT_SCHEDULE["zfs-tick"] = {"task": "backups_app.zfs.tasks.zfs_tick", "schedule": 60.0}
 # What the workers execute, and with which key: settings of the workers, never columns, so

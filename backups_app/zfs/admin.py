@@ -21,10 +21,11 @@ from fleet_app.admin import (
 )
 from fleet_app.errors import FleetError
 
-from . import hosts, services
+from . import holds, hosts, services
 from .models import (
     Dataset,
     DivergenceReport,
+    ReplicatedDataset,
     ReplicationJob,
     ReplicationRun,
     SnapshotPolicy,
@@ -83,6 +84,7 @@ class SnapshotPolicyAdmin(AuditedModelAdmin):
         "yearly",
         "autosnap",
         "autoprune",
+        "monitor_only",
     )
 
 
@@ -92,7 +94,33 @@ class DatasetAdmin(AuditedModelAdmin):
     list_filter = ("host", "policy")
     search_fields = ("name",)
     list_select_related = ("host", "policy")
-    actions = ("preview_snapshots", "run_snapshot_job")
+    actions = ("preview_snapshots", "run_snapshot_job", "release_holds")
+
+    @admin.action(description="List holds (who, why) and release abandoned ones")
+    def release_holds(self, request, queryset):
+        datasets = {d.pk: d for d in queryset.select_related("host")[:20]}
+        if request.POST.get("post") == "yes":
+            for value in request.POST.getlist("hold"):
+                pk, snapshot, tag = (value.split("|") + ["", ""])[:3]
+                dataset = datasets.get(int(pk)) if pk.isdigit() else None
+                try:
+                    if dataset is None:
+                        raise FleetError(f"{value!r} is not a hold of the selected datasets.")
+                    done = holds.hold_release(
+                        dataset=dataset, snapshot=snapshot, tag=tag, actor=request.user
+                    )
+                    self.message_user(request, f"{dataset}: {done}")
+                except (ZfsCommandError, FleetError) as exc:
+                    self.message_user(request, getattr(exc, "message", str(exc)), messages.ERROR)
+            return None
+        rows = []
+        for dataset in datasets.values():
+            try:
+                rows.append({"dataset": dataset, "holds": holds.dataset_holds(dataset=dataset)})
+            except (ZfsCommandError, FleetError) as exc:
+                rows.append({"dataset": dataset, "holds": [], "error": str(exc)})
+        context = {**self.admin_site.each_context(request), "title": "Holds", "rows": rows}
+        return TemplateResponse(request, "backups_app/zfs_holds.html", context)
 
     @admin.action(description="Preview the snapshot plan (reads only)")
     def preview_snapshots(self, request, queryset):
@@ -229,16 +257,37 @@ class SnapshotRunAdmin(ReadOnlyModelAdmin):
     list_select_related = ("dataset__host",)
 
 
+@admin.register(ReplicatedDataset)
+class ReplicatedDatasetAdmin(ReadOnlyModelAdmin):
+    """Each dataset of each job (a recursive job's children too): state, lag, bytes."""
+
+    list_display = (
+        "job",
+        "source_dataset",
+        "target_dataset",
+        "state",
+        "last_snapshot",
+        "source_newest",
+        "last_bytes",
+        "total_bytes",
+        "last_success_at",
+    )
+    list_filter = ("state",)
+    list_select_related = ("job",)
+    search_fields = ("source_dataset", "target_dataset")
+
+
 @admin.register(DivergenceReport)
 class DivergenceReportAdmin(ReadOnlyModelAdmin):
-    list_display = ("id", "job", "source_dataset", "status", "reason", "created_at")
-    list_filter = ("status",)
+    list_display = ("id", "job", "source_dataset", "kind", "status", "reason", "created_at")
+    list_filter = ("status", "kind")
     list_select_related = ("job",)
     readonly_fields = (
         "job",
         "run",
         "source_dataset",
         "target_dataset",
+        "kind",
         "reason",
         "last_common",
         "source_only",
@@ -255,7 +304,16 @@ class DivergenceReportAdmin(ReadOnlyModelAdmin):
         "closed_at",
     )
     exclude = ("fixes",)
-    actions = ("approve_rollback", "approve_rename_aside", "approve_retarget", "dismiss")
+    actions = (
+        "approve_rollback",
+        "approve_rename_aside",
+        "approve_retarget",
+        "approve_rename_back",
+        "approve_resend_full",
+        "approve_resume_from_common",
+        "approve_children_then_parent",
+        "dismiss",
+    )
 
     def has_approve_permission(self, request: HttpRequest) -> bool:
         return _perm(request, DivergenceReport, "change")
@@ -295,6 +353,29 @@ class DivergenceReportAdmin(ReadOnlyModelAdmin):
     @admin.action(permissions=["approve"], description="Approve: follow the source to its new name")
     def approve_retarget(self, request, queryset):
         self._approve(request, queryset, "retarget")
+
+    @admin.action(
+        permissions=["approve"], description="Approve: move the moved target back (this dataset)"
+    )
+    def approve_rename_back(self, request, queryset):
+        self._approve(request, queryset, "rename_back")
+
+    @admin.action(
+        permissions=["approve"], description="Approve: send this dataset in full to its target"
+    )
+    def approve_resend_full(self, request, queryset):
+        self._approve(request, queryset, "resend_full")
+
+    @admin.action(permissions=["approve"], description="Approve: go on from the rolled-back target")
+    def approve_resume_from_common(self, request, queryset):
+        self._approve(request, queryset, "resume_from_common")
+
+    @admin.action(
+        permissions=["approve"],
+        description="Approve: send the parent alone, move its children under it, then rename",
+    )
+    def approve_children_then_parent(self, request, queryset):
+        self._approve(request, queryset, "children_then_parent")
 
     @admin.action(permissions=["approve"], description="Dismiss (change nothing)")
     def dismiss(self, request, queryset):

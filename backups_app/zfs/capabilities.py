@@ -28,10 +28,32 @@ SOURCE_NEEDS = {
     "hold": "hold the common snapshot until the next success",
     "release": "release the previous common snapshot's hold",
 }
+# A snapshot operator (Cutover takes and prunes the dataset's snapshots) also needs these.
+SNAPSHOT_NEEDS = {
+    "snapshot": "take the policy's snapshots",
+    "destroy": "prune expired snapshots",
+    "mount": "snapshot and destroy (ZFS requires mount beside them when delegated)",
+}
+# The roles an operator's key plays, and the delegations each needs (README: delegation).
+ROLES = {
+    "pull operator": ("send", "hold", "release"),
+    "snapshot operator": ("send", "hold", "release", "snapshot", "destroy", "mount"),
+}
 # Only where the pool has bookmarks (OpenZFS).
 BOOKMARK_NEED = ("bookmark", "bookmark the common snapshot")
 # Delegation names (``zfs allow``) of the commands above; list/get need none.
-DELEGATED = {"send", "hold", "release", "bookmark", "receive", "rollback", "rename"}
+DELEGATED = {
+    "send",
+    "hold",
+    "release",
+    "bookmark",
+    "receive",
+    "rollback",
+    "rename",
+    "snapshot",
+    "destroy",
+    "mount",
+}
 
 GUARANTEE_RESUMABLE = "resumable"
 GUARANTEE_HOLDS = "incremental-with-holds"
@@ -160,7 +182,10 @@ def _probe(runner: Runner, dataset: str, command: str) -> str | None:
         reached = result.ok or "does not exist" in result.stderr
     else:
         result = runner.zfs([command], check=False)
-        reached = any(marker in result.stderr.lower() for marker in _REACHED_MARKERS)
+        # ``zfs mount`` without arguments lists the mounts: reaching zfs, successfully.
+        reached = (command == "mount" and result.ok) or any(
+            marker in result.stderr.lower() for marker in _REACHED_MARKERS
+        )
     if reached:
         return None
     lines = (result.stderr or result.stdout).strip().splitlines()
@@ -214,6 +239,19 @@ def assess(
         result.missing[command] = why
         result.refusals.append(
             f"user {source_perms.user} on {source_label} lacks the '{command}' permission "
-            f"(needed to {why}): {refusal}"
+            f"(needed to {why}; a pull operator needs {','.join(ROLES['pull operator'])}): "
+            f"{refusal}"
         )
     return result
+
+
+def snapshot_refusals(perms: Permissions, *, host: str, prune: bool) -> list[str]:
+    """What a snapshot operator's key lacks on ``host``, each in words (empty: nothing)."""
+    needs = {k: v for k, v in SNAPSHOT_NEEDS.items() if prune or k != "destroy"}
+    return [
+        f"user {perms.user} on {host} lacks the '{command}' permission (needed to {why}; a "
+        f"snapshot operator needs {','.join(ROLES['snapshot operator'])}): "
+        f"{perms.denied.get(command, 'not granted')}"
+        for command, why in needs.items()
+        if command not in perms.allowed
+    ]

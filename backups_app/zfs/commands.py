@@ -172,9 +172,10 @@ def bookmark(snapshot: str, mark: str) -> list[str]:
     return ["bookmark", snapshot_validate(snapshot), bookmark_validate(mark)]
 
 
-def rollback(snapshot: str) -> list[str]:
-    """Roll back to ``snapshot`` destroying later snapshots (``-r``): approval only."""
-    return ["rollback", "-r", snapshot_validate(snapshot)]
+def rollback(snapshot: str, *, later: bool = True) -> list[str]:
+    """Roll back to ``snapshot``, with ``later`` destroying later snapshots (``-r``):
+    approval only."""
+    return ["rollback", *(["-r"] if later else []), snapshot_validate(snapshot)]
 
 
 def rename(old: str, new: str) -> list[str]:

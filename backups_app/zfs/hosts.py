@@ -51,6 +51,7 @@ def host_runner(host: StorageHost) -> Runner:
             zfs_path=settings.ZFS_BIN,
             zpool_path=settings.ZPOOL_BIN,
             ssh_path=settings.ZFS_SSH_BIN,
+            connect_timeout=settings.ZFS_SSH_CONNECT_TIMEOUT,
         )
     except ValueError as exc:
         raise HostUnreachable(host.name, str(exc)) from None

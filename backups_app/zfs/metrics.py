@@ -30,8 +30,28 @@ def zfs_metrics() -> Iterable[Metric]:
     failures = GaugeMetricFamily(
         "cutover_zfs_job_failures", "Failed runs since the last success.", labels=["job"]
     )
+    child_state = GaugeMetricFamily(
+        "cutover_zfs_dataset_replication_state",
+        "Each dataset of a job (a recursive job's children too): 0 OK, 1 WARN, 2 CRIT.",
+        labels=["job", "dataset"],
+    )
+    child_lag = GaugeMetricFamily(
+        "cutover_zfs_dataset_replication_lag_seconds",
+        "Source's newest snapshot time minus the newest one the dataset's target has.",
+        labels=["job", "dataset"],
+    )
+    child_bytes = GaugeMetricFamily(
+        "cutover_zfs_dataset_replication_last_bytes",
+        "Bytes the dataset received in its latest run.",
+        labels=["job", "dataset"],
+    )
     for row in selectors.job_rows():
         name = row["job"].name
+        for child in row["datasets"]:
+            child_state.add_metric([name, child["dataset"]], child["state"])
+            if child["lag_seconds"] is not None:
+                child_lag.add_metric([name, child["dataset"]], child["lag_seconds"])
+            child_bytes.add_metric([name, child["dataset"]], child["last_bytes"])
         state.add_metric([name], row["state"])
         if row["job"].last_success_at:
             success.add_metric([name], row["job"].last_success_at.timestamp())
@@ -39,7 +59,7 @@ def zfs_metrics() -> Iterable[Metric]:
             lag.add_metric([name], row["lag_seconds"])
         moved.add_metric([name], row["last_bytes"])
         failures.add_metric([name], row["failures"])
-    yield from (state, success, lag, moved, failures)
+    yield from (state, success, lag, moved, failures, child_state, child_lag, child_bytes)
     fresh = GaugeMetricFamily(
         "cutover_zfs_dataset_state",
         "Snapshot freshness: 0 OK, 1 WARN, 2 CRIT.",

@@ -105,6 +105,11 @@ class SnapshotPolicy(models.Model):
     autoprune = models.BooleanField(default=True)
     frequent_period = models.PositiveSmallIntegerField(default=15, help_text="Minutes.")
     # Empty: from the shortest period kept, as sanoid's defaults (hourly: 90 / 360 min).
+    # The host's own sanoid takes and prunes: Cutover only lists the snapshots it finds,
+    # whoever made them, and checks their freshness.
+    monitor_only = models.BooleanField(
+        default=False, help_text="Only read freshness: the host's own sanoid snapshots."
+    )
     warn_minutes = models.PositiveIntegerField(null=True, blank=True)
     crit_minutes = models.PositiveIntegerField(null=True, blank=True)
 
@@ -214,11 +219,95 @@ class ReplicationJob(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        """Refuse a target that overlaps another job's (the same dataset, or one inside
+        the other's tree): two jobs would take turns rewriting it."""
+        if self.target_id is None:
+            return
+        clash = overlapping_job(self)
+        if clash is not None:
+            raise ValidationError(
+                {
+                    "target": f"{self.target} overlaps the target of job {clash.name} "
+                    f"({clash.target}{', recursive' if clash.recursive else ''}): "
+                    "two jobs would take turns rewriting it."
+                }
+            )
+
     @property
     def hold_tag(self) -> str:
         """The hold this job keeps on its common snapshot (one per job: two jobs from one
         source each keep their own base)."""
         return f"cutover_job{self.pk}"
+
+
+def _overlaps(a: str, a_tree: bool, b: str, b_tree: bool) -> bool:
+    return a == b or (a_tree and b.startswith(a + "/")) or (b_tree and a.startswith(b + "/"))
+
+
+def overlapping_job(job: "ReplicationJob") -> "ReplicationJob | None":
+    """Another job whose target is ``job``'s target or inside (or around) its tree."""
+    target = Dataset.objects.select_related("host").get(pk=job.target_id)
+    others = ReplicationJob.objects.filter(target__host_id=target.host_id).select_related("target")
+    if job.pk:
+        others = others.exclude(pk=job.pk)
+    for other in others:
+        if _overlaps(target.name, job.recursive, other.target.name, other.recursive):
+            return other
+    return None
+
+
+class ReplicatedDataset(models.Model):
+    """One dataset of a job (the job's own, or a child of a recursive job): its state,
+    lag, bytes and error, and what the job keeps on it (the held snapshot, the GUID of the
+    newest snapshot the target received). A fix on one dataset changes only its row.
+
+    ``source_name`` is where the data is pulled from now: the source dataset's name, or
+    the name it moved to when staff approved following it (that child only).
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Not run yet"
+        OK = "ok", "In sync"
+        FAILED = "failed", "Failed"
+        DIVERGED = "diverged", "Diverged"
+        STOPPED = "stopped", "Stopped: target moved or vanished"
+
+    job = models.ForeignKey(ReplicationJob, on_delete=models.CASCADE, related_name="datasets")
+    source_dataset = models.CharField(max_length=255)
+    target_dataset = models.CharField(max_length=255)
+    source_name = models.CharField(max_length=255)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    message = models.TextField(blank=True)
+    held_snapshot = models.CharField(max_length=255, blank=True)
+    last_snapshot = models.CharField(max_length=255, blank=True)
+    # ZFS GUIDs are unsigned 64-bit: kept as text.
+    last_snapshot_guid = models.CharField(max_length=24, blank=True)
+    last_snapshot_at = models.DateTimeField(null=True, blank=True)
+    source_newest = models.CharField(max_length=255, blank=True)
+    source_newest_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_bytes = models.PositiveBigIntegerField(default=0)
+    total_bytes = models.PositiveBigIntegerField(default=0)
+    last_run = models.ForeignKey(
+        "ReplicationRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["job", "source_dataset"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "source_dataset"], name="zfs_repl_ds_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job}: {self.source_dataset} ({self.state})"
+
+    @property
+    def lag_seconds(self) -> float | None:
+        if self.source_newest_at and self.last_snapshot_at:
+            return max(0.0, (self.source_newest_at - self.last_snapshot_at).total_seconds())
+        return None
 
 
 class SnapshotRun(Run):
@@ -304,6 +393,7 @@ class DivergenceReport(models.Model):
     )
     source_dataset = models.CharField(max_length=255)
     target_dataset = models.CharField(max_length=255)
+    kind = models.CharField(max_length=32, blank=True)
     reason = models.TextField()
     last_common = models.CharField(max_length=255, blank=True)
     source_only = models.JSONField(default=list, blank=True)

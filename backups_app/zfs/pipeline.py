@@ -20,15 +20,17 @@ from .capabilities import (
     detect_permissions,
     detect_pool,
 )
-from .names import pool_of, split_snapshot
+from .divergence import Known, Listed, examine, receive_says_modified, target_modified
+from .names import split_snapshot
 from .parsers import Snapshot, parse_snapshot_list, snapshots_from_get
 from .planning import (
+    ChildrenThenParent,
     Divergence,
     Fix,
     Policy,
     RenameAsideAndResend,
+    RenameBack,
     ReplicationPlan,
-    RetargetSource,
     RollbackToCommon,
     SendStep,
     SnapshotPlan,
@@ -43,7 +45,11 @@ RENAME_BUSY_RETRIES = 10
 
 
 class ReplicationError(RuntimeError):
-    """A send or receive failed; the message carries both sides' first error line."""
+    """A send or receive failed; the message carries both sides' whole error text."""
+
+    def __init__(self, message: str, *, send_stderr: str = "", receive_stderr: str = ""):
+        super().__init__(message)
+        self.send_stderr, self.receive_stderr = send_stderr, receive_stderr
 
 
 class ApprovalRequired(PermissionError):
@@ -133,51 +139,47 @@ def list_bookmarks(endpoint: Endpoint) -> list[Snapshot]:
     return marks
 
 
-def find_moved_dataset(runner: Runner, root: str, guids: set[int]) -> str | None:
-    """The dataset under ``root`` whose snapshots carry one of ``guids`` (a GUID survives
-    ``zfs rename``), or None."""
-    if not guids:
-        return None
-    result = runner.zfs(commands.guids_under(root), check=False)
-    if not result.ok:
-        return None
-    for line in result.stdout.splitlines():
-        cells = line.split("\t")
-        if len(cells) >= 3 and "@" in cells[0] and cells[2].isdigit() and int(cells[2]) in guids:
-            return split_snapshot(cells[0])[0]
-    return None
-
-
-def plan(source: Endpoint, target: Endpoint, *, now: dt.datetime | None = None):
-    """List both sides and plan (nothing changes). A missing or diverged source is looked
-    for elsewhere on its pool by the GUIDs the target holds."""
+def plan(
+    source: Endpoint,
+    target: Endpoint,
+    *,
+    now: dt.datetime | None = None,
+    listed: Listed | None = None,
+    known: Known | None = None,
+) -> ReplicationPlan:
+    """Plan from both sides' snapshots (listed here unless a tree listing gave them) and
+    what the job recorded; nothing changes. Divergence is told apart by ``examine``."""
     now = now or dt.datetime.now(dt.UTC)
-    src = list_snapshots(source)
-    tgt = list_snapshots(target)
+    if listed is None:
+        src = list_snapshots(source)
+        tgt = list_snapshots(target)
+        children: list[str] = []
+        if tgt is not None:
+            out = target.runner.zfs(commands.dataset_names(target.dataset, recursive=True))
+            children = [
+                c for c in out.stdout.split() if c.count("/") == target.dataset.count("/") + 1
+            ]
+        listed = Listed(source=src, target=tgt, target_children=children)
+    src = listed.source
     result = plan_replication(
         source=source.dataset,
         target=target.dataset,
         source_snapshots=src or [],
-        target_snapshots=tgt,
+        target_snapshots=listed.target,
         now=now,
         source_bookmarks=list_bookmarks(source) if src is not None else [],
         source_exists=src is not None,
     )
-    if result.divergence is not None and tgt:
-        moved = find_moved_dataset(
-            source.runner, pool_of(source.dataset), {s.guid for s in tgt[-1:]}
-        )
-        if moved and moved != source.dataset:
-            result.divergence.source_moved_to = moved
-            result.divergence.reason += f"; the target's newest snapshot now lives in {moved}"
-            result.divergence.fixes.insert(0, RetargetSource(old=source.dataset, new=moved))
-            if src is None:
-                result.divergence.fixes.append(
-                    RenameAsideAndResend(
-                        target=target.dataset,
-                        aside=f"{target.dataset}-diverged-{now:%Y%m%d%H%M%S}",
-                    )
-                )
+    examine(
+        result,
+        source_runner=source.runner,
+        target_runner=target.runner,
+        source=source.dataset,
+        target=target.dataset,
+        listed=listed,
+        known=known or Known(),
+        now=now,
+    )
     return result
 
 
@@ -244,13 +246,18 @@ def transfer(
         seconds = time.monotonic() - began
         if sent or received:
             send_err.seek(0), recv_err.seek(0)
-            problems = []
-            for side, code, err in (("send", sent, send_err), ("receive", received, recv_err)):
-                text = err.read().decode(errors="replace").strip()
-                if code:
-                    last = text.splitlines()[-1] if text else ""
-                    problems.append(f"{side} exited {code}: {last}")
-            raise ReplicationError("; ".join(problems))
+            texts = {
+                side: err.read().decode(errors="replace").strip()
+                for side, err in (("send", send_err), ("receive", recv_err))
+            }
+            problems = [
+                f"{side} exited {code}:\n{texts[side] or '(no error text)'}"
+                for side, code in (("send", sent), ("receive", received))
+                if code
+            ]
+            raise ReplicationError(
+                "\n".join(problems), send_stderr=texts["send"], receive_stderr=texts["receive"]
+            )
     return moved, seconds
 
 
@@ -341,6 +348,8 @@ def replicate(
     assessment: Assessment | None = None,
     on_step: Callable[[SendStep, int, float], None] | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    listed: Listed | None = None,
+    known: Known | None = None,
 ) -> Outcome:
     """Pull what the source has beyond the newest common snapshot; stop on divergence.
 
@@ -352,7 +361,8 @@ def replicate(
         raise PermissionRefused("; ".join(assessment.refusals))
     outcome = Outcome(plan=ReplicationPlan(kind="up_to_date", source="", target=""))
     _resume(source, target, outcome)
-    outcome.plan = current = plan(source, target, now=now)
+    known = known or Known()
+    outcome.plan = current = plan(source, target, now=now, listed=listed, known=known)
     if current.kind in ("diverged", "nothing_to_send"):
         return outcome
     for step in current.steps:
@@ -360,14 +370,11 @@ def replicate(
         try:
             moved, seconds = transfer(source, target, send_args, receive_args, on_bytes)
         except ReplicationError as exc:
-            if "modified since most recent snapshot" in str(exc) and current.target_common:
-                current.kind = "diverged"
-                current.divergence = Divergence(
-                    reason="the target was modified since its last snapshot",
-                    last_common=current.target_common.short,
-                    fixes=[
-                        RollbackToCommon(target=target.dataset, snapshot=current.target_common.name)
-                    ],
+            # The whole receive error, every line of it: zfs wraps this sentence.
+            if receive_says_modified(exc.receive_stderr) and current.target_common:
+                current.kind, current.steps = "diverged", []
+                current.divergence = target_modified(
+                    current, target.dataset, "zfs receive: " + " ".join(exc.receive_stderr.split())
                 )
                 return outcome
             raise
@@ -378,7 +385,7 @@ def replicate(
     if newest is None:
         return outcome
     short = split_snapshot(newest)[1]
-    previous = current.target_common.short if current.target_common else None
+    previous = known.held or (current.target_common.short if current.target_common else None)
     move_holds(source, target, tag=hold_tag, new=short, previous=previous)
     if source.pool is not None and source.pool.bookmarks:
         try:
@@ -400,9 +407,20 @@ def fix_commands(fix: Fix) -> list[list[str]]:
     mount instead of leaving a half-renamed tree. The aside copy stays unmounted.
     """
     if isinstance(fix, RollbackToCommon):
+        if fix.destroys and all(d.startswith("changes since") for d in fix.destroys):
+            return [commands.rollback(fix.snapshot, later=False)]
         return [commands.rollback(fix.snapshot)]
     if isinstance(fix, RenameAsideAndResend):
         return [commands.unmount(fix.target), commands.rename(fix.target, fix.aside)]
+    if isinstance(fix, RenameBack):
+        return [commands.unmount(fix.moved), commands.rename(fix.moved, fix.target)]
+    if isinstance(fix, ChildrenThenParent):
+        steps = []
+        for child in fix.children:
+            new = fix.staging + child[len(fix.target) :]
+            steps += [commands.unmount(child), commands.rename(child, new)]
+        steps += [commands.unmount(fix.target), commands.rename(fix.target, fix.aside)]
+        return [*steps, commands.unmount(fix.staging), commands.rename(fix.staging, fix.target)]
     return []
 
 
@@ -414,8 +432,8 @@ def apply_fix(fix: Fix, *, target: Endpoint, approval: Approval | None) -> list[
     """
     if approval is None or not approval.by:
         raise ApprovalRequired(f"'{fix.describe()}' needs a staff approval before it runs.")
-    if isinstance(fix, RetargetSource):
-        return []  # a change of the job's configuration, made by the caller
+    if not fix_commands(fix):
+        return []  # a change of the job's state (retarget, resend), made by the caller
     if getattr(fix, "target", None) != target.dataset:
         raise ValueError(f"The fix is for {fix.target}, not {target.dataset}.")
     ran = []

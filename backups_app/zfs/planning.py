@@ -186,7 +186,78 @@ class RetargetSource:
         return f"point the job at the source's new name {self.new} (was {self.old})"
 
 
-Fix = RenameAsideAndResend | RollbackToCommon | RetargetSource
+@dataclass(frozen=True)
+class RenameBack:
+    """Fix: the target dataset was moved on the target host; move it back."""
+
+    target: str
+    moved: str
+    kind: str = "rename_back"
+
+    def describe(self) -> str:
+        return f"rename {self.moved} back to {self.target} (nothing sent, nothing destroyed)"
+
+
+@dataclass(frozen=True)
+class ResendFull:
+    """Fix: the target vanished (or staff leave the moved copy where it is): release the
+    job's hold on the source and send this dataset in full to its path."""
+
+    target: str
+    released: str = ""  # the source snapshot whose hold is released
+    kind: str = "resend_full"
+
+    def describe(self) -> str:
+        held = f" (releases the hold on {self.released})" if self.released else ""
+        return f"send this dataset in full to {self.target}{held}; nothing else is resent"
+
+
+@dataclass(frozen=True)
+class ResumeFromCommon:
+    """Fix: the target was rolled back to a snapshot the source still has: go on from it."""
+
+    target: str
+    snapshot: str  # full target snapshot name, the newest common one
+    released: str = ""  # the source snapshot held for the lost one
+    kind: str = "resume_from_common"
+
+    def describe(self) -> str:
+        return f"send incrementally from {self.snapshot} again (nothing destroyed" + (
+            f"; releases the hold on {self.released})" if self.released else ")"
+        )
+
+
+@dataclass(frozen=True)
+class ChildrenThenParent:
+    """Fix for a parent that never synced whose children are in sync (seed's recipe):
+    send the parent alone to ``staging``, move the children under it, rename the old
+    parent aside, then rename ``staging`` to the parent's name. The children keep their
+    history and are not resent."""
+
+    target: str
+    staging: str
+    aside: str
+    children: tuple[str, ...] = ()
+    kind: str = "children_then_parent"
+
+    def describe(self) -> str:
+        moved = ", ".join(c.rsplit("/", 1)[1] for c in self.children) or "no children"
+        return (
+            f"send the parent alone to {self.staging}, move its children ({moved}) under it, "
+            f"rename {self.target} to {self.aside} (kept), then {self.staging} to "
+            f"{self.target}: the children are not resent"
+        )
+
+
+Fix = (
+    RenameAsideAndResend
+    | RollbackToCommon
+    | RetargetSource
+    | RenameBack
+    | ResendFull
+    | ResumeFromCommon
+    | ChildrenThenParent
+)
 
 
 @dataclass
@@ -195,6 +266,9 @@ class Divergence:
 
     reason: str
     last_common: str | None = None  # short name
+    # target_modified, target_rolled_back, source_renamed, target_moved,
+    # snapshots_missing, no_common
+    kind: str = ""
     source_only: list[str] = field(default_factory=list)
     target_only: list[str] = field(default_factory=list)
     # Same name on both sides, different GUID: not the same snapshot.
@@ -204,6 +278,7 @@ class Divergence:
 
     def as_dict(self) -> dict:
         return {
+            "kind": self.kind,
             "reason": self.reason,
             "last_common": self.last_common,
             "source_only": self.source_only,
@@ -270,6 +345,7 @@ def plan_replication(
     if not source_exists:
         plan.kind = "diverged"
         plan.divergence = Divergence(
+            kind="source_renamed",
             reason=f"the source dataset {source} no longer exists (renamed, moved or destroyed)",
             target_only=[s.short for s in target_snapshots or ()],
         )
@@ -322,6 +398,7 @@ def _diverged(plan, src, tgt, src_common, tgt_common, clashes, now, later) -> Re
     target_keys = {t.key for t in tgt}
     source_keys = {s.key for s in src}
     divergence = Divergence(
+        kind="snapshots_missing" if tgt_common is not None else "no_common",
         reason=(
             f"the target has snapshots the source lacks after the last common one: "
             f"{', '.join(later)}"

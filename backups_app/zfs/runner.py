@@ -26,6 +26,24 @@ _USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 _KEY_RE = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) [A-Za-z0-9+/=]+$")
 
 DEFAULT_TIMEOUT = 120.0
+DEFAULT_CONNECT_TIMEOUT = 15
+
+# What ssh prints when the connection (not the command) fails, and what it means.
+SSH_CAUSES = (
+    ("Connection refused", "the host is up but nothing accepts SSH connections on that port"),
+    ("Connection timed out", "the host did not answer in time: it is down or a firewall drops"),
+    ("timed out during banner exchange", "the host accepted the connection but SSH never answered"),
+    ("No route to host", "there is no network route to the host"),
+    ("Network is unreachable", "the host's network is unreachable from this worker"),
+    ("Could not resolve hostname", "the host name does not resolve"),
+    ("Host key verification failed", "the host presented a key other than the pinned one"),
+    ("Permission denied (publickey", "the host refused the workers' key for this user"),
+)
+
+
+def ssh_failed(stderr: str) -> bool:
+    """ssh's own words for a connection that failed (exit status 255 carries them)."""
+    return any(marker in stderr for marker, _ in SSH_CAUSES)
 
 
 class ZfsCommandError(RuntimeError):
@@ -36,11 +54,17 @@ class ZfsCommandError(RuntimeError):
         self.argv = list(argv)
         self.returncode = returncode
         self.stderr = stderr.strip()
-        super().__init__(f"{where}: `{' '.join(self.argv[:2])}` failed: {self.summary}")
+        summary = self.summary
+        full = f"\n{self.stderr}" if self.stderr and self.stderr != summary else ""
+        super().__init__(f"{where}: `{' '.join(self.argv[:2])}` failed: {summary}{full}")
 
     @property
     def summary(self) -> str:
-        """The line that says what went wrong (ssh frames a host key mismatch in @s)."""
+        """What went wrong, in words where the SSH connection failed, else the line that
+        says it (ssh frames a host key mismatch in @s)."""
+        for marker, words in SSH_CAUSES:
+            if marker in self.stderr:
+                return f"{words} ({marker.lower()})"
         lines = [line.strip() for line in self.stderr.splitlines() if line.strip()]
         for line in lines:
             if "Host key verification failed" in line or "Permission denied" in line:
@@ -103,6 +127,9 @@ class Runner:
                 self.label, shown, -1, f"timed out after {timeout:.0f} s"
             ) from None
         result = Result(shown, done.returncode, done.stdout, done.stderr)
+        if done.returncode == 255 and self.label != "local" and ssh_failed(done.stderr):
+            # The connection failed, not the command: never mistaken for zfs's answer.
+            raise ZfsCommandError(self.label, shown, done.returncode, done.stderr)
         if check and not result.ok:
             raise ZfsCommandError(self.label, shown, done.returncode, done.stderr)
         return result
@@ -166,7 +193,7 @@ class SshRunner(Runner):
         zfs_path: str = "/usr/sbin/zfs",
         zpool_path: str = "/usr/sbin/zpool",
         ssh_path: str = "ssh",
-        connect_timeout: int = 10,
+        connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
         multiplex: bool = True,
     ):
         if not _HOST_RE.match(host or ""):
@@ -218,6 +245,8 @@ class SshRunner(Runner):
             f"ConnectTimeout={self.connect_timeout}",
             "-o",
             "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=2",
         ]
         if self.multiplex:
             argv += [

@@ -9,12 +9,13 @@ scrape never waits on a host.
 import datetime as dt
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db.models import Count, F, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from fleet_app.runs import RunState
 
-from .models import Dataset, DivergenceReport, ReplicationJob, ReplicationRun
+from .models import Dataset, DivergenceReport, ReplicatedDataset, ReplicationJob, ReplicationRun
 
 OK, WARN, CRIT = 0, 1, 2
 LABELS = {OK: "OK", WARN: "WARN", CRIT: "CRIT"}
@@ -51,7 +52,7 @@ class Check:
 def thresholds(dataset: Dataset) -> tuple[int, int] | None:
     """(warn, crit) minutes for the newest snapshot's age, or None when not monitored."""
     policy = dataset.policy
-    if policy is None or not policy.autosnap:
+    if policy is None or not (policy.autosnap or policy.monitor_only):
         return None
     if policy.warn_minutes and policy.crit_minutes:
         return policy.warn_minutes, policy.crit_minutes
@@ -113,12 +114,15 @@ def job_rows(now: dt.datetime | None = None) -> list[dict]:
             last_error=Subquery(latest.values("error")[:1]),
             last_bytes=Subquery(latest.values("bytes")[:1]),
             last_plan=Subquery(latest.values("plan_kind")[:1]),
+            last_run_id=Subquery(latest.values("pk")[:1]),
+            last_touched=Subquery(latest.values("updated_at")[:1]),
             open_divergence=Subquery(
                 DivergenceReport.objects.filter(
                     job=OuterRef("pk"), status=DivergenceReport.Status.OPEN
                 ).values("pk")[:1]
             ),
         )
+        .prefetch_related("datasets")
         .order_by("name")
     )
     failures = _failures()
@@ -127,12 +131,33 @@ def job_rows(now: dt.datetime | None = None) -> list[dict]:
         lag = None
         if job.source.newest_snapshot_at and job.last_snapshot_at:
             lag = max(0.0, (job.source.newest_snapshot_at - job.last_snapshot_at).total_seconds())
+        children = dataset_rows(job)
+        lags = [c["lag_seconds"] for c in children if c["lag_seconds"] is not None]
+        if lags:
+            lag = max(lags + ([lag] if lag is not None else []))
+        worst_child = max(children, key=lambda c: c["state"], default=None)
         since = (now - job.last_success_at).total_seconds() if job.last_success_at else None
         every = job.every_minutes * 60
+        interrupted = (
+            job.last_state == RunState.RUNNING
+            and job.last_touched is not None
+            and (now - job.last_touched).total_seconds() > settings.ZFS_RUN_STALE_SECONDS
+        )
         if job.refusal:
             state, message = CRIT, f"refused: {job.refusal.splitlines()[0]}"
+        elif interrupted:
+            state = WARN
+            message = (
+                f"run {job.last_run_id} was interrupted: its worker stopped "
+                f"{age_text((now - job.last_touched).total_seconds())} ago (killed or lost)"
+            )
         elif job.open_divergence:
             state, message = CRIT, f"diverged, report {job.open_divergence} awaits approval"
+            if worst_child is not None and worst_child["state"] == CRIT:
+                message += f" ({worst_child['dataset']}: {worst_child['message']})"
+        elif worst_child is not None and worst_child["state"] > OK:
+            state = worst_child["state"]
+            message = f"dataset {worst_child['dataset']}: {worst_child['message']}"
         elif since is None:
             state = WARN if job.last_state == RunState.FAILED else OK
             message = "never succeeded" + (f": {job.last_error}" if job.last_error else " yet")
@@ -160,6 +185,39 @@ def job_rows(now: dt.datetime | None = None) -> list[dict]:
                 "since_success_seconds": since,
                 "failures": failures.get(job.pk, 0),
                 "last_bytes": job.last_bytes or 0,
+                "datasets": children,
+            }
+        )
+    return rows
+
+
+def dataset_rows(job: ReplicationJob) -> list[dict]:
+    """Each dataset of a job (its own and, recursive, every child) with its state: a
+    failing child makes the job WARN, a diverged or stopped one CRIT."""
+    rows = []
+    S = ReplicatedDataset.State
+    for ds in job.datasets.all():
+        if ds.state == S.OK:
+            state, message = OK, f"in sync at {ds.last_snapshot}"
+        elif ds.state == S.PENDING:
+            state, message = OK, "not run yet"
+        elif ds.state == S.FAILED:
+            state, message = WARN, "last run failed: " + (ds.message.splitlines() or [""])[-1]
+        else:
+            state, message = CRIT, f"{ds.get_state_display().lower()}: {ds.message}"
+        lag = ds.lag_seconds
+        if lag is not None and ds.state != S.OK:
+            message += f", lag {age_text(lag)}"
+        rows.append(
+            {
+                "dataset": ds.source_dataset,
+                "target": ds.target_dataset,
+                "state": state,
+                "label": LABELS[state],
+                "message": message,
+                "lag_seconds": lag,
+                "last_bytes": ds.last_bytes,
+                "total_bytes": ds.total_bytes,
             }
         )
     return rows

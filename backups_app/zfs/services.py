@@ -14,26 +14,19 @@ interrupted receive, so the job is re-runnable.
 import datetime as dt
 import logging
 from contextlib import suppress
-from dataclasses import asdict
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from fleet_app.errors import Conflict, InvalidInput
 from fleet_app.models import User
-from fleet_app.runs import RunState, run_enqueue, run_finish, run_log, run_progress, task_enqueue
+from fleet_app.runs import RunState, run_enqueue, run_finish, run_progress, task_enqueue
 from fleet_app.services import audit_record, audit_snapshot
 
-from . import commands, pipeline
-from .hosts import (
-    assessment_save,
-    endpoints_open,
-    host_runner,
-    host_user,
-    snapshot_plan_preview,
-)
+from . import fixes, pipeline, replication
+from .capabilities import SNAPSHOT_NEEDS, detect_permissions, snapshot_refusals
+from .hosts import endpoints_open, snapshot_plan_preview
 from .models import (
     ACTIVE_STATES,
     Dataset,
@@ -45,9 +38,11 @@ from .models import (
 from .parsers import Snapshot
 from .pipeline import Approval
 from .planning import (
-    Divergence,
+    ChildrenThenParent,
     RenameAsideAndResend,
-    ReplicationPlan,
+    RenameBack,
+    ResendFull,
+    ResumeFromCommon,
     RetargetSource,
     RollbackToCommon,
 )
@@ -83,20 +78,29 @@ def _dataset_listed(dataset: Dataset, snapshots: list[Snapshot] | None) -> None:
 
 
 def replication_runs_reap(*, job: ReplicationJob | None = None) -> int:
-    """Fail active runs whose worker stopped touching them; their job can run again."""
+    """Fail active runs whose worker stopped touching them (a running run's heartbeat
+    touches its row every few seconds); their job can run again. The tick calls this every
+    minute, so a killed worker's run says so within a minute or two."""
+    now = timezone.now()
     stale = ReplicationRun.objects.filter(
-        state__in=ACTIVE_STATES, updated_at__lt=timezone.now() - stale_after()
+        state__in=ACTIVE_STATES, updated_at__lt=now - stale_after()
     )
     if job is not None:
         stale = stale.filter(job=job)
-    now = timezone.now()
-    return stale.update(
-        state=RunState.FAILED,
-        phase="lost",
-        error="The worker running this stopped (killed or lost); the job can run again.",
-        finished_at=now,
-        updated_at=now,
-    )
+    reaped = 0
+    for run in stale.only("pk", "updated_at", "state"):
+        reaped += ReplicationRun.objects.filter(pk=run.pk, state=run.state).update(
+            state=RunState.FAILED,
+            phase="lost",
+            error=(
+                f"Interrupted: the worker running this stopped (killed or lost); its last sign "
+                f"of life was at {run.updated_at:%Y-%m-%d %H:%M:%S} UTC. Nothing half-received "
+                "is kept by ZFS; the job can run again."
+            ),
+            finished_at=now,
+            updated_at=now,
+        )
+    return reaped
 
 
 def replication_run_start(
@@ -139,143 +143,13 @@ def replication_run_start(
 
 
 def replication_run_execute(*, run: ReplicationRun) -> str:
-    """Run one claimed pull: preflight, plan, send | receive, holds; record everything on
-    the row. Returns the run's final state.
+    """Run one claimed pull (the job's dataset, its whole tree for a recursive job, or one
+    child after a fix) and record each dataset's outcome; returns the run's final state.
 
     Idempotent: a redelivered run plans again from what the two sides hold now, so a
     half-done transfer is neither repeated nor skipped.
     """
-    job = ReplicationJob.objects.select_related("source__host", "target__host").get(pk=run.job_id)
-    began = timezone.now()
-    try:
-        with endpoints_open(
-            (job.source.host, run.source_dataset), (job.target.host, run.target_dataset)
-        ) as (src, tgt):
-            run_progress(run, phase="preflight")
-            assessment = pipeline.preflight(src, tgt, user=host_user(job.source.host))
-            assessment_save(job, assessment, src)
-            ReplicationRun.objects.filter(pk=run.pk).update(guarantee=assessment.guarantee)
-            if assessment.refused:
-                run_progress(run, phase="refused")
-                return run_finish(run, error="Refused: " + "; ".join(assessment.refusals))
-            run_progress(run, phase="sending")
-
-            def on_bytes(moved: int) -> None:
-                ReplicationRun.objects.filter(pk=run.pk).update(
-                    bytes=moved, updated_at=timezone.now()
-                )
-
-            def on_step(step, moved, seconds) -> None:
-                run_log(run, f"{step.kind} {step.base or ''} → {step.snapshot}: {moved} bytes")
-                ReplicationRun.objects.filter(pk=run.pk).update(
-                    bytes=F("bytes") + moved, duration_seconds=F("duration_seconds") + seconds
-                )
-
-            ReplicationRun.objects.filter(pk=run.pk).update(bytes=0, duration_seconds=0)
-            outcome = pipeline.replicate(
-                src,
-                tgt,
-                hold_tag=job.hold_tag,
-                assessment=assessment,
-                on_step=on_step,
-                on_bytes=on_bytes,
-            )
-    except (ZfsCommandError, pipeline.ReplicationError, pipeline.PermissionRefused) as exc:
-        return run_finish(run, error=str(exc))
-    return _replication_record(run, job, outcome, began)
-
-
-def _replication_record(run, job, outcome: pipeline.Outcome, began) -> str:
-    plan: ReplicationPlan = outcome.plan
-    source_row = job.source if run.source_dataset == job.source.name else None
-    fields = {
-        "plan_kind": plan.kind,
-        "from_snapshot": plan.common.short if plan.common else "",
-        "to_snapshot": plan.to_snapshot.split("@", 1)[1] if plan.to_snapshot else "",
-        "bytes": outcome.bytes,
-        "duration_seconds": outcome.seconds,
-    }
-    ReplicationRun.objects.filter(pk=run.pk).update(**fields)
-    if source_row is not None and plan.source_newest is not None:
-        Dataset.objects.filter(pk=source_row.pk).update(
-            newest_snapshot=plan.source_newest.short,
-            newest_snapshot_at=_snapshot_time(plan.source_newest),
-            listed_at=timezone.now(),
-        )
-    if plan.kind == "diverged":
-        report = _divergence_record(run, job, plan.divergence)
-        run_progress(run, phase="diverged")
-        return run_finish(
-            run,
-            error=f"Diverged: {plan.divergence.reason}. Report {report.pk} awaits a staff "
-            "decision; nothing on the target was changed.",
-        )
-    if plan.kind == "nothing_to_send":
-        run_progress(run, phase="nothing to send")
-        return run_finish(run, error=f"The source {run.source_dataset} has no snapshot yet.")
-    run_progress(run, phase="done")
-    if source_row is not None:
-        newest = plan.source_newest
-        ReplicationJob.objects.filter(pk=job.pk).update(
-            last_success_at=timezone.now(),
-            last_snapshot=newest.short if newest else "",
-            last_snapshot_at=_snapshot_time(newest),
-        )
-    state = run_finish(run)
-    if job.recursive and source_row is not None:
-        _start_children(job, run)
-    return state
-
-
-def _start_children(job: ReplicationJob, run: ReplicationRun) -> None:
-    """A recursive job: one run per child dataset, each with its own claim."""
-    with host_runner(job.source.host) as runner:
-        listed = runner.zfs(commands.dataset_names(job.source.name, recursive=True)).stdout
-    for child in listed.split():
-        if child != job.source.name:
-            try:
-                replication_run_start(job=job, source_dataset=child)
-            except Conflict:
-                continue
-
-
-def _divergence_record(run, job, divergence: Divergence) -> DivergenceReport:
-    fields = {
-        "run": run,
-        "target_dataset": run.target_dataset,
-        "reason": divergence.reason,
-        "last_common": divergence.last_common or "",
-        "source_only": divergence.source_only,
-        "target_only": divergence.target_only,
-        "name_clashes": divergence.name_clashes,
-        "source_moved_to": divergence.source_moved_to or "",
-        "fixes": [
-            {
-                **asdict(f),
-                "describe": f.describe(),
-                "commands": [" ".join(["zfs", *c]) for c in pipeline.fix_commands(f)],
-            }
-            for f in divergence.fixes
-        ],
-    }
-    with transaction.atomic():
-        existing = (
-            DivergenceReport.objects.select_for_update()
-            .filter(job=job, source_dataset=run.source_dataset, status=DivergenceReport.Status.OPEN)
-            .first()
-        )
-        if existing is not None:
-            for name, value in fields.items():
-                setattr(existing, name, value)
-            existing.save(update_fields=list(fields))
-            return existing
-        report = DivergenceReport.objects.create(
-            job=job, source_dataset=run.source_dataset, **fields
-        )
-        audit_record(
-            actor=None, action="zfs.divergence.report", obj=report, after=audit_snapshot(report)
-        )
-        return report
+    return replication.run_execute(run)
 
 
 # --- Divergence decisions ---------------------------------------------------------------------
@@ -341,11 +215,28 @@ def _fix_object(data: dict):
         return RenameAsideAndResend(target=data["target"], aside=data["aside"])
     if kind == "retarget":
         return RetargetSource(old=data["old"], new=data["new"])
+    if kind == "rename_back":
+        return RenameBack(target=data["target"], moved=data["moved"])
+    if kind == "resend_full":
+        return ResendFull(target=data["target"], released=data.get("released", ""))
+    if kind == "resume_from_common":
+        return ResumeFromCommon(
+            target=data["target"], snapshot=data["snapshot"], released=data.get("released", "")
+        )
+    if kind == "children_then_parent":
+        return ChildrenThenParent(
+            target=data["target"],
+            staging=data["staging"],
+            aside=data["aside"],
+            children=tuple(data.get("children", ())),
+        )
     raise InvalidInput(f"Unknown fix {kind!r}.")
 
 
 def divergence_fix_apply(*, report_id: int, enqueue: bool = True) -> DivergenceReport:
-    """Run the approved fix (once: the status is the claim), then start the job again."""
+    """Run the approved fix (once: the status is the claim) on its dataset alone, then
+    start a run of that dataset alone: siblings and the job's definition stay as they are
+    (a non-recursive job's own source following its data is the one job change)."""
     claimed = DivergenceReport.objects.filter(
         pk=report_id, status=DivergenceReport.Status.APPROVED
     ).update(status=DivergenceReport.Status.APPLYING)
@@ -358,14 +249,9 @@ def divergence_fix_apply(*, report_id: int, enqueue: bool = True) -> DivergenceR
     fix = _fix_object(report.fix(report.approved_fix))
     approval = Approval(by=str(report.approved_by), at=report.approved_at)
     try:
-        if isinstance(fix, RetargetSource):
-            pipeline.apply_fix(fix, target=None, approval=approval)
-            ran = [_job_retarget(job, fix.new, report)]
-        else:
-            with endpoints_open((job.target.host, report.target_dataset)) as (tgt,):
-                ran = pipeline.apply_fix(fix, target=tgt, approval=approval)
+        ran = fixes.fix_run(job, report, fix, approval)
         status, outcome = DivergenceReport.Status.APPLIED, "\n".join(ran)
-    except (ZfsCommandError, ValueError, InvalidInput) as exc:
+    except (ZfsCommandError, ValueError, InvalidInput, pipeline.ReplicationError) as exc:
         status, outcome = DivergenceReport.Status.FAILED, str(exc)
     with transaction.atomic():
         before = audit_snapshot(report)
@@ -380,28 +266,10 @@ def divergence_fix_apply(*, report_id: int, enqueue: bool = True) -> DivergenceR
         )
     if status == DivergenceReport.Status.APPLIED:
         job.refresh_from_db()
-        source = report.source_dataset
-        if isinstance(fix, RetargetSource):
-            source = job.source.name
+        report.refresh_from_db(fields=["source_dataset"])  # the job may follow its source
         with suppress(Conflict):
-            replication_run_start(job=job, source_dataset=source, enqueue=enqueue)
+            replication_run_start(job=job, source_dataset=report.source_dataset, enqueue=enqueue)
     return report
-
-
-def _job_retarget(job: ReplicationJob, new: str, report: DivergenceReport) -> str:
-    with transaction.atomic():
-        dataset, _ = Dataset.objects.get_or_create(host=job.source.host, name=new)
-        before = audit_snapshot(job)
-        ReplicationJob.objects.filter(pk=job.pk).update(source=dataset)
-        job.refresh_from_db()
-        audit_record(
-            actor=report.approved_by,
-            action="zfs.job.retarget",
-            obj=job,
-            before=before,
-            after=audit_snapshot(job),
-        )
-    return f"job {job.name} now pulls {job.source.host.name}:{new}"
 
 
 # --- Snapshot jobs ----------------------------------------------------------------------------
@@ -428,10 +296,43 @@ def snapshot_run_start(
     return run
 
 
+def _snapshot_next(dataset: Dataset) -> None:
+    policy = dataset.policy
+    minutes = policy.frequent_period if policy is not None and policy.frequently else 15
+    Dataset.objects.filter(pk=dataset.pk).update(
+        next_snapshot_at=timezone.now() + dt.timedelta(minutes=minutes)
+    )
+
+
+def _snapshot_refusals(dataset: Dataset) -> list[str]:
+    """A remote dataset's operator must be a snapshot operator (named in words if not)."""
+    policy = dataset.policy
+    if dataset.host.is_local or policy is None or not (policy.autosnap or policy.autoprune):
+        return []
+    with endpoints_open((dataset.host, dataset.name)) as (endpoint,):
+        perms = detect_permissions(
+            endpoint.runner, dataset.name, user=dataset.host.user, needed=SNAPSHOT_NEEDS
+        )
+    return snapshot_refusals(perms, host=dataset.host.name, prune=policy.autoprune)
+
+
 def snapshot_run_execute(*, run: SnapshotRun, now: dt.datetime | None = None) -> str:
     """Work one claimed snapshot run: plan, create and destroy, list what is left."""
     dataset = Dataset.objects.select_related("host", "policy").get(pk=run.dataset_id)
+    policy = dataset.policy
     try:
+        if policy is not None and policy.monitor_only:
+            # The host's own sanoid takes and prunes: read what is there, whoever made it.
+            run_progress(run, phase="listing")
+            with endpoints_open((dataset.host, dataset.name)) as (endpoint,):
+                _dataset_listed(dataset, pipeline.list_snapshots(endpoint))
+            run_progress(run, phase="done (monitor only)")
+            _snapshot_next(dataset)
+            return run_finish(run)
+        refusals = _snapshot_refusals(dataset)
+        if refusals:
+            run_progress(run, phase="refused")
+            return run_finish(run, error="Refused: " + "; ".join(refusals))
         run_progress(run, phase="planning")
         plan = snapshot_plan_preview(dataset=dataset, now=now)
         run_progress(run, phase="applying", total=len(plan.create) + len(plan.destroy))
@@ -441,11 +342,7 @@ def snapshot_run_execute(*, run: SnapshotRun, now: dt.datetime | None = None) ->
     except (ZfsCommandError, InvalidInput) as exc:
         return run_finish(run, error=str(exc))
     _dataset_listed(dataset, listed)
-    policy = dataset.policy
-    Dataset.objects.filter(pk=dataset.pk).update(
-        next_snapshot_at=timezone.now()
-        + dt.timedelta(minutes=policy.frequent_period if policy.frequently else 15)
-    )
+    _snapshot_next(dataset)
     SnapshotRun.objects.filter(pk=run.pk).update(
         created=done["created"],
         destroyed=done["destroyed"],
@@ -469,6 +366,7 @@ def zfs_tick(*, now: dt.datetime | None = None) -> dict[str, int]:
     ``next_*_at`` forward with a conditional UPDATE, so two ticks start one run)."""
     now = now or timezone.now()
     started = {"snapshots": 0, "replications": 0}
+    replication_runs_reap()
     for dataset in Dataset.objects.filter(policy__isnull=False, next_snapshot_at__lte=now):
         claimed = Dataset.objects.filter(
             pk=dataset.pk, next_snapshot_at=dataset.next_snapshot_at

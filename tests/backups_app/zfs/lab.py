@@ -25,6 +25,8 @@ ZPOOL = "/usr/sbin/zpool"
 SSHD = "/usr/sbin/sshd"
 # The commands pull replication needs on the source (issue 7): the key allows no others.
 REPLICATION_COMMANDS = ("send", "list", "get", "hold", "release", "holds")
+# A snapshot operator also takes, prunes and mounts (README's delegation grants).
+SNAPSHOT_COMMANDS = (*REPLICATION_COMMANDS, "snapshot", "destroy", "mount")
 
 # The forced command: only /usr/sbin/zfs, only the subcommands given as arguments, only
 # arguments made of ZFS name characters and option letters.
@@ -136,6 +138,10 @@ class Lab:
             handle.truncate(mib * 1024 * 1024)
         self._cleanups.append(lambda: self._pool_destroy(pool))
         _run(ZPOOL, "create", "-f", "-m", self.root / "mnt" / pool, pool, image)
+        if pool == self.target_pool:
+            # A replication target is not mounted (OpenZFS receives with -u; zfs-fuse has
+            # no -u): a mounted parent is modified by its children's mountpoints.
+            _run(ZFS, "set", "mountpoint=none", pool)
 
     @staticmethod
     def _pool_destroy(pool: str) -> None:
@@ -158,10 +164,13 @@ class Lab:
         home = Path(f"/home/{self.user}")
         (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
         lines = []
-        # "full": what replication needs; "nohold": the same without hold.
+        # "full": what replication needs; "nohold"/"norelease": the same without one;
+        # "snapshot": a snapshot operator's.
         for name, allowed in (
             ("full", REPLICATION_COMMANDS),
             ("nohold", tuple(c for c in REPLICATION_COMMANDS if c != "hold")),
+            ("norelease", tuple(c for c in REPLICATION_COMMANDS if c != "release")),
+            ("snapshot", SNAPSHOT_COMMANDS),
         ):
             key = self.root / f"id_{name}"
             _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", key)
@@ -272,8 +281,18 @@ class Lab:
         self.zfs("create", f"{pool}/{name}")
         return f"{pool}/{name}"
 
-    def write(self, dataset: str, filename: str, size: int = 64 * 1024) -> None:
+    def mount(self, dataset: str) -> str:
+        """The dataset's mountpoint, giving it one (and mounting it) when it has none."""
         mountpoint = self.zfs("get", "-H", "-o", "value", "mountpoint", dataset).strip()
+        if mountpoint in ("none", "-", "legacy"):
+            mountpoint = str(self.root / "mnt" / dataset)
+            self.zfs("set", f"mountpoint={mountpoint}", dataset)
+        if self.zfs("get", "-H", "-o", "value", "mounted", dataset).strip() != "yes":
+            self.zfs("mount", dataset)
+        return mountpoint
+
+    def write(self, dataset: str, filename: str, size: int = 64 * 1024) -> None:
+        mountpoint = self.mount(dataset)
         Path(mountpoint, filename).write_bytes(os.urandom(size))
 
     def snapshot(self, dataset: str, short: str, *, data: int = 16 * 1024) -> str:
@@ -284,12 +303,12 @@ class Lab:
 
     def rename(self, old: str, new: str) -> None:
         """Rename as an operator would (zfs-fuse renames only an unmounted dataset)."""
-        self.zfs("unmount", old)
+        _run(ZFS, "unmount", old, check=False)  # a target may not be mounted at all
         for _ in range(10):  # zfs-fuse may call it busy for a moment after the unmount
             if _run(ZFS, "rename", old, new, check=False).returncode == 0:
                 break
             time.sleep(0.5)
-        self.zfs("mount", new)
+        _run(ZFS, "mount", new, check=False)
 
     def snapshots(self, dataset: str) -> list[str]:
         out = self.zfs("list", "-H", "-o", "name", "-t", "snapshot", "-r", dataset)

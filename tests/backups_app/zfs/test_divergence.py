@@ -68,7 +68,7 @@ def test_no_common_snapshot_is_fixed_by_renaming_the_target_aside(zfs_lab):
 
     report = outcome.divergence
     assert outcome.plan.kind == "diverged"
-    assert report.last_common is None
+    assert report.last_common is None and report.kind == "no_common"
     assert report.name_clashes == ["s1"]  # same name, another GUID
     (fix,) = report.fixes
     assert isinstance(fix, RenameAsideAndResend)
@@ -97,7 +97,7 @@ def test_a_renamed_source_is_divergence_naming_where_it_went(zfs_lab):
 
     report = outcome.divergence
     assert outcome.plan.kind == "diverged" and outcome.steps == []
-    assert report.source_moved_to == moved
+    assert report.source_moved_to == moved and report.kind == "source_renamed"
     assert moved in report.reason
     assert report.source_only == ["fresh"] and report.last_common is None
     retarget = report.fixes[0]
