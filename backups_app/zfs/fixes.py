@@ -103,16 +103,18 @@ def _children_then_parent(job, state: ReplicatedDataset, fix: ChildrenThenParent
 
 def _retarget(job, state: ReplicatedDataset, new: str, report: DivergenceReport) -> str:
     if job.recursive or state.source_dataset != job.source.name:
-        before = audit_snapshot(state)
-        ReplicatedDataset.objects.filter(pk=state.pk).update(source_name=new)
-        state.refresh_from_db()
-        audit_record(
-            actor=report.approved_by,
-            action="zfs.dataset.retarget",
-            obj=state,
-            before=before,
-            after=audit_snapshot(state),
-        )
+        # The change and its audit entry commit together, as on the job-wide branch below.
+        with transaction.atomic():
+            before = audit_snapshot(state)
+            ReplicatedDataset.objects.filter(pk=state.pk).update(source_name=new)
+            state.refresh_from_db()
+            audit_record(
+                actor=report.approved_by,
+                action="zfs.dataset.retarget",
+                obj=state,
+                before=before,
+                after=audit_snapshot(state),
+            )
         return f"{state.source_dataset} of job {job.name} now pulls {new} (this dataset only)"
     with transaction.atomic():
         dataset, _ = Dataset.objects.get_or_create(host=job.source.host, name=new)
