@@ -262,6 +262,10 @@ PROXY_THROTTLE_WINDOW_SECONDS = env.int("PROXY_THROTTLE_WINDOW_SECONDS", default
 # A bulk rotation leaves alone mappings whose credentials were fetched this recently: the
 # cluster may not have used them yet and would never ask again.
 ROTATION_GRACE_MINUTES = env.int("ROTATION_GRACE_MINUTES", default=60)
+# While a rotated system has not used its native credentials, the newest this many secrets
+# issued to it authenticate (each for ROTATION_GRACE_MINUTES after it was issued): overlapping
+# /proxy/credentials calls never strand a cluster that kept an earlier answer.
+ROTATION_PENDING_SECRETS = env.int("ROTATION_PENDING_SECRETS", default=5)
 # /metrics requires "Authorization: Bearer <METRICS_TOKEN>"; with no token it answers 403
 # unless METRICS_PUBLIC opens it to anyone who can reach it (fleet_app/metrics.py).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")

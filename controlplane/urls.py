@@ -7,6 +7,7 @@ from django.views import defaults
 from django.views.generic import RedirectView
 
 from controlplane.api_docs import StaffDocsView, StaffSchemaView
+from fleet_app import views as fleet_views
 from fleet_app.api import collect
 from fleet_app.metrics import metrics_view
 
@@ -40,6 +41,8 @@ urlpatterns = [
     path("api/", include("fleet_app.api.urls")),
     path("api/schema/", StaffSchemaView.as_view(), name="api-schema"),
     path("api/docs/", StaffDocsView.as_view(url_name="api-schema"), name="api-docs"),
+    # The link a cluster shows for itself (ns8 get-subscription: the portal URL + its id).
+    re_path(r"^systems/(?P<system_key>[^/]+)/?$", fleet_views.system_page, name="system-page"),
     path("dashboard/", include("fleet_app.urls")),
     path("dashboard/", include("migrations_app.urls")),
     path("dashboard/", include("backups_app.urls")),

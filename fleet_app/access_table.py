@@ -110,6 +110,13 @@ RULES = [
     ),
     rule("action", "knox.authtoken.revoke", TENANT, superuser="r", admin="r"),
     # --- Routes -----------------------------------------------------------------------------
+    rule(
+        "route",
+        "system-page",
+        TENANT,
+        note="(`/systems/<system_key>`, the link a cluster shows)",
+        **ALL_VIEW,
+    ),
     rule("route", "home", PUBLIC, note="(redirects to the fleet dashboard)"),
     rule("route", "healthz", PUBLIC, note="(liveness, touches nothing)"),
     rule("route", "metrics", PUBLIC, note="(bearer token unless opened)"),

@@ -175,6 +175,11 @@ class System(models.Model):
         Organization, on_delete=models.PROTECT, related_name="systems", db_index=False
     )
     name = models.CharField(max_length=255)
+    # The name the cluster gives itself (its inventory's ui_name), shown beside ``name``,
+    # which is staff's and which no inventory overwrites.
+    ui_name = models.CharField(
+        "name on the cluster", max_length=255, blank=True, default="", editable=False
+    )
     type = models.CharField(max_length=64, blank=True)
     fqdn = models.CharField(max_length=255, blank=True)
     ipv4_address = models.GenericIPAddressField(protocol="IPv4", null=True, blank=True)
@@ -235,6 +240,31 @@ class System(models.Model):
         if timezone.now() - self.last_heartbeat_at <= self.heartbeat_timeout():
             return self.Status.ACTIVE
         return self.Status.INACTIVE
+
+
+class PendingSecret(models.Model):
+    """A secret issued to a system by a rotation and not used yet, kept as its digest only.
+
+    A legacy client may ask for its native credentials several times at once (ns8 starts
+    its scripts together) and keep any of the answers. While the system has not used a
+    secret, each one issued since it last confirmed one authenticates, within
+    ``ROTATION_PENDING_SECRETS`` (the newest ones) and ``ROTATION_GRACE_MINUTES`` of being
+    issued; the first one used becomes the system's secret and the others are deleted in
+    the same transaction. A confirmed system has no rows here, so its calls never read
+    this table.
+    """
+
+    system = models.ForeignKey(System, on_delete=models.CASCADE, related_name="pending_secrets")
+    digest = models.CharField(max_length=64, editable=False)
+    issued_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["system", "-issued_at"], name="fleet_pending_sys_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"pending secret of system {self.system_id} issued {self.issued_at:%Y-%m-%d %H:%M}"
 
 
 class SystemActivityDay(models.Model):

@@ -2,6 +2,7 @@
 
 import datetime as dt
 
+from django.conf import settings
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
@@ -12,6 +13,7 @@ from .models import (
     Inventory,
     InventoryChange,
     Organization,
+    PendingSecret,
     System,
     SystemActivityDay,
     User,
@@ -144,3 +146,12 @@ def fleet_activity_by_day(systems: QuerySet[System], days: int = 30) -> list[tup
         (start + dt.timedelta(days=i), seen.get(start + dt.timedelta(days=i), 0))
         for i in range(days)
     ]
+
+
+def pending_secrets_count(system: System) -> int:
+    """Secrets issued to ``system`` by rotations that still authenticate, until it uses
+    one of them (none once it has)."""
+    if system.secret_confirmed_at is not None:
+        return 0
+    cutoff = timezone.now() - dt.timedelta(minutes=settings.ROTATION_GRACE_MINUTES)
+    return PendingSecret.objects.filter(system_id=system.pk, issued_at__gte=cutoff).count()

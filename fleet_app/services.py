@@ -23,6 +23,7 @@ from .models import (
     Inventory,
     InventoryChange,
     Organization,
+    PendingSecret,
     System,
     SystemActivityDay,
     User,
@@ -91,6 +92,11 @@ def audit_entry_build(
 def collect_url() -> str:
     """The collect API base a cluster stores (``{base}/collect/api/systems``)."""
     return settings.PUBLIC_BASE_URL.rstrip("/") + "/collect/api/systems"
+
+
+def system_page_url(system: System) -> str:
+    """The staff page of a system (``/systems/<system_key>``), the link a cluster shows."""
+    return f"{settings.PUBLIC_BASE_URL.rstrip('/')}/systems/{system.system_key}"
 
 
 # --- Organizations ----------------------------------------------------------------------
@@ -208,15 +214,40 @@ def system_create(
 
 
 @transaction.atomic
-def system_secret_reissue(*, actor: User | None, system: System) -> IssuedSecret:
-    """Issue a new secret; the previous one stops working at once."""
+def system_secret_reissue(
+    *, actor: User | None, system: System, overlap: bool = False
+) -> IssuedSecret:
+    """Issue a new secret.
+
+    By default every earlier secret stops working at once. With ``overlap`` (a rotation a
+    legacy client asked for, maybe twice at once) the secrets issued since the system last
+    used one keep working beside the new one, as pending secrets: the newest
+    ``ROTATION_PENDING_SECRETS`` of them, each for ``ROTATION_GRACE_MINUTES``; the first
+    one used becomes the system's secret (``system_authenticate``). Only digests are kept.
+    """
     system = System.objects.select_for_update().get(pk=system.pk)
     before = audit_snapshot(system)
+    was_confirmed = system.secret_confirmed_at is not None
     public, secret = credentials.system_secret_generate()
     system.secret_public = public
     system.secret_digest = credentials.digest(secret)
     system.secret_confirmed_at = None
     system.save(update_fields=["secret_public", "secret_digest", "secret_confirmed_at"])
+    if not overlap or was_confirmed:
+        # A confirmed secret is replaced, not joined: nothing issued before it is pending.
+        PendingSecret.objects.filter(system_id=system.pk).delete()
+    if overlap:
+        PendingSecret.objects.create(system_id=system.pk, digest=system.secret_digest)
+        # The newest ones are kept: the one issued N + 1 times ago is revoked.
+        limit = max(settings.ROTATION_PENDING_SECRETS, 1)
+        oldest_kept = (
+            PendingSecret.objects.filter(system_id=system.pk)
+            .order_by("-pk")
+            .values_list("pk", flat=True)[limit - 1 : limit]
+        )
+        PendingSecret.objects.filter(
+            system_id=system.pk, pk__lt=models.Subquery(oldest_kept)
+        ).delete()
     audit_record(
         actor=actor,
         action="system.secret_reissue",
@@ -225,6 +256,14 @@ def system_secret_reissue(*, actor: User | None, system: System) -> IssuedSecret
         after=audit_snapshot(system),
     )
     return IssuedSecret(system=system, system_secret=secret)
+
+
+def system_pending_secrets_renew(*, system: System) -> int:
+    """Make the pending secrets of a system that has used none of them valid for another
+    ``ROTATION_GRACE_MINUTES`` (staff re-open a stranded mapping); how many there are."""
+    return PendingSecret.objects.filter(
+        system_id=system.pk, system__secret_confirmed_at__isnull=True
+    ).update(issued_at=timezone.now())
 
 
 def _system_set(*, actor: User | None, system: System, action: str, **fields: Any) -> System:
@@ -291,6 +330,7 @@ _AUTH_FIELDS = (
     "id",
     "organization_id",
     "name",
+    "ui_name",
     "type",
     "system_key",
     "secret_digest",
@@ -307,11 +347,16 @@ _AUTH_FIELDS = (
 )
 
 
-def system_authenticate(*, system_key: str, system_secret: str) -> System:
+def system_authenticate(*, system_key: str, system_secret: str, lenient: bool = False) -> System:
     """Find and verify a system by its Basic credentials: one indexed query.
 
     The busiest query of the product: written as raw SQL so that each call does not pay
     for the ORM compiling the same statement again (about a third of a heartbeat's CPU).
+    A system that has not used its current secret yet may present one of its pending
+    secrets instead (one more query, only then); the first one used is confirmed.
+
+    ``lenient`` (``/info``): a suspended or not yet registered system is answered too, so
+    that it can show what it is; nothing is confirmed for it.
     """
     table = System._meta.db_table
     found = list(
@@ -324,25 +369,86 @@ def system_authenticate(*, system_key: str, system_secret: str) -> System:
     # An unknown key is digested too (against a dummy): it answers in the time a wrong
     # secret does.
     valid = credentials.verify(system_secret, system.secret_digest if system else None)
+    pending = None
+    if system is not None and not valid and system.secret_confirmed_at is None:
+        pending = _pending_secret_match(system, system_secret)
+        valid = pending is not None
     if system is None or not valid:
         raise NotAuthenticated("Invalid system credentials.")
+    if lenient:
+        if system.deleted_at is not None:
+            raise Forbidden("This system has been deleted.")
+        if system.suspended_at is not None or system.registered_at is None:
+            return system
     _refuse_if_disabled(system)
     if system.registered_at is None:
         raise Forbidden("This system is not registered yet: call register first.")
-    if system.secret_confirmed_at is None:
+    if pending is not None:
+        _pending_secret_promote(system, pending, system_secret)
+    elif system.secret_confirmed_at is None:
         _secret_confirm(system)
     return system
 
 
+def _pending_secret_match(system: System, system_secret: str) -> str | None:
+    """The digest of the pending secret ``system_secret`` is, if it is one still valid."""
+    cutoff = timezone.now() - dt.timedelta(minutes=settings.ROTATION_GRACE_MINUTES)
+    digests = PendingSecret.objects.filter(system_id=system.pk, issued_at__gte=cutoff).values_list(
+        "digest", flat=True
+    )[: max(settings.ROTATION_PENDING_SECRETS, 1)]
+    matched = None
+    for stored in digests:
+        # Every one compared: the time does not tell which of them matched.
+        if credentials.verify(system_secret, stored):
+            matched = stored
+    return matched
+
+
+def _pending_secret_promote(system: System, digest: str, system_secret: str) -> None:
+    """The first pending secret used becomes the system's; the others die with it."""
+    now = timezone.now()
+    public = credentials.system_secret_public_part(system_secret) or ""
+    with transaction.atomic():
+        promoted = System.objects.filter(pk=system.pk, secret_confirmed_at__isnull=True).update(
+            secret_public=public, secret_digest=digest, secret_confirmed_at=now
+        )
+        if not promoted:
+            # Another call confirmed a secret first: this one was revoked at that moment,
+            # unless it was the same one.
+            current = (
+                System.objects.filter(pk=system.pk)
+                .values("secret_digest", "secret_confirmed_at")
+                .first()
+            )
+            if current is None or current["secret_digest"] != digest:
+                raise NotAuthenticated("Invalid system credentials.")
+            system.secret_digest, system.secret_confirmed_at = (
+                digest,
+                current["secret_confirmed_at"],
+            )
+            return
+        PendingSecret.objects.filter(system_id=system.pk).delete()
+        system.secret_digest, system.secret_confirmed_at = digest, now
+        secret_confirmed.send(sender=System, system=system)
+
+
 def _secret_confirm(system: System) -> None:
-    """Stamp the first use of a freshly issued secret (one extra UPDATE, once per secret)."""
+    """Stamp the first use of a freshly issued secret (one extra UPDATE, once per secret);
+    the other secrets pending for the system, if any, are revoked with it."""
     now = timezone.now()
     with transaction.atomic():
         confirmed = System.objects.filter(
             pk=system.pk, secret_digest=system.secret_digest, secret_confirmed_at__isnull=True
         ).update(secret_confirmed_at=now)
+        if (
+            not confirmed
+            and not System.objects.filter(pk=system.pk, secret_digest=system.secret_digest).exists()
+        ):
+            # A pending secret of this system was used first: this one died then.
+            raise NotAuthenticated("Invalid system credentials.")
         system.secret_confirmed_at = now
         if confirmed:
+            PendingSecret.objects.filter(system_id=system.pk).delete()
             secret_confirmed.send(sender=System, system=system)
 
 
@@ -482,7 +588,8 @@ def _system_fields_from(payload: dict) -> dict[str, Any]:
     cluster = facts.get("cluster") if isinstance(facts.get("cluster"), dict) else {}
     fields = {
         "type": _text(payload.get("installation"), 64),
-        "name": _text(cluster.get("ui_name"), 255) or _text(leader.get("ui_name"), 255),
+        # The cluster's own name: staff's ``name`` is never overwritten by an inventory.
+        "ui_name": _text(cluster.get("ui_name"), 255) or _text(leader.get("ui_name"), 255),
         "fqdn": _text(leader.get("fqdn"), 255),
         "version": _text(leader.get("version"), 64) or _text(cluster.get("version"), 64),
         "ipv4_address": _address(

@@ -4,6 +4,7 @@ import datetime as dt
 import math
 
 from django.contrib import admin
+from django.http import Http404
 from django.shortcuts import render
 
 from . import selectors
@@ -115,3 +116,27 @@ def fleet_dashboard(request):
         "timeout_minutes": timeout_minutes,
     }
     return render(request, "fleet_app/dashboard.html", context)
+
+
+@dashboard("system-page", kind="route")
+def system_page(request, system_key: str):
+    """``/systems/<system_key>``: the page the link a cluster shows (its ``/info``'s
+    ``system_url``) opens. A system outside the viewer's subtree is a 404, exactly like a
+    key that does not exist."""
+    system = (
+        selectors.systems_visible_to(request.user)
+        .select_related("organization")
+        .filter(system_key=system_key[:64])
+        .first()
+    )
+    if system is None:
+        raise Http404("No system with this key is visible to you.")
+    context = {
+        **admin.site.each_context(request),
+        "is_nav_sidebar_enabled": False,
+        "title": f"System {system.name}",
+        "system": system,
+        "suspended": system.suspended_at is not None,
+        "deleted": system.deleted_at is not None,
+    }
+    return render(request, "fleet_app/system.html", context)

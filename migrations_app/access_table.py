@@ -44,6 +44,7 @@ RULES = [
         reader="v",
     ),
     rule("model", "migrations_app.cutoverday", ROOT, **ROOT_VIEW),
+    rule("model", "migrations_app.proxyattemptday", ROOT, **ROOT_VIEW),
     rule("model", "migrations_app.deduperun", SUPERUSER_ONLY, superuser="va"),
     rule("model", "migrations_app.dedupejournal", SUPERUSER_ONLY, superuser="v"),
     rule("model", "migrations_app.legacyaccount", SUPERUSER_ONLY, superuser="v"),
@@ -82,6 +83,15 @@ RULES = [
     rule("route", "cutover-anomaly-detail", ROOT, **ROOT_VIEW),
     rule("route", "cutover-mapping-list", ROOT, **ROOT_VIEW),
     rule("route", "cutover-mapping-detail", ROOT, **ROOT_VIEW),
+    rule(
+        "route",
+        "cutover-mapping-reopen",
+        ROOT,
+        note="(the dashboard's one-click re-open, POST)",
+        superuser="vc",
+        admin="vc",
+        support="vc",
+    ),
     # --- Dashboards -------------------------------------------------------------------------
     rule("dashboard", "cutover-dashboard", ROOT, title="Cutover dashboard", **ROOT_VIEW),
     # --- Commands ---------------------------------------------------------------------------

@@ -114,6 +114,7 @@ class SystemAdmin(AuditedModelAdmin):
     paginator = EstimatedCountPaginator
     list_display = (
         "name",
+        "ui_name",
         "system_key",
         "organization",
         "type",
@@ -135,6 +136,7 @@ class SystemAdmin(AuditedModelAdmin):
             "Reported by the system",
             {
                 "fields": (
+                    "ui_name",
                     "type",
                     "fqdn",
                     "ipv4_address",
@@ -154,6 +156,7 @@ class SystemAdmin(AuditedModelAdmin):
         "lifecycle",
         "system_key",
         "registered_at",
+        "ui_name",
         "type",
         "fqdn",
         "ipv4_address",

@@ -46,8 +46,11 @@ def method_not_allowed(*methods: str) -> JsonResponse:
     return response
 
 
-def collect_endpoint(*methods: str) -> Callable:
-    """Authenticate the system, allow only ``methods``, turn domain errors into envelopes."""
+def collect_endpoint(*methods: str, lenient: bool = False) -> Callable:
+    """Authenticate the system, allow only ``methods``, turn domain errors into envelopes.
+
+    ``lenient``: a suspended or unregistered system with valid credentials is let through
+    (``/info`` tells it what it is)."""
 
     def decorate(view: Callable) -> Callable:
         @csrf_exempt
@@ -57,7 +60,9 @@ def collect_endpoint(*methods: str) -> Callable:
                 return method_not_allowed(*methods)
             try:
                 key, secret = basic_credentials(request)
-                system = services.system_authenticate(system_key=key, system_secret=secret)
+                system = services.system_authenticate(
+                    system_key=key, system_secret=secret, lenient=lenient
+                )
                 return view(request, system, *args, **kwargs)
             except FleetError as error:
                 return error_response(error)
@@ -117,22 +122,31 @@ def inventory(request: HttpRequest, system: System) -> JsonResponse:
     )
 
 
-@collect_endpoint("GET")
+@collect_endpoint("GET", lenient=True)
 def info(request: HttpRequest, system: System) -> JsonResponse:
+    """What ns8's get-subscription reads: ``data.system_id`` (the system key, the end of the
+    portal link it shows), ``data.registered``, ``data.suspended`` (shown as "inactive")
+    and ``data.organization.name``. A suspended or unregistered system is answered 200 with
+    what it is; a deleted one, wrong credentials and other errors are refused."""
     organization = system.organization
     return envelope(
         200,
         "system info",
         {
+            "system_id": system.system_key,
             "system_key": system.system_key,
             "name": system.name,
+            "ui_name": system.ui_name,
             "type": system.type,
             "status": system.status,
             "registered": system.registered_at is not None,
             "registered_at": system.registered_at,
+            "suspended": system.suspended_at is not None,
+            "suspended_at": system.suspended_at,
             "last_heartbeat": system.last_heartbeat_at,
             "last_inventory": system.last_inventory_at,
             "organization": {"name": organization.name, "kind": organization.kind},
+            "system_url": services.system_page_url(system),
         },
     )
 

@@ -22,6 +22,7 @@ class SystemSerializer(serializers.ModelSerializer):
             "id",
             "system_key",
             "name",
+            "ui_name",
             "type",
             "fqdn",
             "ipv4_address",

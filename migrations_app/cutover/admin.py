@@ -23,6 +23,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from fleet_app import access
+from fleet_app import selectors as fleet_selectors
 from fleet_app.admin import (
     EstimatedCountPaginator,
     ReadOnlyModelAdmin,
@@ -33,7 +34,7 @@ from fleet_app.errors import InvalidInput
 from fleet_app.models import System
 
 from . import services
-from .models import CutoverDay, FingerprintAnomaly, LegacyMapping, RotationRun
+from .models import CutoverDay, FingerprintAnomaly, LegacyMapping, ProxyAttemptDay, RotationRun
 
 # A bulk rotation carries its mapping ids in the run row; beyond this many, the selection
 # is too big for one row (and for one click): narrow it, or use a filter-based run.
@@ -131,8 +132,12 @@ class LegacyMappingAdmin(ReadOnlyModelAdmin):
                     "created_at",
                     "legacy_last_seen_at",
                     "last_attempt_at",
+                    "last_attempt_outcome",
+                    "last_attempt_address",
+                    "knocked_at",
                     "rotated_at",
                     "rotation_count",
+                    "pending_secrets",
                     "rotation_run",
                     "confirmed_at",
                     "fingerprint_at",
@@ -144,7 +149,7 @@ class LegacyMappingAdmin(ReadOnlyModelAdmin):
         ),
         ("Related", {"fields": ("related",)}),
     )
-    readonly_fields = ("organization", "state", "rotation_run", "related")
+    readonly_fields = ("organization", "state", "rotation_run", "pending_secrets", "related")
     actions = ("reopen", "start_rotation")
 
     def get_queryset(self, request):
@@ -186,6 +191,13 @@ class LegacyMappingAdmin(ReadOnlyModelAdmin):
     def state(self, obj: LegacyMapping) -> str:
         return obj.state
 
+    @admin.display(description="secrets pending")
+    def pending_secrets(self, obj: LegacyMapping) -> str:
+        if obj.confirmed_at is not None:
+            return "0 (the native credentials are in use)"
+        count = fleet_selectors.pending_secrets_count(obj.system)
+        return f"{count} (each authenticates until one of them is used)"
+
     @admin.display(description="last rotation run")
     def rotation_run(self, obj: LegacyMapping) -> str:
         if obj.last_rotation_run_id is None:
@@ -220,18 +232,24 @@ class LegacyMappingAdmin(ReadOnlyModelAdmin):
 
     @form_action(
         permissions=["reopen"],
-        description="Re-open mapping (native credentials lost: allow another rotation)",
+        description=(
+            "Re-open mapping (confirmed: allow another rotation; unconfirmed: the pending "
+            "secrets work again)"
+        ),
     )
     def reopen(self, request, queryset):
         # One transaction: every selected mapping is re-opened and audited, or none.
         with transaction.atomic(using=router.db_for_write(LegacyMapping)):
-            mappings = list(queryset.filter(confirmed_at__isnull=False))
+            mappings = list(queryset.filter(rotated_at__isnull=False))
             for mapping in mappings:
                 services.mapping_reopen(actor=request.user, mapping=mapping)
         skipped = queryset.count() - len(mappings)
-        message = f"{len(mappings)} mapping(s) re-opened: their legacy pair may rotate again."
+        message = (
+            f"{len(mappings)} mapping(s) re-opened: a confirmed one may rotate again, the "
+            "secrets pending for an unconfirmed one authenticate again."
+        )
         if skipped:
-            message += f" {skipped} skipped (not confirmed, nothing to re-open)."
+            message += f" {skipped} skipped (never rotated, nothing to re-open)."
         self.message_user(request, message, messages.SUCCESS)
 
     @admin.action(
@@ -471,4 +489,14 @@ class CutoverDayAdmin(ReadOnlyModelAdmin):
     list_display = ("day", "mappings", "rotated", "confirmed", "fingerprinted", "released")
     list_filter = (("day", admin.DateFieldListFilter),)
     ordering = ("-day",)
+    actions = None
+
+
+@admin.register(ProxyAttemptDay)
+class ProxyAttemptDayAdmin(ReadOnlyModelAdmin):
+    """``/proxy/credentials`` calls per day and outcome, fleet-wide, read-only."""
+
+    list_display = ("day", "outcome", "count")
+    list_filter = ("outcome", ("day", admin.DateFieldListFilter))
+    ordering = ("-day", "outcome")
     actions = None

@@ -1,12 +1,13 @@
 """The cutover's Prometheus gauges, read from the same counters as the dashboard.
 
-Two queries per scrape at any fleet size (``selectors.cutover_summary``). Registered with
+Three queries per scrape at any fleet size (``selectors.cutover_summary`` and the
+``/proxy/credentials`` calls by outcome). Registered with
 ``fleet_app.metrics`` when this module is imported, which ``migrations_app.urls`` does.
 """
 
 from collections.abc import Iterable
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from fleet_app.metrics import register_collector
 
@@ -45,6 +46,16 @@ def cutover_metrics() -> Iterable[Metric]:
         "Inventories whose facts.migration does not fit a mapping, not yet resolved.",
         value=summary.anomalies_open,
     )
+    attempts = CounterMetricFamily(
+        "cutover_proxy_attempts",
+        "Calls to /proxy/credentials by outcome (the HTTP status: 200 issued, 401 unknown "
+        "pair, 403 released or suspended, 409 already cut over, 429 throttled, 400 malformed).",
+        labels=["outcome"],
+    )
+    counts = selectors.attempts_by_outcome()
+    for outcome in sorted(set(counts) | {"200", "401", "403", "409", "429"}):
+        attempts.add_metric([outcome], counts.get(outcome, 0))
+    yield attempts
     projected = summary.projected_completion_at
     if projected is not None:
         yield GaugeMetricFamily(

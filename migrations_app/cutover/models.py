@@ -28,6 +28,10 @@ class RotationRun(Run):
         return f"rotation run {self.pk} ({self.state})"
 
 
+# The outcomes of a call that was not refused: answered 200, or never called.
+NOT_REFUSED = ("", "200")
+
+
 class LegacyMapping(models.Model):
     """A legacy pair (``legacy_system_id`` + legacy token) and the native system it maps to.
 
@@ -45,7 +49,15 @@ class LegacyMapping(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     # Last contact known from the legacy side (import file) and from our proxy endpoint.
     legacy_last_seen_at = models.DateTimeField(null=True, blank=True)
+    # The last /proxy/credentials call for this legacy id, whatever it was answered
+    # (written outside the transaction that refused it, so a refusal leaves its trace).
     last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_outcome = models.CharField(max_length=3, blank=True, default="")
+    last_attempt_address = models.CharField(max_length=64, blank=True, default="")
+    # The last time the legacy pair was presented after the native credentials were used
+    # (answered 409): a cluster restored from a backup taken before its cutover, which
+    # needs re-opening.
+    knocked_at = models.DateTimeField(null=True, blank=True)
     rotated_at = models.DateTimeField(null=True, blank=True)
     rotation_count = models.PositiveIntegerField(default=0)
     last_rotation_run = models.ForeignKey(
@@ -73,6 +85,18 @@ class LegacyMapping(models.Model):
                 condition=Q(rotated_at__isnull=False, confirmed_at__isnull=True),
                 name="mapping_unconfirmed_idx",
             ),
+            # Knocking after cutover: the few that presented their legacy pair once done.
+            models.Index(
+                fields=["-knocked_at"],
+                condition=Q(knocked_at__isnull=False),
+                name="mapping_knocked_idx",
+            ),
+            # The latest refused calls (the few whose last call was not answered 200).
+            models.Index(
+                fields=["-last_attempt_at"],
+                condition=~Q(last_attempt_outcome__in=NOT_REFUSED),
+                name="mapping_refused_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -88,6 +112,25 @@ class LegacyMapping(models.Model):
         if self.rotated_at:
             return "rotated"
         return "legacy"
+
+
+class ProxyAttemptDay(models.Model):
+    """How many ``/proxy/credentials`` calls were answered with each outcome (the HTTP
+    status: 200, 400, 401, 403, 409, 429) on a day, fleet-wide: a few rows a day, which
+    ``/metrics`` and the dashboard sum. What one mapping saw last is on the mapping."""
+
+    day = models.DateField()
+    outcome = models.CharField(max_length=3)
+    count = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["day", "outcome"]
+        constraints = [
+            models.UniqueConstraint(fields=["day", "outcome"], name="proxy_attempt_day_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day}: {self.count} answered {self.outcome}"
 
 
 class CutoverDay(models.Model):

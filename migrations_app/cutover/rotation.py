@@ -8,7 +8,8 @@ middle of a chunk leaves nothing behind and the redelivered message redoes the c
 exactly once.
 
 Only mappings whose native credentials are not in use are re-keyed: not confirmed, not
-released, not fetched within the last ``ROTATION_GRACE_MINUTES``, and whose system is
+released, not asked for within the last ``ROTATION_GRACE_MINUTES`` (``last_attempt_at``:
+any ``/proxy/credentials`` call), and whose system is
 neither suspended nor deleted. The fresh secret is not
 kept anywhere (only its digest): a client fetches its credentials through
 ``/proxy/credentials``, which issues yet another one, and whatever secret was handed out
@@ -39,7 +40,7 @@ from django.utils.dateparse import parse_date
 from fleet_app import credentials
 from fleet_app import services as fleet
 from fleet_app.errors import InvalidInput
-from fleet_app.models import Organization, System, User
+from fleet_app.models import Organization, PendingSecret, System, User
 from fleet_app.runs import (
     FINISHED_STATES,
     TRANSIENT_ERRORS,
@@ -229,7 +230,9 @@ def rotation_run_start(
 
 
 def _systems_rekey(system_ids: list[int]) -> None:
-    """Give each system a fresh secret; only its digest is written, the secret is dropped."""
+    """Give each system a fresh secret; only its digest is written, the secret is dropped.
+    The secrets pending for them (handed out, never used) are revoked with it."""
+    PendingSecret.objects.filter(system_id__in=system_ids).delete()
     public_parts, digests = [], []
     for _ in system_ids:
         public, secret = credentials.system_secret_generate()

@@ -9,10 +9,21 @@ bounded and walk the partial indexes of ``LegacyMapping`` in index order.
 import datetime as dt
 from dataclasses import dataclass, replace
 
-from django.db.models import QuerySet
+from django.conf import settings
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from .models import CutoverDay, FingerprintAnomaly, LegacyMapping, RotationRun
+from fleet_app.models import PendingSecret
+
+from .models import (
+    NOT_REFUSED,
+    CutoverDay,
+    FingerprintAnomaly,
+    LegacyMapping,
+    ProxyAttemptDay,
+    RotationRun,
+)
 
 # The projection extrapolates the fingerprints of this many days, today included.
 PROJECTION_WINDOW_DAYS = 7
@@ -211,11 +222,61 @@ def stragglers(kind: str) -> QuerySet[LegacyMapping]:
 
 
 def stragglers_list(kind: str, limit: int = 50) -> list[LegacyMapping]:
-    """The ``limit`` oldest stragglers of a kind, each with ``last_contact_at`` set."""
-    rows = list(stragglers(kind)[:limit])
+    """The ``limit`` oldest stragglers of a kind, each with ``last_contact_at`` set; the
+    unconfirmed ones with ``pending_secrets`` too (in the same query)."""
+    queryset = stragglers(kind)
+    if kind == "unconfirmed":
+        cutoff = timezone.now() - dt.timedelta(minutes=settings.ROTATION_GRACE_MINUTES)
+        pending = (
+            PendingSecret.objects.filter(system_id=OuterRef("system_id"), issued_at__gte=cutoff)
+            .values("system_id")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        queryset = queryset.annotate(pending_secrets=Coalesce(Subquery(pending), 0))
+    rows = list(queryset[:limit])
     for mapping in rows:
         mapping.last_contact_at = last_contact(mapping)
     return rows
+
+
+def knocking() -> QuerySet[LegacyMapping]:
+    """Confirmed mappings that presented their legacy pair after their native credentials
+    were used (answered 409), latest first: clusters restored from a backup taken before
+    their cutover, which need re-opening. Walks ``mapping_knocked_idx``; the knock must be
+    later than the confirmation (a re-opened mapping that confirmed again has stopped)."""
+    return (
+        LegacyMapping.objects.select_related("system__organization")
+        .filter(knocked_at__isnull=False, confirmed_at__isnull=False)
+        .filter(knocked_at__gt=F("confirmed_at"))
+        .order_by("-knocked_at")
+    )
+
+
+def knocking_list(limit: int = 50) -> list[LegacyMapping]:
+    return list(knocking()[:limit])
+
+
+def refused_latest(limit: int = 20) -> list[LegacyMapping]:
+    """Mappings whose last ``/proxy/credentials`` call was refused (400, 401, 403, 409,
+    429), latest first, on ``mapping_refused_idx``."""
+    return list(
+        LegacyMapping.objects.select_related("system__organization")
+        .filter(~Q(last_attempt_outcome__in=NOT_REFUSED))
+        .order_by("-last_attempt_at")[:limit]
+    )
+
+
+def attempts_by_outcome(*, since: dt.date | None = None) -> dict[str, int]:
+    """``/proxy/credentials`` calls per outcome (all days, or from ``since`` on): one
+    aggregate over a few rows a day."""
+    rows = ProxyAttemptDay.objects.all()
+    if since is not None:
+        rows = rows.filter(day__gte=since)
+    return {
+        row["outcome"]: row["total"]
+        for row in rows.values("outcome").annotate(total=Sum("count")).order_by("outcome")
+    }
 
 
 def anomalies_open(limit: int = 20) -> list[FingerprintAnomaly]:

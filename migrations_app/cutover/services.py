@@ -14,7 +14,14 @@ from django.utils.dateparse import parse_datetime
 
 from fleet_app import credentials
 from fleet_app import services as fleet
-from fleet_app.errors import Conflict, Forbidden, InvalidInput, NotAuthenticated, TooManyRequests
+from fleet_app.errors import (
+    Conflict,
+    FleetError,
+    Forbidden,
+    InvalidInput,
+    NotAuthenticated,
+    TooManyRequests,
+)
 from fleet_app.models import AuditEntry, Inventory, Organization, System, User
 from fleet_app.selectors import organization_resolve
 
@@ -28,7 +35,7 @@ from ..legacy_import import (
     row_text,
 )
 from . import throttle
-from .models import CutoverDay, FingerprintAnomaly, LegacyMapping
+from .models import CutoverDay, FingerprintAnomaly, LegacyMapping, ProxyAttemptDay
 
 # --- Counters -------------------------------------------------------------------------------
 
@@ -290,18 +297,24 @@ class Rotation:
     collect_url: str
 
 
-def _legacy_authenticate(*, legacy_system_id: str, legacy_token: str, address: str):
+def _legacy_authenticate(
+    *, legacy_system_id: str, legacy_token: str, address: str, seen: list | None = None
+):
+    """The mapping of a legacy pair, or the refusal. ``seen`` receives the mapping the
+    legacy id names, if any, even when the call is refused (the attempt record)."""
     if not legacy_system_id or not legacy_token:
         raise NotAuthenticated("HTTP Basic legacy_system_id:legacy_token is required.")
     if "\x00" in legacy_system_id or "\x00" in legacy_token:
         raise InvalidInput("The legacy id and token must not contain NUL characters.")
     wait = throttle.throttled(legacy_system_id=legacy_system_id, address=address)
+    mapping = LegacyMapping.objects.filter(legacy_system_id=legacy_system_id).first()
+    if seen is not None and mapping is not None:
+        seen.append(mapping)
     if wait:
         raise TooManyRequests(
             "Too many failed attempts from this address; try again later.",
             retry_after=wait,
         )
-    mapping = LegacyMapping.objects.filter(legacy_system_id=legacy_system_id).first()
     if mapping is None or not credentials.verify(legacy_token, mapping.legacy_token_digest):
         throttle.record_failure(legacy_system_id=legacy_system_id, address=address)
         raise NotAuthenticated("Unknown legacy credentials.")
@@ -311,12 +324,38 @@ def _legacy_authenticate(*, legacy_system_id: str, legacy_token: str, address: s
 def mapping_rotate(*, legacy_system_id: str, legacy_token: str, address: str) -> Rotation:
     """Swap a legacy pair for fresh native credentials, in one transaction.
 
-    Repeating it before the native credentials were used issues another fresh secret and
-    the previous one stops working (a client that lost the response asks again). Once the
-    system has used them, the mapping is closed: 409 until staff re-open it.
+    Asked again before the native credentials were used (a lost response, or ns8 running
+    migrate-to-my from two scripts at once), it issues another fresh secret and the
+    earlier ones keep working as pending secrets (``fleet_app`` ``PendingSecret``) until
+    the system uses one of them: whichever answer the client kept, it authenticates, and
+    the others are revoked then. Once the system has used them, the mapping is closed:
+    409 until staff re-open it.
+
+    Every call, answered or refused, is recorded on the mapping its legacy id names (time,
+    outcome, address) and in the day's attempt counts, after the transaction that
+    refused it: a refusal leaves its trace.
     """
+    seen: list[LegacyMapping] = []
+    try:
+        rotation = _mapping_rotate(
+            legacy_system_id=legacy_system_id,
+            legacy_token=legacy_token,
+            address=address,
+            seen=seen,
+        )
+    except FleetError as error:
+        if legacy_system_id and "\x00" not in legacy_system_id:
+            attempt_record(mapping=seen[0] if seen else None, outcome=error.status, address=address)
+        raise
+    attempt_record(mapping=seen[0], outcome=200, address=address)
+    return rotation
+
+
+def _mapping_rotate(
+    *, legacy_system_id: str, legacy_token: str, address: str, seen: list
+) -> Rotation:
     found = _legacy_authenticate(
-        legacy_system_id=legacy_system_id, legacy_token=legacy_token, address=address
+        legacy_system_id=legacy_system_id, legacy_token=legacy_token, address=address, seen=seen
     )
     now = timezone.now()
     with transaction.atomic():
@@ -331,20 +370,49 @@ def mapping_rotate(*, legacy_system_id: str, legacy_token: str, address: str) ->
                 "This system already uses its native credentials; ask staff to re-open "
                 "the mapping if they were lost."
             )
-        issued = fleet.system_secret_reissue(actor=None, system=system)
+        issued = fleet.system_secret_reissue(actor=None, system=system, overlap=True)
         if system.registered_at is None:
             System.objects.filter(pk=system.pk).update(registered_at=now)
         first = mapping.rotated_at is None
         mapping.rotated_at = mapping.rotated_at or now
         mapping.rotation_count += 1
-        mapping.last_attempt_at = now
-        mapping.save(update_fields=["rotated_at", "rotation_count", "last_attempt_at"])
+        mapping.save(update_fields=["rotated_at", "rotation_count"])
         counters_bump(rotated=int(first))
     return Rotation(
         system_key=system.system_key,
         system_secret=issued.system_secret,
         collect_url=fleet.collect_url(),
     )
+
+
+def attempt_record(*, mapping: LegacyMapping | None, outcome: int, address: str) -> None:
+    """Record one ``/proxy/credentials`` call: on the mapping its legacy id names (time,
+    outcome, address; a 409 also stamps ``knocked_at``) and in the day's count of its
+    outcome.
+
+    Called after the call's own transaction has committed or rolled back, in autocommit:
+    what is written here stays whatever the call answered."""
+    now = timezone.now()
+    code = str(outcome)[:3]
+    with transaction.atomic():
+        if mapping is not None:
+            fields: dict[str, Any] = {
+                "last_attempt_at": now,
+                "last_attempt_outcome": code,
+                "last_attempt_address": address[:64],
+            }
+            if outcome == 409:
+                fields["knocked_at"] = now
+            LegacyMapping.objects.filter(pk=mapping.pk).update(**fields)
+        day = ProxyAttemptDay.objects.filter(day=now.date(), outcome=code)
+        if day.update(count=F("count") + 1):
+            return
+        try:
+            with transaction.atomic():
+                ProxyAttemptDay.objects.create(day=now.date(), outcome=code, count=1)
+        except IntegrityError:
+            # Another call created the day's row first.
+            day.update(count=F("count") + 1)
 
 
 def mapping_release(*, legacy_system_id: str, legacy_token: str, address: str) -> LegacyMapping:
@@ -380,22 +448,35 @@ def mapping_confirm(*, system: System) -> None:
 
 @transaction.atomic
 def mapping_reopen(*, actor: User | None, mapping: LegacyMapping) -> LegacyMapping:
-    """Let a confirmed mapping rotate again (the native credentials were lost)."""
+    """Re-open a mapping whose cluster cannot get on by itself.
+
+    Confirmed (the native credentials were lost, a cluster restored from a backup taken
+    before its cutover): it may rotate again. Rotated but unconfirmed (a cluster that
+    kept an answer and never asks again): the secrets pending for it authenticate again
+    for ``ROTATION_GRACE_MINUTES``. A mapping never rotated has nothing to re-open.
+    """
     mapping = LegacyMapping.objects.select_for_update().get(pk=mapping.pk)
-    if mapping.confirmed_at is None:
+    if mapping.rotated_at is None:
         return mapping
     before = fleet.audit_snapshot(mapping)
-    mapping.confirmed_at = None
+    renewed = None
+    if mapping.confirmed_at is not None:
+        mapping.confirmed_at = None
+        counters_bump(confirmed=-1)
+    else:
+        renewed = fleet.system_pending_secrets_renew(system=mapping.system)
     mapping.reopened_at = timezone.now()
     mapping.save(update_fields=["confirmed_at", "reopened_at"])
-    counters_bump(confirmed=-1)
+    after = fleet.audit_snapshot(mapping)
+    if renewed is not None:
+        after["pending_secrets_renewed"] = renewed
     fleet.audit_record(
         actor=actor,
         action="mapping.reopen",
         obj=mapping,
         organization=mapping.system.organization,
         before=before,
-        after=fleet.audit_snapshot(mapping),
+        after=after,
     )
     return mapping
 

@@ -8,6 +8,9 @@ credentials are checked:
 - a legacy id with too many failures is refused only to addresses that have themselves
   failed for that id (their pair counter is not zero).
 
+A refusal says how long it lasts (``Retry-After``): the time left until the counters that
+refuse the caller expire, from the end of each window, recorded when the window starts.
+
 So a correct credential from an address that has not failed always goes through: a
 guesser can lock out the addresses it guesses from, never the system's own. A guesser
 spread over many addresses gets one try per address per id once the id is over the limit.
@@ -19,6 +22,8 @@ errors fail open and are logged.
 import hashlib
 import ipaddress
 import logging
+import math
+import time
 
 from django.conf import settings
 from django.core.cache import cache
@@ -45,21 +50,39 @@ def _keys(legacy_system_id: str, address: str) -> tuple[str, str, str]:
     return f"proxy-fail:addr:{bucket}", f"proxy-fail:id:{lid}", f"proxy-fail:pair:{lid}:{bucket}"
 
 
+def _until(key: str) -> str:
+    # When the window of a counter ends (a Unix time), written when the window starts.
+    return f"{key}:until"
+
+
 def throttled(*, legacy_system_id: str, address: str) -> int:
-    """Seconds this address must wait before presenting credentials for this id, else 0."""
+    """Seconds this address must wait before presenting credentials for this id, else 0:
+    the time left until every counter that refuses it has expired (``Retry-After``)."""
     by_address, by_id, by_pair = _keys(legacy_system_id, address)
+    keys = [by_address, by_id, by_pair]
     try:
-        counts = cache.get_many([by_address, by_id, by_pair])
+        counts = cache.get_many(keys + [_until(key) for key in keys])
     except Exception:
         logger.warning("throttle cache unavailable; not throttling", exc_info=True)
         return 0
     limit = settings.PROXY_THROTTLE_FAILURES
-    if counts.get(by_address, 0) >= limit or (
-        counts.get(by_pair, 0) > 0 and counts.get(by_id, 0) >= limit
-    ):
-        # The window starts at the first failure: waiting a whole window is always enough.
-        return settings.PROXY_THROTTLE_WINDOW_SECONDS
-    return 0
+    window = settings.PROXY_THROTTLE_WINDOW_SECONDS
+    now = time.time()
+
+    def left(key: str) -> float:
+        # A counter written before its end was recorded: a whole window is always enough.
+        until = counts.get(_until(key))
+        return until - now if isinstance(until, int | float) else window
+
+    waits = []
+    if counts.get(by_address, 0) >= limit:
+        waits.append(left(by_address))
+    if counts.get(by_pair, 0) > 0 and counts.get(by_id, 0) >= limit:
+        # Refused while both hold: until the first of them expires.
+        waits.append(min(left(by_pair), left(by_id)))
+    if not waits:
+        return 0
+    return min(max(1, math.ceil(max(waits))), window)
 
 
 def record_failure(*, legacy_system_id: str, address: str) -> None:
@@ -67,7 +90,9 @@ def record_failure(*, legacy_system_id: str, address: str) -> None:
     try:
         for key in _keys(legacy_system_id, address):
             # add() starts the window; incr() keeps its expiry.
-            if not cache.add(key, 1, timeout=window):
+            if cache.add(key, 1, timeout=window):
+                cache.set(_until(key), time.time() + window, timeout=window)
+            else:
                 cache.incr(key)
     except Exception:
         logger.warning("throttle cache unavailable; failure not counted", exc_info=True)

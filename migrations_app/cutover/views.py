@@ -3,19 +3,36 @@
 import datetime as dt
 import math
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.timesince import timesince
 
+from fleet_app import access
 from fleet_app.access_http import dashboard
 from fleet_app.charts import nice_step
 
-from . import selectors
+from . import selectors, services
+from .models import LegacyMapping
 
 STRAGGLERS_SHOWN = 50
 ANOMALIES_SHOWN = 20
 RUNS_SHOWN = 5
+KNOCKING_SHOWN = 50
+REFUSED_SHOWN = 20
+ATTEMPT_DAYS = 7
+# What each /proxy/credentials outcome means, in the order the dashboard lists them.
+OUTCOMES = (
+    ("200", "native credentials issued"),
+    ("401", "unknown legacy pair"),
+    ("403", "released, suspended or deleted"),
+    ("409", "already cut over (knocking)"),
+    ("429", "throttled"),
+    ("400", "malformed"),
+)
+OUTCOME_TEXT = dict(OUTCOMES)
 
 # Chart geometry in SVG user units; the SVG scales to the width of its container.
 CHART_WIDTH = 900
@@ -204,11 +221,18 @@ def _with_ages(rows: list, **stamps: str) -> list:
 def cutover_dashboard(request):
     """Where the cutover stands: totals, readiness, burn-down, stragglers, anomalies, runs.
 
-    Seven queries of its own whatever the number of mappings: the access check, the
+    Ten queries of its own whatever the number of mappings: the access check, the
     CutoverDay rows, the open anomaly count, two straggler lists on their partial
-    indexes, the latest anomalies and the latest rotation runs.
+    indexes, the latest anomalies, the latest rotation runs, the mappings knocking after
+    cutover and the latest refused calls (both on partial indexes), and the calls of the
+    last days by outcome.
     """
     summary = selectors.cutover_summary(with_points=True)
+    since = timezone.now().date() - dt.timedelta(days=ATTEMPT_DAYS - 1)
+    attempts = selectors.attempts_by_outcome(since=since)
+    refused = _with_ages(selectors.refused_latest(REFUSED_SHOWN), attempt="last_attempt_at")
+    for mapping in refused:
+        mapping.outcome_text = OUTCOME_TEXT.get(mapping.last_attempt_outcome, "")
     context = {
         **admin.site.each_context(request),
         # The dashboard needs the full width; the breadcrumbs lead back to the admin.
@@ -232,6 +256,42 @@ def cutover_dashboard(request):
         "unconfirmed_total": summary.blockers["rotated_unconfirmed"],
         "anomalies": _with_ages(selectors.anomalies_open(ANOMALIES_SHOWN), seen="last_seen_at"),
         "runs": _with_ages(selectors.rotation_runs_latest(RUNS_SHOWN), created="created_at"),
+        "knocking": _with_ages(
+            selectors.knocking_list(KNOCKING_SHOWN), knocked="knocked_at", confirmed="confirmed_at"
+        ),
+        "may_reopen": access.allowed(request.user, "route", "cutover-mapping-reopen", "c"),
+        "refused": refused,
+        "attempts": [
+            {"outcome": code, "text": text, "count": attempts.get(code, 0)}
+            for code, text in OUTCOMES
+        ],
+        "attempt_days": ATTEMPT_DAYS,
         "window_days": selectors.PROJECTION_WINDOW_DAYS,
     }
     return render(request, "migrations_app/cutover_dashboard.html", context)
+
+
+@dashboard("cutover-mapping-reopen", kind="route")
+def mapping_reopen(request, pk: int):
+    """POST from the dashboard's "knocking after cutover" list: re-open one mapping (its
+    legacy pair may rotate again) and come back to the dashboard."""
+    if request.method != "POST":
+        response = HttpResponseRedirect(reverse("cutover-dashboard"))
+        response.status_code = 405
+        response["Allow"] = "POST"
+        return response
+    visible = access.scope_queryset(request.user, LegacyMapping.objects.all())
+    mapping = visible.filter(pk=pk).first()
+    if mapping is None:
+        raise Http404("No mapping with this id is visible to you.")
+    if mapping.rotated_at is None:
+        messages.warning(
+            request, f"{mapping.legacy_system_id} was never rotated: nothing to re-open."
+        )
+    else:
+        services.mapping_reopen(actor=request.user, mapping=mapping)
+        messages.success(
+            request,
+            f"{mapping.legacy_system_id} re-opened: its legacy pair may rotate again.",
+        )
+    return HttpResponseRedirect(reverse("cutover-dashboard") + "#knocking")

@@ -100,6 +100,13 @@ class MappingSerializer(serializers.ModelSerializer):
         help_text="Latest of legacy_last_seen_at, last_attempt_at and the system's heartbeat."
     )
     system = MappingSystemSerializer(read_only=True)
+    last_attempt_outcome = serializers.CharField(
+        read_only=True,
+        help_text="The HTTP status of the last /proxy/credentials call (empty: none yet).",
+    )
+    knocking = serializers.SerializerMethodField(
+        help_text="Confirmed, and the legacy pair was presented again since (needs re-opening)."
+    )
 
     class Meta:
         model = LegacyMapping
@@ -111,6 +118,10 @@ class MappingSerializer(serializers.ModelSerializer):
             "created_at",
             "legacy_last_seen_at",
             "last_attempt_at",
+            "last_attempt_outcome",
+            "last_attempt_address",
+            "knocked_at",
+            "knocking",
             "last_contact_at",
             "rotated_at",
             "rotation_count",
@@ -120,6 +131,13 @@ class MappingSerializer(serializers.ModelSerializer):
             "released_at",
             "reopened_at",
         ]
+
+    def get_knocking(self, mapping: LegacyMapping) -> bool:
+        return bool(
+            mapping.confirmed_at
+            and mapping.knocked_at
+            and mapping.knocked_at > mapping.confirmed_at
+        )
 
     def get_last_contact_at(self, mapping: LegacyMapping) -> str | None:
         stamp = selectors.last_contact(mapping)
