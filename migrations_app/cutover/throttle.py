@@ -50,6 +50,10 @@ def _keys(legacy_system_id: str, address: str) -> tuple[str, str, str]:
     return f"proxy-fail:addr:{bucket}", f"proxy-fail:id:{lid}", f"proxy-fail:pair:{lid}:{bucket}"
 
 
+def _clock() -> float:
+    return time.time()
+
+
 def _until(key: str) -> str:
     # When the window of a counter ends (a Unix time), written when the window starts.
     return f"{key}:until"
@@ -67,7 +71,7 @@ def throttled(*, legacy_system_id: str, address: str) -> int:
         return 0
     limit = settings.PROXY_THROTTLE_FAILURES
     window = settings.PROXY_THROTTLE_WINDOW_SECONDS
-    now = time.time()
+    now = _clock()
 
     def left(key: str) -> float:
         # A counter written before its end was recorded: a whole window is always enough.
@@ -91,7 +95,7 @@ def record_failure(*, legacy_system_id: str, address: str) -> None:
         for key in _keys(legacy_system_id, address):
             # add() starts the window; incr() keeps its expiry.
             if cache.add(key, 1, timeout=window):
-                cache.set(_until(key), time.time() + window, timeout=window)
+                cache.set(_until(key), _clock() + window, timeout=window)
             else:
                 cache.incr(key)
     except Exception:

@@ -36,7 +36,9 @@ def test_it_stores_the_inventory_and_copies_the_leader_facts(
     assert system.fqdn == leader["fqdn"]
     assert system.version == leader["version"]
     assert system.ipv4_address == leader["default_ipv4"]
-    assert system.name == inventory_payload["facts"]["cluster"]["ui_name"]
+    # Staff's name is kept; the cluster's own is stored beside it.
+    assert system.name == "cluster-a"
+    assert system.ui_name == inventory_payload["facts"]["cluster"]["ui_name"]
     assert system.last_inventory_at == stored.received_at
 
 

@@ -395,12 +395,16 @@ def test_it_costs_the_same_queries_for_any_number_of_mappings(
     # 5. SELECT every CutoverDay row (totals, projection and burn-down)
     # 6. COUNT open anomalies
     # 7. not rotated, oldest first, LIMIT 50 (mapping_not_rotated_idx) + system + org
-    # 8. rotated, unconfirmed, LIMIT 50 (mapping_unconfirmed_idx) + system + org
+    # 8. rotated, unconfirmed, LIMIT 50 (mapping_unconfirmed_idx) + system + org, with
+    #    the count of each one's pending secrets
     # 9. open anomalies, latest 20, + system + org
     # 10. latest 5 rotation runs + who started them
+    # 11. /proxy/credentials calls of the last 7 days by outcome (ProxyAttemptDay)
+    # 12. mappings whose last call was refused, latest 20 (mapping_refused_idx)
+    # 13. knocking after cutover, latest 50 (mapping_knocked_idx)
     # (The header's links and the admin's app list come from the permission table: no
     # permission query.)
-    with django_assert_num_queries(10):
+    with django_assert_num_queries(13):
         response = client.get(URL)
     assert response.status_code == 200
     assert response.context["summary"].mappings == size

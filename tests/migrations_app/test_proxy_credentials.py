@@ -55,13 +55,13 @@ def test_it_hands_out_native_credentials(client, mapping):
     assert heartbeat(client, data["system_key"], data["system_secret"]).status_code == 200
 
 
-def test_a_lost_response_is_retried_and_the_previous_secret_dies(client, mapping):
+def test_a_lost_response_is_retried_and_the_unused_secret_dies_once_one_is_used(client, mapping):
     first = rotate(client, mapping).json()["data"]
     second = rotate(client, mapping).json()["data"]
 
     assert first["system_secret"] != second["system_secret"]
-    assert heartbeat(client, first["system_key"], first["system_secret"]).status_code == 401
     assert heartbeat(client, second["system_key"], second["system_secret"]).status_code == 200
+    assert heartbeat(client, first["system_key"], first["system_secret"]).status_code == 401
     row = LegacyMapping.objects.get(pk=mapping.pk)
     assert row.rotation_count == 2
     assert CutoverDay.objects.get().rotated == 1  # counted once
@@ -270,3 +270,22 @@ def test_born_registered_systems_rotate_too(client, customer):
 
     assert System.objects.get(pk=mapping.system_id).registered_at == registered
     assert heartbeat(client, data["system_key"], data["system_secret"]).status_code == 200
+
+
+def test_retry_after_is_the_time_left_in_the_window(client, mapping, settings, monkeypatch):
+    import time
+
+    from migrations_app.cutover import throttle
+
+    settings.PROXY_THROTTLE_WINDOW_SECONDS = 900
+    start = time.time()
+    for _ in range(3):
+        guess(client, mapping.legacy_system_id, "192.0.2.7")
+    first = rotate(client, mapping, REMOTE_ADDR="192.0.2.7")
+    # Ten minutes into the window, five are left.
+    monkeypatch.setattr(throttle, "_clock", lambda: start + 600)
+    later = rotate(client, mapping, REMOTE_ADDR="192.0.2.7")
+
+    assert first.status_code == later.status_code == 429
+    assert 890 <= int(first["Retry-After"]) <= 900
+    assert 300 <= int(later["Retry-After"]) <= 305
