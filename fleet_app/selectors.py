@@ -2,18 +2,16 @@
 
 import datetime as dt
 
-from django.conf import settings
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from . import access
+from . import access, pending_secrets
 from .errors import InvalidInput
 from .models import (
     AuditEntry,
     Inventory,
     InventoryChange,
     Organization,
-    PendingSecret,
     System,
     SystemActivityDay,
     User,
@@ -151,7 +149,4 @@ def fleet_activity_by_day(systems: QuerySet[System], days: int = 30) -> list[tup
 def pending_secrets_count(system: System) -> int:
     """Secrets issued to ``system`` by rotations that still authenticate, until it uses
     one of them (none once it has)."""
-    if system.secret_confirmed_at is not None:
-        return 0
-    cutoff = timezone.now() - dt.timedelta(minutes=settings.ROTATION_GRACE_MINUTES)
-    return PendingSecret.objects.filter(system_id=system.pk, issued_at__gte=cutoff).count()
+    return pending_secrets.count(system)

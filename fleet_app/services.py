@@ -15,7 +15,7 @@ from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from . import credentials, hot, inventory_diff
+from . import credentials, hot, inventory_diff, pending_secrets
 from .db import bound_cursor
 from .errors import Conflict, Forbidden, InvalidInput, NotAuthenticated
 from .models import (
@@ -23,12 +23,11 @@ from .models import (
     Inventory,
     InventoryChange,
     Organization,
-    PendingSecret,
     System,
     SystemActivityDay,
     User,
 )
-from .signals import inventory_received, secret_confirmed
+from .signals import inventory_received
 
 # Fields never copied into an audit entry in clear.
 _MASKED_FIELDS = ("password", "secret", "digest", "token")
@@ -217,14 +216,9 @@ def system_create(
 def system_secret_reissue(
     *, actor: User | None, system: System, overlap: bool = False
 ) -> IssuedSecret:
-    """Issue a new secret.
-
-    By default every earlier secret stops working at once. With ``overlap`` (a rotation a
-    legacy client asked for, maybe twice at once) the secrets issued since the system last
-    used one keep working beside the new one, as pending secrets: the newest
-    ``ROTATION_PENDING_SECRETS`` of them, each for ``ROTATION_GRACE_MINUTES``; the first
-    one used becomes the system's secret (``system_authenticate``). Only digests are kept.
-    """
+    """Issue a new secret; every earlier one stops working at once, unless ``overlap`` (a
+    rotation a legacy client asked for): then those issued since the system last used one
+    stay valid beside it until one is used (``pending_secrets``)."""
     system = System.objects.select_for_update().get(pk=system.pk)
     before = audit_snapshot(system)
     was_confirmed = system.secret_confirmed_at is not None
@@ -233,21 +227,12 @@ def system_secret_reissue(
     system.secret_digest = credentials.digest(secret)
     system.secret_confirmed_at = None
     system.save(update_fields=["secret_public", "secret_digest", "secret_confirmed_at"])
-    if not overlap or was_confirmed:
-        # A confirmed secret is replaced, not joined: nothing issued before it is pending.
-        PendingSecret.objects.filter(system_id=system.pk).delete()
     if overlap:
-        PendingSecret.objects.create(system_id=system.pk, digest=system.secret_digest)
-        # The newest ones are kept: the one issued N + 1 times ago is revoked.
-        limit = max(settings.ROTATION_PENDING_SECRETS, 1)
-        oldest_kept = (
-            PendingSecret.objects.filter(system_id=system.pk)
-            .order_by("-pk")
-            .values_list("pk", flat=True)[limit - 1 : limit]
+        pending_secrets.issued(
+            system=system, digest=system.secret_digest, replacing_confirmed=was_confirmed
         )
-        PendingSecret.objects.filter(
-            system_id=system.pk, pk__lt=models.Subquery(oldest_kept)
-        ).delete()
+    else:
+        pending_secrets.revoke(system_ids=[system.pk])
     audit_record(
         actor=actor,
         action="system.secret_reissue",
@@ -256,14 +241,6 @@ def system_secret_reissue(
         after=audit_snapshot(system),
     )
     return IssuedSecret(system=system, system_secret=secret)
-
-
-def system_pending_secrets_renew(*, system: System) -> int:
-    """Make the pending secrets of a system that has used none of them valid for another
-    ``ROTATION_GRACE_MINUTES`` (staff re-open a stranded mapping); how many there are."""
-    return PendingSecret.objects.filter(
-        system_id=system.pk, system__secret_confirmed_at__isnull=True
-    ).update(issued_at=timezone.now())
 
 
 def _system_set(*, actor: User | None, system: System, action: str, **fields: Any) -> System:
@@ -371,7 +348,7 @@ def system_authenticate(*, system_key: str, system_secret: str, lenient: bool = 
     valid = credentials.verify(system_secret, system.secret_digest if system else None)
     pending = None
     if system is not None and not valid and system.secret_confirmed_at is None:
-        pending = _pending_secret_match(system, system_secret)
+        pending = pending_secrets.match(system, system_secret)
         valid = pending is not None
     if system is None or not valid:
         raise NotAuthenticated("Invalid system credentials.")
@@ -384,72 +361,10 @@ def system_authenticate(*, system_key: str, system_secret: str, lenient: bool = 
     if system.registered_at is None:
         raise Forbidden("This system is not registered yet: call register first.")
     if pending is not None:
-        _pending_secret_promote(system, pending, system_secret)
+        pending_secrets.promote(system, pending, system_secret)
     elif system.secret_confirmed_at is None:
-        _secret_confirm(system)
+        pending_secrets.confirm(system)
     return system
-
-
-def _pending_secret_match(system: System, system_secret: str) -> str | None:
-    """The digest of the pending secret ``system_secret`` is, if it is one still valid."""
-    cutoff = timezone.now() - dt.timedelta(minutes=settings.ROTATION_GRACE_MINUTES)
-    digests = PendingSecret.objects.filter(system_id=system.pk, issued_at__gte=cutoff).values_list(
-        "digest", flat=True
-    )[: max(settings.ROTATION_PENDING_SECRETS, 1)]
-    matched = None
-    for stored in digests:
-        # Every one compared: the time does not tell which of them matched.
-        if credentials.verify(system_secret, stored):
-            matched = stored
-    return matched
-
-
-def _pending_secret_promote(system: System, digest: str, system_secret: str) -> None:
-    """The first pending secret used becomes the system's; the others die with it."""
-    now = timezone.now()
-    public = credentials.system_secret_public_part(system_secret) or ""
-    with transaction.atomic():
-        promoted = System.objects.filter(pk=system.pk, secret_confirmed_at__isnull=True).update(
-            secret_public=public, secret_digest=digest, secret_confirmed_at=now
-        )
-        if not promoted:
-            # Another call confirmed a secret first: this one was revoked at that moment,
-            # unless it was the same one.
-            current = (
-                System.objects.filter(pk=system.pk)
-                .values("secret_digest", "secret_confirmed_at")
-                .first()
-            )
-            if current is None or current["secret_digest"] != digest:
-                raise NotAuthenticated("Invalid system credentials.")
-            system.secret_digest, system.secret_confirmed_at = (
-                digest,
-                current["secret_confirmed_at"],
-            )
-            return
-        PendingSecret.objects.filter(system_id=system.pk).delete()
-        system.secret_digest, system.secret_confirmed_at = digest, now
-        secret_confirmed.send(sender=System, system=system)
-
-
-def _secret_confirm(system: System) -> None:
-    """Stamp the first use of a freshly issued secret (one extra UPDATE, once per secret);
-    the other secrets pending for the system, if any, are revoked with it."""
-    now = timezone.now()
-    with transaction.atomic():
-        confirmed = System.objects.filter(
-            pk=system.pk, secret_digest=system.secret_digest, secret_confirmed_at__isnull=True
-        ).update(secret_confirmed_at=now)
-        if (
-            not confirmed
-            and not System.objects.filter(pk=system.pk, secret_digest=system.secret_digest).exists()
-        ):
-            # A pending secret of this system was used first: this one died then.
-            raise NotAuthenticated("Invalid system credentials.")
-        system.secret_confirmed_at = now
-        if confirmed:
-            PendingSecret.objects.filter(system_id=system.pk).delete()
-            secret_confirmed.send(sender=System, system=system)
 
 
 @dataclass(frozen=True)

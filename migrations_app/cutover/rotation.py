@@ -37,10 +37,10 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_date
 
-from fleet_app import credentials
+from fleet_app import credentials, pending_secrets
 from fleet_app import services as fleet
 from fleet_app.errors import InvalidInput
-from fleet_app.models import Organization, PendingSecret, System, User
+from fleet_app.models import Organization, System, User
 from fleet_app.runs import (
     FINISHED_STATES,
     TRANSIENT_ERRORS,
@@ -232,7 +232,7 @@ def rotation_run_start(
 def _systems_rekey(system_ids: list[int]) -> None:
     """Give each system a fresh secret; only its digest is written, the secret is dropped.
     The secrets pending for them (handed out, never used) are revoked with it."""
-    PendingSecret.objects.filter(system_id__in=system_ids).delete()
+    pending_secrets.revoke(system_ids=system_ids)
     public_parts, digests = [], []
     for _ in system_ids:
         public, secret = credentials.system_secret_generate()

@@ -12,7 +12,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from fleet_app import credentials
+from fleet_app import credentials, pending_secrets
 from fleet_app import services as fleet
 from fleet_app.errors import (
     Conflict,
@@ -464,7 +464,7 @@ def mapping_reopen(*, actor: User | None, mapping: LegacyMapping) -> LegacyMappi
         mapping.confirmed_at = None
         counters_bump(confirmed=-1)
     else:
-        renewed = fleet.system_pending_secrets_renew(system=mapping.system)
+        renewed = pending_secrets.renew(system=mapping.system)
     mapping.reopened_at = timezone.now()
     mapping.save(update_fields=["confirmed_at", "reopened_at"])
     after = fleet.audit_snapshot(mapping)

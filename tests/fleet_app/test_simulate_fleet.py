@@ -37,9 +37,10 @@ def test_it_registers_systems_and_sends_heartbeats_and_inventories(live_server):
         assert system.last_inventory_at is not None
         assert Inventory.objects.filter(system=system).count() == 2
         # The leader node's facts were copied from the inventory the simulator sent
-        # (the name too: it becomes the cluster's ui_name).
+        # (its ui_name beside the name staff gave, which stays).
         assert system.fqdn.startswith("node1.")
-        assert system.name.startswith("Cluster ")
+        assert system.ui_name.startswith("Cluster ")
+        assert system.name.startswith("sim-")
     assert SystemActivityDay.objects.filter(system__in=systems).count() == 3
 
     output = out.getvalue()
