@@ -108,6 +108,22 @@ FILL = [
         now() - (12 - g) * interval '4 days', now(), '{}', 0, 1000
     FROM generate_series(1, 12) AS g
     """,
+    # Every rotated mapping's last /proxy/credentials call: mostly 200, one in 500 refused
+    # (401), one confirmed mapping in 1,000 knocking after its cutover (409).
+    """
+    UPDATE proxy_mappings SET
+        last_attempt_outcome = CASE WHEN id %% 1000 = 1 AND confirmed_at IS NOT NULL THEN '409'
+            WHEN id %% 500 = 3 THEN '401' ELSE '200' END,
+        last_attempt_address = '192.0.2.' || (id %% 250),
+        knocked_at = CASE WHEN id %% 1000 = 1 AND confirmed_at IS NOT NULL
+            THEN now() - random() * interval '5 days' END
+    WHERE last_attempt_at IS NOT NULL
+    """,
+    """
+    INSERT INTO migrations_app_proxyattemptday (day, outcome, count)
+    SELECT current_date - d, o, 1 + (d * 37 + length(o)) %% 5000
+    FROM generate_series(0, 59) AS d CROSS JOIN unnest(ARRAY['200', '401', '403', '409', '429']) AS o
+    """,
 ]
 
 
@@ -126,7 +142,8 @@ def truncate() -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             "TRUNCATE proxy_mappings, migrations_app_fingerprintanomaly, "
-            "migrations_app_rotationrun, migrations_app_cutoverday, fleet_app_system "
+            "migrations_app_rotationrun, migrations_app_cutoverday, "
+            "migrations_app_proxyattemptday, fleet_app_system "
             "RESTART IDENTITY CASCADE"
         )
 

@@ -178,7 +178,13 @@ class System(models.Model):
     # The name the cluster gives itself (its inventory's ui_name), shown beside ``name``,
     # which is staff's and which no inventory overwrites.
     ui_name = models.CharField(
-        "name on the cluster", max_length=255, blank=True, default="", editable=False
+        "name on the cluster",
+        max_length=255,
+        blank=True,
+        default="",
+        # Rows written in SQL (bulk loads, benchmarks) need not name it.
+        db_default="",
+        editable=False,
     )
     type = models.CharField(max_length=64, blank=True)
     fqdn = models.CharField(max_length=255, blank=True)

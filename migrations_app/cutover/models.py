@@ -52,8 +52,8 @@ class LegacyMapping(models.Model):
     # The last /proxy/credentials call for this legacy id, whatever it was answered
     # (written outside the transaction that refused it, so a refusal leaves its trace).
     last_attempt_at = models.DateTimeField(null=True, blank=True)
-    last_attempt_outcome = models.CharField(max_length=3, blank=True, default="")
-    last_attempt_address = models.CharField(max_length=64, blank=True, default="")
+    last_attempt_outcome = models.CharField(max_length=3, blank=True, default="", db_default="")
+    last_attempt_address = models.CharField(max_length=64, blank=True, default="", db_default="")
     # The last time the legacy pair was presented after the native credentials were used
     # (answered 409): a cluster restored from a backup taken before its cutover, which
     # needs re-opening.

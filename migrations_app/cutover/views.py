@@ -273,8 +273,8 @@ def cutover_dashboard(request):
 
 @dashboard("cutover-mapping-reopen", kind="route")
 def mapping_reopen(request, pk: int):
-    """POST from the dashboard's "knocking after cutover" list: re-open one mapping (its
-    legacy pair may rotate again) and come back to the dashboard."""
+    """POST from the dashboard's lists: re-open one mapping (confirmed: its legacy pair may
+    rotate again; unconfirmed: its pending secrets authenticate again) and come back."""
     if request.method != "POST":
         response = HttpResponseRedirect(reverse("cutover-dashboard"))
         response.status_code = 405
@@ -289,9 +289,12 @@ def mapping_reopen(request, pk: int):
             request, f"{mapping.legacy_system_id} was never rotated: nothing to re-open."
         )
     else:
+        confirmed = mapping.confirmed_at is not None
         services.mapping_reopen(actor=request.user, mapping=mapping)
-        messages.success(
-            request,
-            f"{mapping.legacy_system_id} re-opened: its legacy pair may rotate again.",
+        done = (
+            "its legacy pair may rotate again"
+            if confirmed
+            else "the secrets pending for it authenticate again"
         )
+        messages.success(request, f"{mapping.legacy_system_id} re-opened: {done}.")
     return HttpResponseRedirect(reverse("cutover-dashboard") + "#knocking")

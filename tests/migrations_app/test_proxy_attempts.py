@@ -223,3 +223,25 @@ def test_reopen_is_a_post_and_follows_the_table(client, mapping, owner, alice):
     client.logout()
     assert client.post(url).status_code == 302  # to the login
     assert LegacyMapping.objects.get(pk=mapping.pk).confirmed_at is not None
+
+
+def test_an_unconfirmed_mapping_is_reopened_from_the_dashboard_too(client, mapping, staff):
+    import datetime as dt
+
+    from fleet_app.models import PendingSecret
+
+    data = call(client, mapping).json()["data"]
+    PendingSecret.objects.filter(system_id=mapping.system_id).update(
+        issued_at=timezone.now() - dt.timedelta(days=1)
+    )
+    client.force_login(staff)
+    assert f'data-renew="{mapping.pk}"' in client.get(DASHBOARD).content.decode()
+
+    client.post(f"/dashboard/cutover/mappings/{mapping.pk}/reopen")
+
+    auth = basic_auth(data["system_key"], data["system_secret"])
+    # The newest secret always works; the renewed pending row is what an older one needs.
+    assert PendingSecret.objects.get(system_id=mapping.system_id).issued_at > timezone.now() - (
+        dt.timedelta(minutes=1)
+    )
+    assert client.post(HEARTBEAT, HTTP_AUTHORIZATION=auth).status_code == 200
