@@ -122,7 +122,8 @@ FILL = [
     """
     INSERT INTO migrations_app_proxyattemptday (day, outcome, count)
     SELECT current_date - d, o, 1 + (d * 37 + length(o)) %% 5000
-    FROM generate_series(0, 59) AS d CROSS JOIN unnest(ARRAY['200', '401', '403', '409', '429']) AS o
+    FROM generate_series(0, 59) AS d
+    CROSS JOIN unnest(ARRAY['200', '401', '403', '409', '429']) AS o
     """,
 ]
 
