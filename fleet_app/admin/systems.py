@@ -125,7 +125,7 @@ class SystemAdmin(AuditedModelAdmin):
     )
     list_filter = (StatusFilter, LastSeenFilter, LifecycleFilter, OrganizationFilter, "type")
     list_select_related = ("organization",)
-    search_fields = ("name", "=system_key", "fqdn", "organization__name")
+    search_fields = ("name", "ui_name", "=system_key", "fqdn", "organization__name")
     # The two halves of the credential are never shown, not even read-only.
     exclude = ("secret_public", "secret_digest")
     actions = ("suspend", "reactivate", "soft_delete", "reissue_secret")

@@ -31,6 +31,10 @@ def test_it_loads_every_state_once_and_counts_them(db):
     assert FingerprintAnomaly.objects.count() == 2
     states = {m.state for m in LegacyMapping.objects.all()}
     assert states == {"legacy", "rotated", "confirmed", "fingerprinted"}
+    # A few confirmed clusters knock after their cutover; every call is counted.
+    assert selectors.knocking_list()
+    rotated = LegacyMapping.objects.filter(rotated_at__isnull=False).count()
+    assert sum(selectors.attempts_by_outcome().values()) == rotated
     # The day counters agree with the stamps, and the cutover is not done yet.
     before = list(CutoverDay.objects.values_list("day", "fingerprinted", "rotated"))
     services.cutover_counters_rebuild()

@@ -13,13 +13,15 @@ import secrets
 
 from django.core.management.base import CommandError
 from django.db import transaction
+from django.db.models import Count
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from fleet_app.management.base import CutoverCommand
 from fleet_app.models import Organization, System
 
 from ...cutover import services
-from ...models import FingerprintAnomaly, LegacyMapping
+from ...models import FingerprintAnomaly, LegacyMapping, ProxyAttemptDay
 
 PREFIX = "demo-legacy-"
 MAPPINGS = 240
@@ -80,6 +82,17 @@ class Command(CutoverCommand):
                     occurrences=5,
                 )  # fmt: skip
             days = services.cutover_counters_rebuild()
+            # The calls' day counts, one per mapping's last call (the demo's history).
+            calls = (
+                LegacyMapping.objects.filter(last_attempt_at__isnull=False)
+                .annotate(day=TruncDate("last_attempt_at"))
+                .values("day", "last_attempt_outcome")
+                .annotate(n=Count("pk"))
+            )
+            ProxyAttemptDay.objects.bulk_create(
+                ProxyAttemptDay(day=row["day"], outcome=row["last_attempt_outcome"], count=row["n"])
+                for row in calls
+            )
         self.stdout.write(
             f"Demo cutover: {MAPPINGS} legacy mappings over {days} days of a cutover in progress."
         )
@@ -95,7 +108,13 @@ class Command(CutoverCommand):
             # Early days are slow, then the fleet's upgrade wave picks up.
             rotated = created + dt.timedelta(hours=DAYS * 24 * (rng.random() ** 0.6))
             rotated = min(rotated, now - dt.timedelta(hours=1))
-            fields |= {"rotated_at": rotated, "rotation_count": 1, "last_attempt_at": rotated}
+            fields |= {
+                "rotated_at": rotated,
+                "rotation_count": 1,
+                "last_attempt_at": rotated,
+                "last_attempt_outcome": "200",
+                "last_attempt_address": f"192.0.2.{rng.randint(1, 254)}",
+            }
             system |= {"registered_at": rotated}
             if roll < 0.65:
                 confirmed = min(rotated + dt.timedelta(minutes=rng.randint(2, 12)), now)
@@ -104,6 +123,14 @@ class Command(CutoverCommand):
                     "secret_confirmed_at": confirmed,
                     "last_heartbeat_at": now - dt.timedelta(minutes=rng.randint(0, 15)),
                 }
+                if 0.62 <= roll < 0.65:
+                    # Restored from a backup taken before its cutover: it knocks again.
+                    knocked = now - dt.timedelta(minutes=rng.randint(5, 600))
+                    fields |= {
+                        "knocked_at": knocked,
+                        "last_attempt_at": knocked,
+                        "last_attempt_outcome": "409",
+                    }
                 if roll < 0.55:
                     fields["fingerprint_at"] = min(confirmed + dt.timedelta(hours=6), now)
                     fields["migrated_at"] = rotated
