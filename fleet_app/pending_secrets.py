@@ -59,9 +59,11 @@ def renew(*, system: System) -> int:
 
 def match(system: System, system_secret: str) -> str | None:
     """The digest of the pending secret ``system_secret`` is, if it is one still valid."""
-    digests = PendingSecret.objects.filter(
-        system_id=system.pk, issued_at__gte=_valid_since()
-    ).values_list("digest", flat=True)[: _limit()]
+    digests = (
+        PendingSecret.objects.filter(system_id=system.pk, issued_at__gte=_valid_since())
+        .order_by("-pk")
+        .values_list("digest", flat=True)[: _limit()]
+    )
     matched = None
     for stored in digests:
         # Every one compared: the time does not tell which of them matched.
