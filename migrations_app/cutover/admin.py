@@ -27,6 +27,7 @@ from fleet_app.admin import (
     EstimatedCountPaginator,
     ReadOnlyModelAdmin,
     SystemOrganizationFilter,
+    confirm_first,
     form_action,
 )
 from fleet_app.errors import InvalidInput
@@ -53,6 +54,13 @@ def _admin_link(viewname: str, pk: Any, text: Any) -> str:
 def _has_model_perm(request: HttpRequest, model: type, action: str) -> bool:
     opts = model._meta
     return request.user.has_perm(f"{opts.app_label}.{action}_{opts.model_name}")
+
+
+def _rotation_qualifies(queryset):
+    """The selected mappings a rotation run would re-key (its own rule, rotation.py)."""
+    from .rotation import rotation_candidates
+
+    return queryset.filter(pk__in=rotation_candidates({}).values("pk"))
 
 
 # --- Proxy mappings -----------------------------------------------------------------------
@@ -222,6 +230,14 @@ class LegacyMappingAdmin(ReadOnlyModelAdmin):
         permissions=["reopen"],
         description="Re-open mapping (native credentials lost: allow another rotation)",
     )
+    @confirm_first(
+        verb="Re-open",
+        consequence="The legacy pair of each may rotate again: the next rotation hands out "
+        "new native credentials and the ones issued before stop working.",
+        affected=lambda qs: qs.filter(confirmed_at__isnull=False).select_related("system"),
+        skipped_why="not confirmed, nothing to re-open",
+        name=lambda m: f"{m.legacy_system_id} → {m.system.system_key}",
+    )
     def reopen(self, request, queryset):
         # One transaction: every selected mapping is re-opened and audited, or none.
         with transaction.atomic(using=router.db_for_write(LegacyMapping)):
@@ -237,6 +253,16 @@ class LegacyMappingAdmin(ReadOnlyModelAdmin):
     @admin.action(
         permissions=["rotate"],
         description="Start bulk rotation of selected mappings",
+    )
+    @confirm_first(
+        verb="Rotate",
+        consequence="A rotation run re-keys each of these mappings: its system gets a new "
+        "native secret and its legacy client must fetch it (through /proxy/credentials) "
+        "before it can authenticate again.",
+        affected=lambda qs: _rotation_qualifies(qs).select_related("system"),
+        skipped_why="confirmed, released, suspended or deleted, or asked for their pair "
+        "moments ago: their credentials are in use",
+        name=lambda m: f"{m.legacy_system_id} → {m.system.system_key}",
     )
     def start_rotation(self, request, queryset):
         limit = BULK_ROTATION_MAX_IDS

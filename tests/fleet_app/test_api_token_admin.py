@@ -166,7 +166,11 @@ def test_an_expiry_beyond_the_limit_is_refused(client, alice, bob, settings):
 def revoke(client, *rows):
     return client.post(
         CHANGELIST,
-        {"action": "revoke", ACTION_CHECKBOX_NAME: [row.token_key for row in rows]},
+        {
+            "action": "revoke",
+            ACTION_CHECKBOX_NAME: [row.token_key for row in rows],
+            "confirmed": "yes",
+        },
         follow=True,
     )
 
