@@ -262,6 +262,11 @@ PROXY_THROTTLE_WINDOW_SECONDS = env.int("PROXY_THROTTLE_WINDOW_SECONDS", default
 # A bulk rotation leaves alone mappings whose credentials were fetched this recently: the
 # cluster may not have used them yet and would never ask again.
 ROTATION_GRACE_MINUTES = env.int("ROTATION_GRACE_MINUTES", default=60)
+# The "Import mappings" page: the largest upload it takes (bigger exports go through
+# manage.py import_legacy_mappings), and how long an uploaded file, kept sealed, may wait
+# between its plan and its import.
+MAPPINGS_UPLOAD_MAX_BYTES = env.int("MAPPINGS_UPLOAD_MAX_BYTES", default=100 * 1024 * 1024)
+MAPPINGS_UPLOAD_MAX_AGE_HOURS = env.int("MAPPINGS_UPLOAD_MAX_AGE_HOURS", default=24)
 # /metrics requires "Authorization: Bearer <METRICS_TOKEN>"; with no token it answers 403
 # unless METRICS_PUBLIC opens it to anyone who can reach it (fleet_app/metrics.py).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")

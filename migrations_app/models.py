@@ -13,7 +13,13 @@ from .accounts.models import (
     LegacyOrganization,
     QuotaRun,
 )
-from .cutover.models import CutoverDay, FingerprintAnomaly, LegacyMapping, RotationRun
+from .cutover.models import (
+    CutoverDay,
+    FingerprintAnomaly,
+    LegacyMapping,
+    MappingImportRun,
+    RotationRun,
+)
 
 __all__ = [
     "CutoverDay",
@@ -25,6 +31,7 @@ __all__ = [
     "LegacyAccount",
     "LegacyMapping",
     "LegacyOrganization",
+    "MappingImportRun",
     "QuotaRun",
     "RotationRun",
 ]

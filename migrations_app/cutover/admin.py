@@ -34,7 +34,7 @@ from fleet_app.errors import InvalidInput
 from fleet_app.models import System
 
 from . import services
-from .models import CutoverDay, FingerprintAnomaly, LegacyMapping, RotationRun
+from .models import CutoverDay, FingerprintAnomaly, LegacyMapping, MappingImportRun, RotationRun
 
 # A bulk rotation carries its mapping ids in the run row; beyond this many, the selection
 # is too big for one row (and for one click): narrow it, or use a filter-based run.
@@ -498,3 +498,25 @@ class CutoverDayAdmin(ReadOnlyModelAdmin):
     list_filter = (("day", admin.DateFieldListFilter),)
     ordering = ("-day",)
     actions = None
+
+
+# --- Mapping imports ----------------------------------------------------------------------
+
+
+@admin.register(MappingImportRun)
+class MappingImportRunAdmin(ReadOnlyModelAdmin):
+    """Uploads of mappings, as history; they are started and confirmed on their page."""
+
+    list_display = ("id", "mode", "file_name", "state", "phase", "created_by", "created_at", "page")
+    list_filter = ("mode", "state")
+    list_select_related = ("created_by",)
+    ordering = ("-created_at", "-id")
+    changelist_defer = ("log", "report")
+    exclude = ("stored_name",)
+    readonly_fields = ("page",)
+
+    @admin.display(description="page")
+    def page(self, obj: MappingImportRun) -> str:
+        return format_html(
+            '<a href="{}">Open</a>', reverse("mappings-import-run", kwargs={"run_id": obj.pk})
+        )

@@ -12,7 +12,9 @@ from dataclasses import dataclass, replace
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from .models import CutoverDay, FingerprintAnomaly, LegacyMapping, RotationRun
+from fleet_app import access
+
+from .models import CutoverDay, FingerprintAnomaly, LegacyMapping, MappingImportRun, RotationRun
 
 # The projection extrapolates the fingerprints of this many days, today included.
 PROJECTION_WINDOW_DAYS = 7
@@ -262,3 +264,10 @@ def mappings_search(mappings: QuerySet[LegacyMapping], term: str) -> QuerySet[Le
     term = term.strip()
     system_ids = list(System.objects.filter(system_key=term).values_list("pk", flat=True))
     return mappings.filter(legacy_system_id=term) | mappings.filter(system_id__in=system_ids)
+
+
+def mapping_imports_visible_to(user) -> QuerySet[MappingImportRun]:
+    """The mapping imports of the user's subtree (those started by its staff)."""
+    return access.scope_queryset(user, MappingImportRun.objects.all()).select_related(
+        "organization", "created_by"
+    )
