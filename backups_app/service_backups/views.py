@@ -6,14 +6,13 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
-from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import filesizeformat
 
 from fleet_app import access
 from fleet_app.access_http import dashboard
-from fleet_app.errors import Conflict, FleetError
+from fleet_app.errors import FleetError
 
 from . import restore, selectors
 from .models import BackupRun, RestoreRun
@@ -21,9 +20,6 @@ from .models import BackupRun, RestoreRun
 BACKUPS_OFFERED = 200
 # Items of a plan's list the page names; the count covers all of them.
 PLAN_ITEMS_SHOWN = 50
-# A plan is confirmed once: a second click (or a re-sent form) within this time does not
-# start a second restore.
-CONFIRM_ONCE_SECONDS = 24 * 3600
 
 
 def _backup_label(backup: BackupRun) -> str:
@@ -142,18 +138,7 @@ def restore_run_page(request, run_id: int):
     if request.method == "POST":
         _may_run(request)
         try:
-            if not run.dry_run:
-                raise Conflict(f"Restore run {run.pk} is under way or done: it is not a plan.")
-            once = f"backups:restore-plan-confirmed:{run.pk}"
-            if not cache.add(once, 1, CONFIRM_ONCE_SECONDS):
-                raise Conflict("This plan was already confirmed: its restore is in the list.")
-            try:
-                started = restore.restore_run_start(
-                    actor=request.user, backup=run.backup, target=run.target, dry_run=False
-                )
-            except FleetError:
-                cache.delete(once)
-                raise
+            started = restore.restore_plan_confirm(actor=request.user, plan=run)
         except FleetError as failure:
             error, status = failure.message, failure.status
         else:
@@ -173,6 +158,7 @@ def restore_run_page(request, run_id: int):
         "backup_label": _backup_label(run.backup),
         "error": error,
         "can_apply": run.dry_run
+        and run.phase != "confirmed"
         and access.allowed(request.user, "dashboard", "backup-restore", "r"),
     }
     return render(request, "backups_app/restore_run.html", context, status=status)
