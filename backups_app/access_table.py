@@ -162,7 +162,7 @@ RULES = [
         operator="vr",
     ),
     rule(
-        "dashboard",
+        "route",
         "backup-restore-run",
         PLATFORM,
         note="(a restore's plan and progress; r: confirm)",

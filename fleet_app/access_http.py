@@ -35,19 +35,19 @@ def refusal_record(request, *, what: str) -> None:
     )
 
 
-def _refusal_message(request, key: str) -> str:
+def _refusal_message(request, key: str, kind: str = "dashboard") -> str:
     if access.persona(request.user) is None:
         return access.NO_ROLE_MESSAGE
-    item = access.rule_for("dashboard", key)
+    item = access.rule_for(kind, key)
     if item is not None and item.scope == access.ROOT:
         return TablePermission.root_message
     return "This page belongs to the platform's staff: your role does not reach it."
 
 
-def dashboard(key: str):
-    """A page whose row in the table is ``dashboard`` ``key``: anonymous and non-staff
-    callers go to the login, refused ones get a 403 page that says why (and an audit
-    entry)."""
+def dashboard(key: str, *, kind: str = "dashboard"):
+    """A page whose row in the table is ``dashboard`` ``key`` (or a ``route`` row, for a
+    page of one object that the header does not link to): anonymous and non-staff callers
+    go to the login, refused ones get a 403 page that says why (and an audit entry)."""
 
     def decorator(view):
         @functools.wraps(view)
@@ -55,14 +55,14 @@ def dashboard(key: str):
             # Not staff: the admin's login, as for every staff page.
             if not (request.user.is_authenticated and request.user.is_staff):
                 return redirect_to_login(request.get_full_path(), "admin:login")
-            if not access.allowed(request.user, "dashboard", key, "v"):
-                refusal_record(request, what=f"dashboard {key}")
+            if not access.allowed(request.user, kind, key, "v"):
+                refusal_record(request, what=f"{kind} {key}")
                 title = "Not available"
                 context = {
                     **admin.site.each_context(request),
                     "is_nav_sidebar_enabled": False,
                     "title": title,
-                    "message": _refusal_message(request, key),
+                    "message": _refusal_message(request, key, kind),
                     "show_fleet_link": access.allowed(
                         request.user, "dashboard", "fleet-dashboard", "v"
                     ),

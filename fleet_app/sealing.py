@@ -8,7 +8,7 @@ on disk, is useless without the server's key, and stops opening when it is too o
 """
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -20,7 +20,9 @@ FILE_CHUNK_BYTES = 1 << 20
 
 
 def _fernet(purpose: str) -> Fernet:
-    digest = salted_hmac("fleet_app.sealing", purpose, secret=settings.SECRET_KEY, algorithm="sha256")
+    digest = salted_hmac(
+        "fleet_app.sealing", purpose, secret=settings.SECRET_KEY, algorithm="sha256"
+    )
     return Fernet(base64.urlsafe_b64encode(digest.digest()))
 
 
@@ -45,7 +47,9 @@ def file_seal(source: BinaryIO, target: BinaryIO, *, purpose: str) -> int:
     return size
 
 
-def file_unseal(source: BinaryIO, *, purpose: str, max_age: int | None = None) -> Iterator[bytes]:
+def file_unseal(
+    source: Iterable[bytes], *, purpose: str, max_age: int | None = None
+) -> Iterator[bytes]:
     """The clear chunks of a sealed file; ``InvalidToken`` if any was tampered with."""
     fernet = _fernet(purpose)
     for line in source:

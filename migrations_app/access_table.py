@@ -105,7 +105,7 @@ RULES = [
         admin="vr",
     ),
     rule(
-        "dashboard",
+        "route",
         "mappings-import-run",
         TENANT,
         note="(one import of the caller's subtree; r: confirm or discard)",

@@ -125,7 +125,7 @@ def _plan_rows(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-@dashboard("backup-restore-run")
+@dashboard("backup-restore-run", kind="route")
 def restore_run_page(request, run_id: int):
     """A restore's plan, with the confirmation that carries it out, or its progress."""
     run = get_object_or_404(

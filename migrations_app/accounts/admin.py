@@ -168,8 +168,9 @@ class DedupeRunAdmin(ReadOnlyModelAdmin):
         "accounts come back as they were and what moved to the survivors moves back.",
         affected=lambda qs: qs.filter(undone_at=None).exclude(kind=DedupeRun.Kind.UNDO),
         skipped_why="undo runs, or already undone",
-        name=lambda run: f"run {run.pk}: {run.groups_merged} group(s) merged on "
-        f"{run.created_at:%Y-%m-%d %H:%M}",
+        name=lambda run: (
+            f"run {run.pk}: {run.groups_merged} group(s) merged on {run.created_at:%Y-%m-%d %H:%M}"
+        ),
     )
     def undo(self, request, queryset):
         for run in queryset.order_by("-pk"):

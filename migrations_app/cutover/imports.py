@@ -103,9 +103,10 @@ def mapping_import_upload(
             f"{name} is larger than {limit // (1 << 20)} MiB: import it with "
             "manage.py import_legacy_mappings instead."
         )
-    if organization is not None and not organizations_visible_to(actor).filter(
-        pk=organization.pk
-    ).exists():
+    if (
+        organization is not None
+        and not organizations_visible_to(actor).filter(pk=organization.pk).exists()
+    ):
         raise InvalidInput("That organization is not one you reach.")
     stored_name = f"{UPLOAD_FOLDER}/{uuid.uuid4().hex}{suffix}.sealed"
     with tempfile.TemporaryDirectory(prefix="cutover-upload-") as work:

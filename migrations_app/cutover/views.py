@@ -16,6 +16,7 @@ from fleet_app import access
 from fleet_app.access_http import dashboard
 from fleet_app.charts import nice_step
 from fleet_app.errors import FleetError
+from fleet_app.models import Organization
 from fleet_app.selectors import organizations_visible_to
 
 from . import imports, selectors
@@ -254,19 +255,18 @@ class MappingUploadForm(forms.Form):
     file = forms.FileField(
         label="Mappings export",
         help_text="CSV with a header (legacy_system_id, legacy_token, and optionally name, "
-        "organization, type, legacy_last_seen_at), a JSON list (or {\"proxy_mappings\": "
+        'organization, type, legacy_last_seen_at), a JSON list (or {"proxy_mappings": '
         "[…]}), or JSON Lines.",
     )
-    organization = forms.ModelChoiceField(
-        queryset=None,
+    organization: forms.ModelChoiceField = forms.ModelChoiceField(
+        queryset=Organization.objects.none(),
         required=False,
         help_text="For rows without an organization column.",
     )
     born_registered = forms.BooleanField(
         required=False,
         label="Create the systems already registered",
-        help_text="The rotation hands out their secret; otherwise they register on first "
-        "rotation.",
+        help_text="The rotation hands out their secret; otherwise they register on first rotation.",
     )
 
     def __init__(self, *args, user, **kwargs):
@@ -311,7 +311,7 @@ def mappings_import_page(request):
     return render(request, "migrations_app/mappings_import.html", context, status=status)
 
 
-@dashboard("mappings-import-run")
+@dashboard("mappings-import-run", kind="route")
 def mappings_import_run_page(request, run_id: int):
     """One import: its progress, its plan (what it would create and refuse) and, for a
     finished plan, the confirmation that imports it or the discard that drops it."""

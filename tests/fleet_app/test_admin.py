@@ -278,7 +278,12 @@ def test_reissuing_a_secret_shows_the_new_one_once_and_stops_the_old_one(client,
 
     response = client.post(
         SYSTEMS,
-        {"action": "reissue_secret", "_selected_action": [system.pk], "index": 0, "confirmed": "yes"},
+        {
+            "action": "reissue_secret",
+            "_selected_action": [system.pk],
+            "index": 0,
+            "confirmed": "yes",
+        },
         follow=True,
     )
 

@@ -30,7 +30,12 @@ def _action(client, url, name, *objects):
     # Confirmed: the second POST, the one the confirmation page sends.
     return client.post(
         url,
-        {"action": name, "_selected_action": [o.pk for o in objects], "index": 0, "confirmed": "yes"},
+        {
+            "action": name,
+            "_selected_action": [o.pk for o in objects],
+            "index": 0,
+            "confirmed": "yes",
+        },
     )
 
 
