@@ -12,6 +12,7 @@
 """
 
 import contextlib
+import datetime as dt
 import tempfile
 import uuid
 from pathlib import Path
@@ -214,6 +215,27 @@ def mapping_import_discard(*, actor: User, plan: MappingImportRun) -> MappingImp
         )
         transaction.on_commit(lambda: _stored_delete(stored))
     return plan
+
+
+def mapping_uploads_expire(*, now=None) -> int:
+    """Delete the sealed uploads older than ``MAPPINGS_UPLOAD_MAX_AGE_HOURS`` that no
+    unfinished import still reads (they could no longer be opened anyway); the rows stay,
+    marked expired. Returns how many were deleted."""
+    now = now or timezone.now()
+    cutoff = now - dt.timedelta(hours=settings.MAPPINGS_UPLOAD_MAX_AGE_HOURS)
+    stale = (
+        MappingImportRun.objects.filter(created_at__lt=cutoff)
+        .exclude(stored_name="")
+        .exclude(state__in=(RunState.PENDING, RunState.RUNNING))
+        .exclude(applies__state__in=(RunState.PENDING, RunState.RUNNING))
+    )
+    names = set(stale.values_list("stored_name", flat=True))
+    for name in names:
+        _stored_delete(name)
+    MappingImportRun.objects.filter(stored_name__in=names).update(
+        stored_name="", phase="expired", updated_at=now
+    )
+    return len(names)
 
 
 def _report(run: LegacyImport) -> dict[str, Any]:

@@ -29,3 +29,9 @@ def rotation_run_execute(run_id: int, queue: str | None = None):
 )
 def mapping_import_run_execute(run_id: int):
     return run_execute(MappingImportRun, run_id, imports.mapping_import_run_execute)
+
+
+@shared_task(name="migrations_app.tasks.mapping_uploads_expire", acks_late=True)
+def mapping_uploads_expire() -> int:
+    """Run by beat every hour: uploads of mappings past their age are deleted."""
+    return imports.mapping_uploads_expire()

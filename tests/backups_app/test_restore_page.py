@@ -115,3 +115,18 @@ def test_tenant_staff_are_refused_and_the_operator_is_not(client, root, customer
     assert RestoreRun.objects.filter(dry_run=False).count() == 0
     client.force_login(UserFactory(organization=None, roles=["operator"]))
     assert client.get(PAGE).status_code == 200
+
+
+def test_the_pages_run_a_bounded_number_of_queries(
+    client, root, backup, django_assert_max_num_queries
+):
+    client.force_login(root)
+    client.post(PAGE, {"backup": backup.pk})
+    plan = RestoreRun.objects.get()
+
+    # Session, user, the backups offered (with their services), the latest restores.
+    with django_assert_max_num_queries(6):
+        assert client.get(PAGE).status_code == 200
+    # Session, user, the run with its backup, service and author.
+    with django_assert_max_num_queries(4):
+        assert client.get(_run_url(plan)).status_code == 200

@@ -155,6 +155,48 @@ def test_tenant_staff_reach_only_their_own_subtree(
     assert LegacyMapping.objects.count() == 0
 
 
+def test_an_upload_left_unconfirmed_is_deleted_once_too_old(
+    client, alice, customer, media, celery_eager, django_capture_on_commit_callbacks
+):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from migrations_app.cutover import imports
+
+    client.force_login(alice)
+    with django_capture_on_commit_callbacks(execute=True):
+        _upload(client, _csv(f"L-1,{TOKEN},edge,{customer.pk}"))
+    plan = MappingImportRun.objects.get()
+    assert imports.mapping_uploads_expire() == 0 and len(_stored(media)) == 1
+
+    later = timezone.now() + dt.timedelta(hours=25)
+    assert imports.mapping_uploads_expire(now=later) == 1
+
+    assert _stored(media) == []
+    plan.refresh_from_db()
+    assert plan.stored_name == "" and plan.phase == "expired"
+    assert client.post(_run_url(plan), {"do": "apply"}).status_code == 400
+
+
+def test_the_pages_run_a_bounded_number_of_queries(
+    client, alice, customer, media, celery_eager, django_capture_on_commit_callbacks,
+    django_assert_max_num_queries,
+):  # fmt: skip
+    client.force_login(alice)
+    for n in range(5):
+        with django_capture_on_commit_callbacks(execute=True):
+            _upload(client, _csv(f"L-{n},{TOKEN}{n},edge-{n},{customer.pk}"))
+    plan = MappingImportRun.objects.first()
+
+    # Session, user, persona, organization (scope), the organization choices, the runs.
+    with django_assert_max_num_queries(10):
+        assert client.get(PAGE).status_code == 200
+    # Session, user, persona, organization, the run, its confirmed import.
+    with django_assert_max_num_queries(10):
+        assert client.get(_run_url(plan)).status_code == 200
+
+
 @pytest.mark.parametrize("role", ["reader", "support"])
 def test_staff_without_the_right_are_refused_the_page(client, customer, role):
     client.force_login(UserFactory(organization=customer, roles=[role]))
