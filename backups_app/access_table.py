@@ -152,6 +152,23 @@ RULES = [
         reader="v",
     ),
     rule("dashboard", "zfs-dashboard", PLATFORM, title="ZFS dashboard", **PLATFORM_VIEW),
+    rule(
+        "dashboard",
+        "backup-restore",
+        PLATFORM,
+        note="(pick a backup, see the plan; r: plan and restore)",
+        title="Restore a backup",
+        superuser="vr",
+        operator="vr",
+    ),
+    rule(
+        "route",
+        "backup-restore-run",
+        PLATFORM,
+        note="(a restore's plan and progress; r: confirm)",
+        superuser="vr",
+        operator="vr",
+    ),
     # --- Commands ---------------------------------------------------------------------------
     rule("command", "backup", PLATFORM, **PLATFORM_RUN),
     rule("command", "restore", PLATFORM, **PLATFORM_RUN),

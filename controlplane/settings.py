@@ -266,6 +266,15 @@ ROTATION_GRACE_MINUTES = env.int("ROTATION_GRACE_MINUTES", default=60)
 # issued to it authenticate (each for ROTATION_GRACE_MINUTES after it was issued): overlapping
 # /proxy/credentials calls never strand a cluster that kept an earlier answer.
 ROTATION_PENDING_SECRETS = env.int("ROTATION_PENDING_SECRETS", default=5)
+# The "Import mappings" page: the largest upload it takes (bigger exports go through
+# manage.py import_legacy_mappings), and how long an uploaded file, kept sealed, may wait
+# between its plan and its import.
+MAPPINGS_UPLOAD_MAX_BYTES = env.int("MAPPINGS_UPLOAD_MAX_BYTES", default=100 * 1024 * 1024)
+MAPPINGS_UPLOAD_MAX_AGE_HOURS = env.int("MAPPINGS_UPLOAD_MAX_AGE_HOURS", default=24)
+CELERY_BEAT_SCHEDULE["migrations-mapping-uploads-expire"] = {
+    "task": "migrations_app.tasks.mapping_uploads_expire",
+    "schedule": 3600.0,
+}
 # /metrics requires "Authorization: Bearer <METRICS_TOKEN>"; with no token it answers 403
 # unless METRICS_PUBLIC opens it to anyone who can reach it (fleet_app/metrics.py).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")

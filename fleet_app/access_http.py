@@ -44,11 +44,11 @@ def _refusal_message(request, key: str, kind: str = "dashboard") -> str:
     return "This page belongs to the platform's staff: your role does not reach it."
 
 
-def dashboard(key: str, kind: str = "dashboard"):
+def dashboard(key: str, *, kind: str = "dashboard", write: str = "c"):
     """A page whose row in the table is ``dashboard`` ``key`` (or ``kind`` ``key``, for a
-    page that is not a dashboard, such as a system's): anonymous and non-staff callers go
-    to the login, refused ones get a 403 page that says why (and an audit entry). A write
-    (any method but GET and HEAD) needs the row's ``c``."""
+    page that is not a dashboard, such as a system's or one run's): anonymous and non-staff
+    callers go to the login, refused ones get a 403 page that says why (and an audit
+    entry). A write (any method but GET and HEAD) needs the row's ``write`` right."""
 
     def decorator(view):
         @functools.wraps(view)
@@ -56,7 +56,7 @@ def dashboard(key: str, kind: str = "dashboard"):
             # Not staff: the admin's login, as for every staff page.
             if not (request.user.is_authenticated and request.user.is_staff):
                 return redirect_to_login(request.get_full_path(), "admin:login")
-            right = "v" if request.method in SAFE_METHODS else "c"
+            right = "v" if request.method in SAFE_METHODS else write
             if not access.allowed(request.user, kind, key, right):
                 refusal_record(request, what=f"{kind} {key}")
                 title = "Not available"

@@ -45,6 +45,16 @@ RULES = [
     ),
     rule("model", "migrations_app.cutoverday", ROOT, **ROOT_VIEW),
     rule("model", "migrations_app.proxyattemptday", ROOT, **ROOT_VIEW),
+    rule(
+        "model",
+        "migrations_app.mappingimportrun",
+        TENANT,
+        org="created_by__organization",
+        note="(uploads of mappings: started from the Import mappings page)",
+        superuser="v",
+        operator="v",
+        admin="v",
+    ),
     rule("model", "migrations_app.deduperun", SUPERUSER_ONLY, superuser="va"),
     rule("model", "migrations_app.dedupejournal", SUPERUSER_ONLY, superuser="v"),
     rule("model", "migrations_app.legacyaccount", SUPERUSER_ONLY, superuser="v"),
@@ -94,6 +104,25 @@ RULES = [
     ),
     # --- Dashboards -------------------------------------------------------------------------
     rule("dashboard", "cutover-dashboard", ROOT, title="Cutover dashboard", **ROOT_VIEW),
+    rule(
+        "dashboard",
+        "mappings-import",
+        TENANT,
+        note="(upload, plan; r: upload and import, into organizations the caller reaches)",
+        title="Import mappings",
+        superuser="vr",
+        operator="vr",
+        admin="vr",
+    ),
+    rule(
+        "route",
+        "mappings-import-run",
+        TENANT,
+        note="(one import of the caller's subtree; r: confirm or discard)",
+        superuser="vr",
+        operator="vr",
+        admin="vr",
+    ),
     # --- Commands ---------------------------------------------------------------------------
     rule(
         "command",

@@ -17,6 +17,7 @@ from .cutover.models import (
     CutoverDay,
     FingerprintAnomaly,
     LegacyMapping,
+    MappingImportRun,
     ProxyAttemptDay,
     RotationRun,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "LegacyAccount",
     "LegacyMapping",
     "LegacyOrganization",
+    "MappingImportRun",
     "ProxyAttemptDay",
     "QuotaRun",
     "RotationRun",

@@ -24,6 +24,8 @@ RELEASED = [
     "fleet_app.tasks.api_tokens_purge_expired",
     "fleet_app.tasks.fleet_prune_history",
     "fleet_app.tasks.runs_reap",
+    "migrations_app.tasks.mapping_import_run_execute",
+    "migrations_app.tasks.mapping_uploads_expire",
     "migrations_app.tasks.rotation_run_execute",
     "migrations_app.tasks_accounts.dedupe_run_execute",
     "migrations_app.tasks_accounts.quota_run_execute",

@@ -20,7 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from fleet_app import services as fleet
-from fleet_app.errors import InvalidInput
+from fleet_app.errors import Conflict, InvalidInput
 from fleet_app.models import User
 from fleet_app.runs import RunState, run_enqueue, run_finish, run_log, run_progress
 
@@ -116,6 +116,26 @@ def restore_run_start(
     run_log(run, f"queued by {actor if actor is not None else 'system'}: {plan['action']}")
     run_enqueue(run, queue=queue)
     return run
+
+
+@transaction.atomic
+def restore_plan_confirm(
+    *, actor: User | None, plan: RestoreRun, queue: str | None = None
+) -> RestoreRun:
+    """Carry out a plan (a dry run) once: its row is claimed with a conditional UPDATE, so
+    a second click or a re-sent form starts no second restore."""
+    if not plan.dry_run:
+        raise Conflict(f"Restore run {plan.pk} is under way or done: it is not a plan.")
+    claimed = (
+        RestoreRun.objects.filter(pk=plan.pk, dry_run=True)
+        .exclude(phase="confirmed")
+        .update(phase="confirmed", updated_at=timezone.now())
+    )
+    if not claimed:
+        raise Conflict("This plan was already confirmed: its restore is in the list.")
+    return restore_run_start(
+        actor=actor, backup=plan.backup, target=plan.target, dry_run=False, queue=queue
+    )
 
 
 def restore_run_execute(*, run: RestoreRun) -> str:

@@ -19,6 +19,26 @@ def latest_good_backup(service: Service) -> BackupRun | None:
     )
 
 
+def backups_restorable():
+    """Backups whose archive is there to restore, the latest first."""
+    return (
+        BackupRun.objects.filter(state="succeeded", pruned_at__isnull=True)
+        .exclude(storage_key="")
+        .select_related("service")
+        .order_by("-pk")
+    )
+
+
+def restores_latest(limit: int = 20) -> list[RestoreRun]:
+    """The latest restores and their plans (drills are on the backup dashboard)."""
+    return list(
+        RestoreRun.objects.filter(purpose=RestoreRun.Purpose.RESTORE)
+        .select_related("service", "created_by")
+        .defer("log", "plan", "verify")
+        .order_by("-pk")[:limit]
+    )
+
+
 def services_overview(*, drill_max_age_days: int | None = None) -> list[dict]:
     """Each service with its latest backup, latest drill, latest good drill and the
     overdue flag (no good drill within the threshold)."""

@@ -17,6 +17,7 @@ from django.utils.html import format_html, format_html_join
 from fleet_app.admin import (
     AuditedModelAdmin,
     ReadOnlyModelAdmin,
+    confirm_first,
     pretty_json,
 )
 from fleet_app.errors import FleetError
@@ -277,6 +278,37 @@ class ReplicatedDatasetAdmin(ReadOnlyModelAdmin):
     search_fields = ("source_dataset", "target_dataset")
 
 
+_FIX_CONSEQUENCE = (
+    "Approving runs the fix in a worker at once, on the storage hosts: the commands below "
+    "change the target datasets (a rollback or a resend destroys what only the target has)."
+)
+
+
+def _offering(fix: str):
+    def affected(queryset):
+        open_reports = queryset.filter(status=DivergenceReport.Status.OPEN)
+        offering = [
+            pk
+            for pk, fixes in open_reports.values_list("pk", "fixes")
+            if any(f.get("kind") == fix for f in fixes)
+        ]
+        return open_reports.filter(pk__in=offering).select_related("job")
+
+    return affected
+
+
+def _report_name(report: DivergenceReport) -> str:
+    return f"report {report.pk}: {report.job} — {report.source_dataset} ({report.kind})"
+
+
+def _fix_lines(fix: str):
+    def lines(report: DivergenceReport) -> list[str]:
+        found = report.fix(fix) or {}
+        return [found.get("describe", fix), *found.get("commands", [])]
+
+    return lines
+
+
 @admin.register(DivergenceReport)
 class DivergenceReportAdmin(ReadOnlyModelAdmin):
     list_display = ("id", "job", "source_dataset", "kind", "status", "reason", "created_at")
@@ -341,21 +373,53 @@ class DivergenceReportAdmin(ReadOnlyModelAdmin):
         permissions=["approve"],
         description="Approve: roll the target back to the last common snapshot",
     )
+    @confirm_first(
+        verb="Roll back the target of",
+        consequence=_FIX_CONSEQUENCE,
+        affected=_offering("rollback"),
+        skipped_why="not open, or this fix is not offered for them",
+        name=_report_name,
+        details=_fix_lines("rollback"),
+    )
     def approve_rollback(self, request, queryset):
         self._approve(request, queryset, "rollback")
 
     @admin.action(
         permissions=["approve"], description="Approve: rename the target aside and resend in full"
     )
+    @confirm_first(
+        verb="Rename aside and resend for",
+        consequence=_FIX_CONSEQUENCE,
+        affected=_offering("rename_aside"),
+        skipped_why="not open, or this fix is not offered for them",
+        name=_report_name,
+        details=_fix_lines("rename_aside"),
+    )
     def approve_rename_aside(self, request, queryset):
         self._approve(request, queryset, "rename_aside")
 
     @admin.action(permissions=["approve"], description="Approve: follow the source to its new name")
+    @confirm_first(
+        verb="Retarget",
+        consequence=_FIX_CONSEQUENCE,
+        affected=_offering("retarget"),
+        skipped_why="not open, or this fix is not offered for them",
+        name=_report_name,
+        details=_fix_lines("retarget"),
+    )
     def approve_retarget(self, request, queryset):
         self._approve(request, queryset, "retarget")
 
     @admin.action(
         permissions=["approve"], description="Approve: move the moved target back (this dataset)"
+    )
+    @confirm_first(
+        verb="Move back the target of",
+        consequence=_FIX_CONSEQUENCE,
+        affected=_offering("rename_back"),
+        skipped_why="not open, or this fix is not offered for them",
+        name=_report_name,
+        details=_fix_lines("rename_back"),
     )
     def approve_rename_back(self, request, queryset):
         self._approve(request, queryset, "rename_back")
@@ -363,16 +427,40 @@ class DivergenceReportAdmin(ReadOnlyModelAdmin):
     @admin.action(
         permissions=["approve"], description="Approve: send this dataset in full to its target"
     )
+    @confirm_first(
+        verb="Resend in full for",
+        consequence=_FIX_CONSEQUENCE,
+        affected=_offering("resend_full"),
+        skipped_why="not open, or this fix is not offered for them",
+        name=_report_name,
+        details=_fix_lines("resend_full"),
+    )
     def approve_resend_full(self, request, queryset):
         self._approve(request, queryset, "resend_full")
 
     @admin.action(permissions=["approve"], description="Approve: go on from the rolled-back target")
+    @confirm_first(
+        verb="Resume from the common snapshot for",
+        consequence=_FIX_CONSEQUENCE,
+        affected=_offering("resume_from_common"),
+        skipped_why="not open, or this fix is not offered for them",
+        name=_report_name,
+        details=_fix_lines("resume_from_common"),
+    )
     def approve_resume_from_common(self, request, queryset):
         self._approve(request, queryset, "resume_from_common")
 
     @admin.action(
         permissions=["approve"],
         description="Approve: send the parent alone, move its children under it, then rename",
+    )
+    @confirm_first(
+        verb="Send the parent alone, then rename, for",
+        consequence=_FIX_CONSEQUENCE,
+        affected=_offering("children_then_parent"),
+        skipped_why="not open, or this fix is not offered for them",
+        name=_report_name,
+        details=_fix_lines("children_then_parent"),
     )
     def approve_children_then_parent(self, request, queryset):
         self._approve(request, queryset, "children_then_parent")

@@ -8,14 +8,16 @@
 - The big tables (systems, inventories, changes, audit entries) never run a full-table
   COUNT: ``show_full_result_count`` is off and ``EstimatedCountPaginator`` asks PostgreSQL's
   planner for the size of an unfiltered list.
-- A system secret exists in clear only in the response that shows it once; it is never
-  put into a message, a session or a log.
+- A system secret is shown once, on the page its POST redirects to; until then it waits in
+  the session sealed (encrypted, authenticated, minutes long), never in a message or a log.
+- Every action that deletes, re-issues, revokes, rotates, undoes or repairs asks first
+  (``confirm.confirm_first``): a page with the count and the names, then a second POST.
 
 The shared classes live in ``base``; the other apps' admins import them from here.
 Django's autodiscovery imports this package: importing each area registers its models.
 """
 
-from . import accounts, history, organizations, systems, tokens, users  # noqa: F401
+from . import accounts, confirm, history, organizations, systems, tokens, users  # noqa: F401
 from .base import (
     FORM_ACTION_PREFIX,
     AuditedModelAdmin,
@@ -30,6 +32,7 @@ from .base import (
     pretty_json,
     table_row_estimate,
 )
+from .confirm import confirm_first
 
 __all__ = [
     "FORM_ACTION_PREFIX",
@@ -41,6 +44,8 @@ __all__ = [
     "SystemOrganizationFilter",
     "TableAdminMixin",
     "admin_registry_enforce_table",
+    "confirm",
+    "confirm_first",
     "form_action",
     "pretty_json",
     "table_row_estimate",

@@ -3,22 +3,31 @@ actions that call their services, soft-deleted, never hard-deleted.
 """
 
 import datetime as dt
+import json
+import secrets
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.contenttypes.models import ContentType
+from django.core.cache import cache
 from django.db import router, transaction
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html_join
 from django.views.decorators.debug import sensitive_variables
 
-from .. import services
+from .. import sealing, services
 from ..models import System
 from .base import AuditedModelAdmin, EstimatedCountPaginator, OrganizationFilter, form_action
+from .confirm import confirm_first
+
+# The page that shows issued secrets must be opened within this many seconds of the POST
+# that issued them (it is the page that POST redirects to).
+SECRET_PAGE_SECONDS = 600
+_SEALED_KEY = "fleet:issued-secrets:"
 
 
 class StatusFilter(admin.SimpleListFilter):
@@ -84,19 +93,64 @@ class LifecycleFilter(admin.SimpleListFilter):
         return queryset if value is None else queryset.none()
 
 
+@sensitive_variables("payload")
+def _issued_secrets_redirect(
+    request: HttpRequest, issued: list[services.IssuedSecret]
+) -> HttpResponseRedirect:
+    """POST → redirect → GET: the secrets wait, sealed in the session, for the one page
+    that shows them; a refresh of that page shows nothing and creates nothing."""
+    ticket = secrets.token_urlsafe(16)
+    payload = json.dumps([[item.system.pk, item.system_secret] for item in issued])
+    request.session[_SEALED_KEY + ticket] = sealing.seal(
+        payload.encode(), purpose=_SEALED_KEY + ticket
+    )
+    return HttpResponseRedirect(reverse("admin:fleet_app_system_secret", args=[ticket]))
+
+
+@sensitive_variables("pairs", "issued")
 def _issued_secrets_response(
-    model_admin: admin.ModelAdmin, request: HttpRequest, issued: list[services.IssuedSecret]
+    model_admin: admin.ModelAdmin, request: HttpRequest, ticket: str
 ) -> HttpResponse:
-    """The one page that ever shows these secrets; the admin views are never cached."""
+    """The one page that ever shows these secrets, once; the admin views are never cached."""
+    sealed = request.session.pop(_SEALED_KEY + ticket, None)
+    clear = (
+        sealing.unseal(sealed, purpose=_SEALED_KEY + ticket, max_age=SECRET_PAGE_SECONDS)
+        if isinstance(sealed, str)
+        else None
+    )
+    # The session is saved at the end of the response: two requests racing for the same
+    # page are told apart here, and only the first one shows the secrets.
+    first = clear is not None and cache.add(f"{_SEALED_KEY}shown:{ticket}", 1, SECRET_PAGE_SECONDS)
+    issued: list[services.IssuedSecret] = []
+    if first and clear is not None:
+        pairs = json.loads(clear)
+        found = model_admin.get_queryset(request).select_related("organization")
+        systems = found.in_bulk([pk for pk, _ in pairs])
+        issued = [
+            services.IssuedSecret(system=systems[pk], system_secret=secret)
+            for pk, secret in pairs
+            if pk in systems
+        ]
     context = {
         **model_admin.admin_site.each_context(request),
-        "title": "Copy the system secret now" if len(issued) == 1 else "Copy the secrets now",
+        "title": (
+            "Already shown"
+            if not issued
+            else "Copy the system secret now"
+            if len(issued) == 1
+            else "Copy the secrets now"
+        ),
         "opts": model_admin.opts,
         "issued": issued,
         "register_url": settings.PUBLIC_BASE_URL.rstrip("/") + "/backend/api/systems/register",
     }
     request.current_app = model_admin.admin_site.name
-    return TemplateResponse(request, "admin/fleet_app/system/secret_issued.html", context)
+    return TemplateResponse(
+        request,
+        "admin/fleet_app/system/secret_issued.html",
+        context,
+        status=200 if issued else 410,
+    )
 
 
 class SystemAddForm(forms.ModelForm):
@@ -182,6 +236,20 @@ class SystemAdmin(AuditedModelAdmin):
             kwargs["form"] = SystemAddForm
         return super().get_form(request, obj, change=change, **kwargs)
 
+    def get_urls(self):
+        return [
+            path(
+                "secret/<str:ticket>/",
+                self.admin_site.admin_view(self.secret_view),
+                name="fleet_app_system_secret",
+            ),
+            *super().get_urls(),
+        ]
+
+    def secret_view(self, request: HttpRequest, ticket: str) -> HttpResponse:
+        """The page a create or re-issue redirects to: its secrets once, then never."""
+        return _issued_secrets_response(self, request, ticket)
+
     # Hard delete would take the system's history with it: the soft delete action instead.
     def has_delete_permission(self, request, obj=None):
         return False
@@ -237,7 +305,7 @@ class SystemAdmin(AuditedModelAdmin):
             return super().response_add(request, obj, post_url_continue)
         del obj._issued_secret
         self.message_user(request, f"The system “{obj.name}” was created.", messages.SUCCESS)
-        return _issued_secrets_response(self, request, [issued])
+        return _issued_secrets_redirect(request, [issued])
 
     # Actions call one service per system, all in one transaction: all or nothing.
 
@@ -281,6 +349,14 @@ class SystemAdmin(AuditedModelAdmin):
     @form_action(
         description="Delete selected systems (they stop authenticating; history is kept)",
     )
+    @confirm_first(
+        verb="Delete",
+        consequence="They stop authenticating at once and leave the lists; their history "
+        "(inventories, changes, audit entries) is kept.",
+        affected=lambda qs: qs.filter(deleted_at__isnull=True).select_related("organization"),
+        skipped_why="already deleted",
+        name=lambda s: f"{s.name} ({s.system_key}, {s.organization.name})",
+    )
     def soft_delete(self, request, queryset):
         self._apply(
             request,
@@ -294,6 +370,15 @@ class SystemAdmin(AuditedModelAdmin):
         permissions=["change"],
         description="Re-issue the secret of selected systems (the old one stops working)",
     )
+    @confirm_first(
+        verb="Re-issue the secret of",
+        consequence="Each gets a new secret, shown once on the next page; its old secret "
+        "stops working at once, so the system fails to authenticate until its operator "
+        "puts the new one in place.",
+        affected=lambda qs: qs.filter(deleted_at__isnull=True).select_related("organization"),
+        skipped_why="deleted systems have no secret",
+        name=lambda s: f"{s.name} ({s.system_key}, {s.organization.name})",
+    )
     @sensitive_variables("issued")
     def reissue_secret(self, request, queryset):
         with transaction.atomic(using=router.db_for_write(self.model)):
@@ -305,4 +390,4 @@ class SystemAdmin(AuditedModelAdmin):
         if not issued:
             self.message_user(request, "No secret re-issued: deleted systems have none.")
             return None
-        return _issued_secrets_response(self, request, issued)
+        return _issued_secrets_redirect(request, issued)

@@ -37,6 +37,7 @@ from .. import selectors, tokens
 from ..errors import FleetError
 from ..models import User
 from .base import ReadOnlyModelAdmin
+from .confirm import confirm_first
 
 admin.site.unregister(AuthToken)
 
@@ -132,6 +133,8 @@ class ApiTokenAdmin(ReadOnlyModelAdmin):
         # The checkboxes carry key prefixes; Django's action handling selects by pk.
         selected = request.POST.getlist(helpers.ACTION_CHECKBOX_NAME)
         if selected:
+            # The confirmation page posts the key prefixes again, never the digests.
+            request.confirm_posted = request.POST
             request.POST = request.POST.copy()
             request.POST.setlist(
                 helpers.ACTION_CHECKBOX_NAME,
@@ -219,6 +222,12 @@ class ApiTokenAdmin(ReadOnlyModelAdmin):
     # --- Revoke ----------------------------------------------------------------------------
 
     @admin.action(permissions=["revoke"], description="Revoke selected tokens")
+    @confirm_first(
+        verb="Revoke",
+        consequence="Each token stops working at once: whatever uses it (a script, an "
+        "integration) is refused until it is given a new token.",
+        name=lambda token: f"{token.token_key}… of {token.user}",
+    )
     def revoke(self, request, queryset):
         revoked = 0
         for token in queryset:

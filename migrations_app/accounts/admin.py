@@ -20,7 +20,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
-from fleet_app.admin import ReadOnlyModelAdmin, pretty_json
+from fleet_app.admin import ReadOnlyModelAdmin, confirm_first, pretty_json
 from fleet_app.errors import FleetError
 
 from . import quotas, selectors, services
@@ -162,6 +162,16 @@ class DedupeRunAdmin(ReadOnlyModelAdmin):
         return request.user.is_active and request.user.is_superuser
 
     @admin.action(permissions=["undo"], description="Undo selected merge runs (restore exactly)")
+    @confirm_first(
+        verb="Undo",
+        consequence="Each merge of these runs is reversed from its journal: the merged "
+        "accounts come back as they were and what moved to the survivors moves back.",
+        affected=lambda qs: qs.filter(undone_at=None).exclude(kind=DedupeRun.Kind.UNDO),
+        skipped_why="undo runs, or already undone",
+        name=lambda run: (
+            f"run {run.pk}: {run.groups_merged} group(s) merged on {run.created_at:%Y-%m-%d %H:%M}"
+        ),
+    )
     def undo(self, request, queryset):
         for run in queryset.order_by("-pk"):
             try:

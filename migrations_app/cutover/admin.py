@@ -28,13 +28,21 @@ from fleet_app.admin import (
     EstimatedCountPaginator,
     ReadOnlyModelAdmin,
     SystemOrganizationFilter,
+    confirm_first,
     form_action,
 )
 from fleet_app.errors import InvalidInput
 from fleet_app.models import System
 
 from . import services
-from .models import CutoverDay, FingerprintAnomaly, LegacyMapping, ProxyAttemptDay, RotationRun
+from .models import (
+    CutoverDay,
+    FingerprintAnomaly,
+    LegacyMapping,
+    MappingImportRun,
+    ProxyAttemptDay,
+    RotationRun,
+)
 
 # A bulk rotation carries its mapping ids in the run row; beyond this many, the selection
 # is too big for one row (and for one click): narrow it, or use a filter-based run.
@@ -54,6 +62,13 @@ def _admin_link(viewname: str, pk: Any, text: Any) -> str:
 def _has_model_perm(request: HttpRequest, model: type, action: str) -> bool:
     opts = model._meta
     return request.user.has_perm(f"{opts.app_label}.{action}_{opts.model_name}")
+
+
+def _rotation_qualifies(queryset):
+    """The selected mappings a rotation run would re-key (its own rule, rotation.py)."""
+    from .rotation import rotation_candidates
+
+    return queryset.filter(pk__in=rotation_candidates({}).values("pk"))
 
 
 # --- Proxy mappings -----------------------------------------------------------------------
@@ -237,6 +252,15 @@ class LegacyMappingAdmin(ReadOnlyModelAdmin):
             "secrets work again)"
         ),
     )
+    @confirm_first(
+        verb="Re-open",
+        consequence="A confirmed mapping's legacy pair may rotate again (the next rotation "
+        "hands out new native credentials and the ones issued before stop working); an "
+        "unconfirmed one's pending secrets authenticate again.",
+        affected=lambda qs: qs.filter(rotated_at__isnull=False).select_related("system"),
+        skipped_why="never rotated, nothing to re-open",
+        name=lambda m: f"{m.legacy_system_id} → {m.system.system_key}",
+    )
     def reopen(self, request, queryset):
         # One transaction: every selected mapping is re-opened and audited, or none.
         with transaction.atomic(using=router.db_for_write(LegacyMapping)):
@@ -255,6 +279,16 @@ class LegacyMappingAdmin(ReadOnlyModelAdmin):
     @admin.action(
         permissions=["rotate"],
         description="Start bulk rotation of selected mappings",
+    )
+    @confirm_first(
+        verb="Rotate",
+        consequence="A rotation run re-keys each of these mappings: its system gets a new "
+        "native secret and its legacy client must fetch it (through /proxy/credentials) "
+        "before it can authenticate again.",
+        affected=lambda qs: _rotation_qualifies(qs).select_related("system"),
+        skipped_why="confirmed, released, suspended or deleted, or asked for their pair "
+        "moments ago: their credentials are in use",
+        name=lambda m: f"{m.legacy_system_id} → {m.system.system_key}",
     )
     def start_rotation(self, request, queryset):
         limit = BULK_ROTATION_MAX_IDS
@@ -500,3 +534,25 @@ class ProxyAttemptDayAdmin(ReadOnlyModelAdmin):
     list_filter = ("outcome", ("day", admin.DateFieldListFilter))
     ordering = ("-day", "outcome")
     actions = None
+
+
+# --- Mapping imports ----------------------------------------------------------------------
+
+
+@admin.register(MappingImportRun)
+class MappingImportRunAdmin(ReadOnlyModelAdmin):
+    """Uploads of mappings, as history; they are started and confirmed on their page."""
+
+    list_display = ("id", "mode", "file_name", "state", "phase", "created_by", "created_at", "page")
+    list_filter = ("mode", "state")
+    list_select_related = ("created_by",)
+    ordering = ("-created_at", "-id")
+    changelist_defer = ("log", "report")
+    exclude = ("stored_name",)
+    readonly_fields = ("page",)
+
+    @admin.display(description="page")
+    def page(self, obj: MappingImportRun) -> str:
+        return format_html(
+            '<a href="{}">Open</a>', reverse("mappings-import-run", kwargs={"run_id": obj.pk})
+        )

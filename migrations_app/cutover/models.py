@@ -4,7 +4,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from fleet_app.models import Inventory, System
+from fleet_app.models import Inventory, Organization, System
 from fleet_app.runs import Run
 
 
@@ -30,6 +30,44 @@ class RotationRun(Run):
 
 # The outcomes of a call that was not refused: answered 200, or never called.
 NOT_REFUSED = ("", "200")
+
+
+class MappingImportRun(Run):
+    """An uploaded legacy mappings export: its plan (a dry run of the import) and, once
+    staff confirm that plan, the import of the same file (an ``apply`` run naming it).
+
+    The upload is kept sealed (``fleet_app.sealing``: it holds legacy tokens in clear)
+    under ``stored_name`` in the default file storage, and removed when the import is
+    done. Progress is in bytes of the file read (``done`` of ``total``); ``report`` holds
+    what the import did or would do: counts, the first names, the first refusals.
+    """
+
+    task_name = "migrations_app.tasks.mapping_import_run_execute"
+
+    class Mode(models.TextChoices):
+        PLAN = "plan", "Plan (dry run)"
+        APPLY = "apply", "Import"
+
+    mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.PLAN)
+    file_name = models.CharField(max_length=255)
+    stored_name = models.CharField(max_length=255, blank=True)
+    size = models.PositiveBigIntegerField(default=0)
+    # For rows without an organization column; the rows' own are resolved in the reach
+    # of ``created_by``.
+    organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    born_registered = models.BooleanField(default=False)
+    plan = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="applies"
+    )
+    report = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"mapping import {self.pk} of {self.file_name} ({self.mode}, {self.state})"
 
 
 class LegacyMapping(models.Model):

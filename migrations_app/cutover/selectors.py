@@ -14,6 +14,7 @@ from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from fleet_app import access
 from fleet_app.models import PendingSecret
 
 from .models import (
@@ -21,6 +22,7 @@ from .models import (
     CutoverDay,
     FingerprintAnomaly,
     LegacyMapping,
+    MappingImportRun,
     ProxyAttemptDay,
     RotationRun,
 )
@@ -323,3 +325,10 @@ def mappings_search(mappings: QuerySet[LegacyMapping], term: str) -> QuerySet[Le
     term = term.strip()
     system_ids = list(System.objects.filter(system_key=term).values_list("pk", flat=True))
     return mappings.filter(legacy_system_id=term) | mappings.filter(system_id__in=system_ids)
+
+
+def mapping_imports_visible_to(user) -> QuerySet[MappingImportRun]:
+    """The mapping imports of the user's subtree (those started by its staff)."""
+    return access.scope_queryset(user, MappingImportRun.objects.all()).select_related(
+        "organization", "created_by"
+    )

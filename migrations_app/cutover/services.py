@@ -234,6 +234,8 @@ def mappings_import_batch(
         )
     AuditEntry.objects.bulk_create(audit)
     report.created["mappings"] += len(mappings)
+    for item, _ in new:
+        report.example("mappings", f"{item.legacy_id} → {item.name} ({item.organization.name})")
 
 
 def mappings_import_feed(

@@ -8,8 +8,8 @@ from celery import shared_task
 
 from fleet_app.runs import RunTask, run_execute
 
-from . import rotation
-from .models import RotationRun
+from . import imports, rotation
+from .models import MappingImportRun, RotationRun
 
 
 @shared_task(
@@ -20,3 +20,18 @@ from .models import RotationRun
 )
 def rotation_run_execute(run_id: int, queue: str | None = None):
     return run_execute(RotationRun, run_id, rotation.rotation_run_work, queue=queue)
+
+
+@shared_task(
+    base=RunTask,
+    name="migrations_app.tasks.mapping_import_run_execute",
+    run_model="migrations_app.MappingImportRun",
+)
+def mapping_import_run_execute(run_id: int):
+    return run_execute(MappingImportRun, run_id, imports.mapping_import_run_execute)
+
+
+@shared_task(name="migrations_app.tasks.mapping_uploads_expire", acks_late=True)
+def mapping_uploads_expire() -> int:
+    """Run by beat every hour: uploads of mappings past their age are deleted."""
+    return imports.mapping_uploads_expire()

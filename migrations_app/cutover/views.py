@@ -1,11 +1,15 @@
-"""The cutover dashboard (server-rendered, inline SVG, no external assets)."""
+"""The cutover dashboard (server-rendered, inline SVG, no external assets), and the
+pages that import legacy mappings from an uploaded export: upload, plan, confirm, import.
+"""
 
 import datetime as dt
 import math
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponseRedirect
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.timesince import timesince
@@ -13,9 +17,12 @@ from django.utils.timesince import timesince
 from fleet_app import access
 from fleet_app.access_http import dashboard
 from fleet_app.charts import nice_step
+from fleet_app.errors import FleetError
+from fleet_app.models import Organization
+from fleet_app.selectors import organizations_visible_to
 
-from . import selectors, services
-from .models import LegacyMapping
+from . import imports, selectors, services
+from .models import LegacyMapping, MappingImportRun
 
 STRAGGLERS_SHOWN = 50
 ANOMALIES_SHOWN = 20
@@ -298,3 +305,111 @@ def mapping_reopen(request, pk: int):
         )
         messages.success(request, f"{mapping.legacy_system_id} re-opened: {done}.")
     return HttpResponseRedirect(reverse("cutover-dashboard") + "#knocking")
+
+
+# --- Importing mappings from a page ----------------------------------------------------------
+
+IMPORTS_SHOWN = 20
+
+
+class MappingUploadForm(forms.Form):
+    file = forms.FileField(
+        label="Mappings export",
+        help_text="CSV with a header (legacy_system_id, legacy_token, and optionally name, "
+        'organization, type, legacy_last_seen_at), a JSON list (or {"proxy_mappings": '
+        "[…]}), or JSON Lines.",
+    )
+    organization: forms.ModelChoiceField = forms.ModelChoiceField(
+        queryset=Organization.objects.none(),
+        required=False,
+        help_text="For rows without an organization column.",
+    )
+    born_registered = forms.BooleanField(
+        required=False,
+        label="Create the systems already registered",
+        help_text="The rotation hands out their secret; otherwise they register on first rotation.",
+    )
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        field = self.fields["organization"]
+        assert isinstance(field, forms.ModelChoiceField)
+        field.queryset = organizations_visible_to(user).order_by("path")
+
+
+def _may_run(request) -> None:
+    if not access.allowed(request.user, "dashboard", "mappings-import", "r"):
+        raise PermissionDenied("dashboard mappings-import")
+
+
+@dashboard("mappings-import", write="r")
+def mappings_import_page(request):
+    """Upload an export; its plan (a dry run) starts at once and its page follows it."""
+    form = MappingUploadForm(request.POST or None, request.FILES or None, user=request.user)
+    status = 200
+    if request.method == "POST":
+        _may_run(request)
+        if form.is_valid():
+            try:
+                run = imports.mapping_import_upload(
+                    actor=request.user,
+                    upload=form.cleaned_data["file"],
+                    organization=form.cleaned_data["organization"],
+                    born_registered=form.cleaned_data["born_registered"],
+                )
+            except FleetError as error:
+                form.add_error("file", error.message)
+            else:
+                return redirect("mappings-import-run", run_id=run.pk)
+        status = 400
+    context = {
+        **admin.site.each_context(request),
+        "is_nav_sidebar_enabled": False,
+        "title": "Import mappings",
+        "form": form,
+        "runs": list(selectors.mapping_imports_visible_to(request.user)[:IMPORTS_SHOWN]),
+    }
+    return render(request, "migrations_app/mappings_import.html", context, status=status)
+
+
+@dashboard("mappings-import-run", kind="route", write="r")
+def mappings_import_run_page(request, run_id: int):
+    """One import: its progress, its plan (what it would create and refuse) and, for a
+    finished plan, the confirmation that imports it or the discard that drops it."""
+    run = get_object_or_404(selectors.mapping_imports_visible_to(request.user), pk=run_id)
+    error, status = "", 200
+    if request.method == "POST":
+        _may_run(request)
+        try:
+            if request.POST.get("do") == "apply":
+                applied = imports.mapping_import_apply_start(actor=request.user, plan=run)
+                return redirect("mappings-import-run", run_id=applied.pk)
+            if request.POST.get("do") == "discard":
+                imports.mapping_import_discard(actor=request.user, plan=run)
+                messages.success(request, f"The upload of {run.file_name} was discarded.")
+                return redirect("mappings-import")
+            error, status = "Choose to import or to discard.", 400
+        except FleetError as failure:
+            error, status = failure.message, failure.status
+        run.refresh_from_db()
+    report = run.report or {}
+    applied_run = run.applies.exclude(state="failed").first() if run.mode == "plan" else None
+    context = {
+        **admin.site.each_context(request),
+        "is_nav_sidebar_enabled": False,
+        "title": f"Import {run.pk}: {run.file_name}",
+        "run": run,
+        "read_bytes": imports.mapping_import_progress(run),
+        "report": report,
+        "examples_more": max(0, report.get("created", 0) - len(report.get("examples", []))),
+        "applied_run": applied_run,
+        "can_apply": (
+            run.mode == MappingImportRun.Mode.PLAN
+            and run.state == "succeeded"
+            and bool(run.stored_name)
+            and applied_run is None
+            and access.allowed(request.user, "dashboard", "mappings-import", "r")
+        ),
+        "error": error,
+    }
+    return render(request, "migrations_app/mappings_import_run.html", context, status=status)

@@ -15,6 +15,8 @@ from .records import Record, record_error
 BATCH_ROWS = 1000
 # Refusals a caller of the service functions can read back (the command prints them all).
 ERRORS_KEPT = 100
+# Names of what was (or would be) created, per section, for a page that shows a plan.
+EXAMPLES_KEPT = 50
 
 
 @dataclass
@@ -30,11 +32,18 @@ class ImportReport:
     notes: Counter = field(default_factory=Counter)
     # The first refusals, for callers of the services; the command writes every one.
     errors: list[tuple[str, str]] = field(default_factory=list)
+    # The first names of what was (or would be) created, per section.
+    examples: dict[str, list[str]] = field(default_factory=dict)
     _pending: list[tuple[int, str, str]] = field(default_factory=list)
 
     def refuse(self, record: Record, message: str) -> None:
         """Refuse ``record``; its line is written when its batch is done, in line order."""
         self._pending.append((record.line, record.where, message))
+
+    def example(self, section: str, name: str) -> None:
+        kept = self.examples.setdefault(section, [])
+        if len(kept) < EXAMPLES_KEPT:
+            kept.append(name)
 
     def flush(self) -> None:
         for _, where, message in sorted(self._pending, key=lambda item: item[0]):

@@ -33,10 +33,10 @@ def _as(client, user):
     return client
 
 
-def _action(client, name, *systems, url=SYSTEMS):
-    return client.post(
-        url, {"action": name, "_selected_action": [s.pk for s in systems], "index": 0}
-    )
+def _action(client, name, *systems, url=SYSTEMS, confirmed=True):
+    # ``confirmed``: the second POST, the one the confirmation page sends.
+    data = {"action": name, "_selected_action": [s.pk for s in systems], "index": 0}
+    return client.post(url, {**data, "confirmed": "yes"} if confirmed else data)
 
 
 @pytest.fixture
@@ -61,9 +61,14 @@ def test_it_creates_a_system_through_the_service_and_shows_the_secret_once(
     _as(client, alice)
 
     response = client.post(
-        ADD_SYSTEM, {"organization": customer.pk, "name": "  edge-fw  ", "type": "nethsecurity"}
+        ADD_SYSTEM,
+        {"organization": customer.pk, "name": "  edge-fw  ", "type": "nethsecurity"},
+        follow=True,
     )
 
+    # POST, redirect, GET: the page that shows the secret is not the POST's response.
+    assert len(response.redirect_chain) == 1
+    assert "/secret/" in response.redirect_chain[0][0]
     assert response.status_code == 200
     assert [c["actor"] for c in calls] == [alice]
     system = System.objects.get()
@@ -84,6 +89,12 @@ def test_it_creates_a_system_through_the_service_and_shows_the_secret_once(
     # Not in a message, the session or the audit: the next page cannot show it again.
     assert all(secret not in str(m) for m in get_messages(response.wsgi_request))
     assert secret not in str(dict(client.session))
+    # A refresh of the page shows nothing and creates nothing.
+    again = client.get(response.redirect_chain[0][0])
+    assert again.status_code == 410
+    assert secret not in again.content.decode()
+    assert "already shown" in again.content.decode()
+    assert System.objects.count() == 1 and len(calls) == 1
     for url in (_change_url(system), SYSTEMS):
         assert secret not in client.get(url).content.decode()
     entry = AuditEntry.objects.get(action="system.create")
@@ -265,7 +276,16 @@ def test_reissuing_a_secret_shows_the_new_one_once_and_stops_the_old_one(client,
     old_secret = system.issued_secret
     _as(client, alice)
 
-    response = _action(client, "reissue_secret", system)
+    response = client.post(
+        SYSTEMS,
+        {
+            "action": "reissue_secret",
+            "_selected_action": [system.pk],
+            "index": 0,
+            "confirmed": "yes",
+        },
+        follow=True,
+    )
 
     assert response.status_code == 200
     new_secret = response.context["issued"][0].system_secret

@@ -166,7 +166,11 @@ def test_an_expiry_beyond_the_limit_is_refused(client, alice, bob, settings):
 def revoke(client, *rows):
     return client.post(
         CHANGELIST,
-        {"action": "revoke", ACTION_CHECKBOX_NAME: [row.token_key for row in rows]},
+        {
+            "action": "revoke",
+            ACTION_CHECKBOX_NAME: [row.token_key for row in rows],
+            "confirmed": "yes",
+        },
         follow=True,
     )
 
@@ -177,6 +181,21 @@ def test_an_admin_revokes_tokens_of_its_subtree(client, alice, issued):
     assert "1 token(s) revoked." in response.content.decode()
     assert not AuthToken.objects.filter(pk=issued["bob"].pk).exists()
     assert AuditEntry.objects.get(action="api_token.revoke").actor == alice
+
+
+def test_revoking_asks_first_naming_tokens_by_their_key_prefix(client, alice, issued):
+    token = issued["bob"]
+    as_user(client, alice)
+
+    page = client.post(
+        CHANGELIST, {"action": "revoke", ACTION_CHECKBOX_NAME: [token.token_key]}
+    ).content.decode()
+
+    assert "Revoke 1 " in page and f"{token.token_key}… of {token.user}" in page
+    # The form posts the key prefix again, never the digest.
+    assert f'name="{ACTION_CHECKBOX_NAME}" value="{token.token_key}"' in page
+    assert token.digest not in page
+    assert AuthToken.objects.filter(pk=token.pk).exists()
 
 
 def test_an_admin_cannot_revoke_what_it_cannot_see(client, alice, issued):

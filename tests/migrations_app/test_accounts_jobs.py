@@ -117,7 +117,7 @@ def test_the_undo_action_restores_the_run(
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(
             reverse("admin:migrations_app_deduperun_changelist"),
-            {"action": "undo", "_selected_action": [run.pk]},
+            {"action": "undo", "_selected_action": [run.pk], "confirmed": "yes"},
             follow=True,
         )
 

@@ -195,7 +195,7 @@ def test_no_secret_or_legacy_token_is_in_the_dump_or_the_logs(
     mapping = LegacyMapping.objects.get(legacy_system_id="LEGACY-1")
     reopened = staff.post(
         reverse("admin:migrations_app_legacymapping_changelist"),
-        {"action": "reopen", "_selected_action": [mapping.pk], "index": 0},
+        {"action": "reopen", "_selected_action": [mapping.pk], "index": 0, "confirmed": "yes"},
     )
     assert reopened.status_code == 302
     third = credentials_of("LEGACY-1", tokens["LEGACY-1"]).json()["data"]
@@ -221,6 +221,7 @@ def test_no_secret_or_legacy_token_is_in_the_dump_or_the_logs(
     created = staff.post(
         reverse("admin:fleet_app_system_add"),
         {"organization": customer.pk, "name": "edge-fw", "type": "nethsecurity"},
+        follow=True,
     )
     assert created.status_code == 200
     shown = created.context["issued"][0].system_secret
@@ -229,7 +230,13 @@ def test_no_secret_or_legacy_token_is_in_the_dump_or_the_logs(
     native_system = System.objects.get(name="edge-fw")
     reissued = staff.post(
         reverse("admin:fleet_app_system_changelist"),
-        {"action": "reissue_secret", "_selected_action": [native_system.pk], "index": 0},
+        {
+            "action": "reissue_secret",
+            "_selected_action": [native_system.pk],
+            "index": 0,
+            "confirmed": "yes",
+        },
+        follow=True,
     )
     assert reissued.status_code == 200
     fresh = reissued.context["issued"][0].system_secret

@@ -109,7 +109,14 @@ def test_staff_approve_a_fix_in_the_admin_and_it_is_audited(client, root, jobs):
     url = reverse("admin:backups_app_divergencereport_changelist")
     page = client.get(reverse("admin:backups_app_divergencereport_change", args=[report.pk]))
     assert "zfs rollback -r r/b@s1" in page.content.decode()
-    client.post(url, {"action": "approve_rollback", "_selected_action": [report.pk]})
+    asked = client.post(url, {"action": "approve_rollback", "_selected_action": [report.pk]})
+    # First the confirmation: the report, the fix and its commands; nothing approved yet.
+    assert "zfs rollback -r r/b@s1" in asked.content.decode()
+    report.refresh_from_db()
+    assert report.status == "open"
+    client.post(
+        url, {"action": "approve_rollback", "_selected_action": [report.pk], "confirmed": "yes"}
+    )
     report.refresh_from_db()
     assert report.status in ("approved", "applying", "applied", "failed")
     assert report.approved_by == root and report.approved_fix == "rollback"
