@@ -8,9 +8,11 @@ from .accounts.models import (
     DedupeCheckpoint,
     DedupeJournal,
     DedupeMerged,
+    DedupeReview,
     DedupeRun,
     LegacyAccount,
     LegacyOrganization,
+    LegacyRole,
     QuotaRun,
 )
 from .cutover.models import CutoverDay, FingerprintAnomaly, LegacyMapping, RotationRun
@@ -20,11 +22,13 @@ __all__ = [
     "DedupeCheckpoint",
     "DedupeJournal",
     "DedupeMerged",
+    "DedupeReview",
     "DedupeRun",
     "FingerprintAnomaly",
     "LegacyAccount",
     "LegacyMapping",
     "LegacyOrganization",
+    "LegacyRole",
     "QuotaRun",
     "RotationRun",
 ]
