@@ -11,17 +11,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, models
 from django.db.models import Count, Q, Subquery
 from django.db.models.functions import Lower, Upper
 
 from fleet_app.errors import InvalidInput
-from fleet_app.models import User, canonical_email_key
+from fleet_app.models import Membership, Quota, User, canonical_email_key
 
 from .models import (
     DedupeJournal,
     DedupeReview,
     DedupeRun,
+    LegacyRole,
 )
 
 logger = logging.getLogger(__name__)
@@ -471,3 +473,103 @@ def dedupe_failures(run: DedupeRun) -> list[tuple[str, str]]:
         .order_by("position")
         .values_list("email_key", "error")
     )
+
+
+# --- What a merge will change, shown before --apply ----------------------------------------
+
+
+def _effective(resource: str, limit: int | None) -> int:
+    return limit if limit is not None else settings.FLEET_QUOTA_DEFAULTS.get(resource, 0)
+
+
+def plan_changes(groups: list[DuplicateGroup]) -> dict[int, list[str]]:
+    """Each group's changes in words, keyed by survivor: quota limits and usage, the
+    memberships and legacy roles that join the survivor, the e-mails that are tombstoned.
+    Three queries for every group together (quotas, memberships, legacy roles)."""
+    owner = {a.id: g.survivor_id for g in groups for a in g.accounts}
+    quotas: dict[int, dict[str, tuple[int | None, int]]] = defaultdict(dict)
+    for user_id, resource, limit, usage in Quota.objects.filter(
+        user_id__in=list(owner)
+    ).values_list("user_id", "resource", "limit", "usage"):
+        quotas[user_id][resource] = (limit, usage)
+    memberships: dict[int, dict[int, str]] = defaultdict(dict)
+    for user_id, org_id, role in Membership.objects.filter(user_id__in=list(owner)).values_list(
+        "user_id", "organization_id", "role"
+    ):
+        memberships[user_id][org_id] = role
+    roles: dict[int, list[str]] = defaultdict(list)
+    for user_id, org_id, role in LegacyRole.objects.filter(user_id__in=list(owner)).values_list(
+        "user_id", "organization_id", "role"
+    ):
+        roles[user_id].append(f"{role!r} in organization {org_id}")
+    changes: dict[int, list[str]] = {}
+    for group in groups:
+        if group.survivor_id is None:
+            continue
+        survivor, lines = group.survivor_id, []
+        others = [a.id for a in group.others]
+        resources = sorted({r for pk in [survivor, *others] for r in quotas[pk]})
+        for resource in resources:
+            mine = quotas[survivor].get(resource, (None, 0))
+            best = max(
+                _effective(resource, quotas[pk].get(resource, (None, 0))[0])
+                for pk in [survivor, *others]
+            )
+            usage = [quotas[pk].get(resource, (None, 0))[1] for pk in [survivor, *others]]
+            before = _effective(resource, mine[0])
+            limit = f"limit {before} → {best}" if best != before else f"limit {before} kept"
+            lines.append(
+                f"quota {resource}: {limit}; usage {' + '.join(map(str, usage))} = {sum(usage)}"
+            )
+        for other in others:
+            for org_id, role in sorted(memberships[other].items()):
+                have = memberships[survivor].get(org_id)
+                if have is None:
+                    lines.append(f"membership of organization {org_id} ({role}) joins")
+                elif ROLE_RANK.get(role, 0) > ROLE_RANK.get(have, 0):
+                    lines.append(f"membership of organization {org_id}: role {have} → {role}")
+            if roles[other]:
+                lines.append(f"legacy roles kept from {other}: {', '.join(roles[other])}")
+        for account in group.others:
+            lines.append(f"account {account.id} <{account.email}> deactivated, e-mail tombstoned")
+        changes[survivor] = lines
+    return changes
+
+
+def postcheck() -> dict[str, int]:
+    """Seed 001's "check again that no duplicate email conflicts remain", under both rules,
+    over every account: groups of one canonical key, groups of one ``UPPER(email)``, and
+    how many of all the groups still found wait for review or were kept apart by staff."""
+    users = User._base_manager.order_by()
+    unicode_groups = users.values("email_key").annotate(n=Count("pk")).filter(n__gt=1).count()
+    if connection.vendor == "postgresql":
+        legacy_groups = (
+            users.annotate(legacy=Upper("email"))
+            .values("legacy")
+            .annotate(n=Count("pk"))
+            .filter(n__gt=1)
+            .count()
+        )
+    else:
+        legacy_groups = sum(
+            1 for n in Counter(legacy_email_key(e) for _, e in _all_emails()).values() if n > 1
+        )
+    found = (
+        duplicates_find(with_owned=False, include_kept_apart=True)
+        if unicode_groups or legacy_groups
+        else []
+    )
+    kept = {
+        members
+        for members in DedupeReview.objects.filter(state=DedupeReview.State.KEPT_APART).values_list(
+            "members", flat=True
+        )
+    }
+    return {
+        "unicode": unicode_groups,
+        "legacy": legacy_groups,
+        "awaiting_review": sum(
+            1 for g in found if g.needs_review and members_digest(g.ids) not in kept
+        ),
+        "kept_apart": sum(1 for g in found if members_digest(g.ids) in kept),
+    }

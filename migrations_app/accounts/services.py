@@ -4,6 +4,7 @@ import datetime as dt
 import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -17,12 +18,19 @@ from fleet_app.locks import LockHeld, named_lock
 from fleet_app.models import User
 from fleet_app.runs import FINISHED_STATES, RunState, run_claim, run_finish, run_log, task_enqueue
 
-from .merge import MergeError, dedupe_checkpoint_write, groups_merge, users_merge_undo
+from .merge import (
+    MergeError,
+    dedupe_checkpoint_restore,
+    dedupe_checkpoint_write,
+    groups_merge,
+    users_merge_undo,
+)
 from .models import (
     DedupeJournal,
+    DedupeReview,
     DedupeRun,
 )
-from .selectors import dedupe_plan, duplicates_find, plan_json
+from .selectors import DuplicateGroup, dedupe_plan, duplicates_find, members_digest, plan_json
 
 logger = logging.getLogger(__name__)
 
@@ -373,3 +381,113 @@ def dedupe_run_process(
         dedupe_run_fail(run_id=run.pk, error=f"{type(error).__name__}: {error}")
         raise
     return dedupe_run_finish(run_id=run.pk)
+
+
+# --- The review queue -----------------------------------------------------------------------
+
+
+def dedupe_reviews_queue(*, groups: Iterable[DuplicateGroup], actor: User | None) -> int:
+    """Put every group only one rule found (and not decided yet) into the review queue;
+    returns how many were new. Nothing of such a group is merged until staff approve it."""
+    waiting = [g for g in groups if g.needs_review and g.review_id is None]
+    if not waiting:
+        return 0
+    rows = [
+        DedupeReview(
+            members=members_digest(g.ids),
+            accounts=g.ids,
+            emails=[a.email for a in sorted(g.accounts, key=lambda a: a.id)],
+            rule=g.rule,
+            reason=g.differs_by,
+            survivor_id=g.survivor_id,
+        )
+        for g in waiting
+    ]
+    with transaction.atomic():
+        before = DedupeReview.objects.count()
+        DedupeReview.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
+        new = DedupeReview.objects.count() - before
+        if new:
+            fleet.audit_record(
+                actor=actor,
+                action="dedupe.review_queued",
+                after={"groups": new, "reasons": dict(Counter(g.differs_by for g in waiting))},
+            )
+    return new
+
+
+@transaction.atomic
+def dedupe_review_decide(
+    *, review: DedupeReview, actor: User | None, approve: bool, survivor_id: int | None = None
+) -> DedupeReview:
+    """A staff decision on a queued group: ``approve`` it (the next dedupe run merges it,
+    into ``survivor_id`` if given) or keep its accounts apart for good."""
+    review = DedupeReview.objects.select_for_update().get(pk=review.pk)
+    if review.state not in (DedupeReview.State.PENDING, DedupeReview.State.APPROVED):
+        raise Conflict(f"Review {review.pk} is {review.get_state_display().lower()} already.")
+    if survivor_id is not None and survivor_id not in review.accounts:
+        raise InvalidInput(f"Account {survivor_id} is not in review {review.pk}'s group.")
+    before = {"state": review.state, "survivor": review.survivor_id}
+    review.state = DedupeReview.State.APPROVED if approve else DedupeReview.State.KEPT_APART
+    if survivor_id is not None:
+        review.survivor_id = survivor_id
+    review.decided_at = timezone.now()
+    review.decided_by = actor.email if actor is not None and actor.pk else "platform"
+    review.save(update_fields=["state", "survivor_id", "decided_at", "decided_by"])
+    fleet.audit_record(
+        actor=actor,
+        action="dedupe.review_approved" if approve else "dedupe.review_kept_apart",
+        obj=review,
+        before=before,
+        after={"state": review.state, "survivor": review.survivor_id, "accounts": review.accounts},
+    )
+    return review
+
+
+# --- Recovery -------------------------------------------------------------------------------
+
+
+def _reaped(run: DedupeRun) -> DedupeRun:
+    if dedupe_run_is_dead(run):
+        dedupe_runs_reap_dead()
+        run.refresh_from_db()
+    return run
+
+
+def dedupe_run_resume(*, run: DedupeRun, actor: User | None) -> DedupeRun:
+    """Make a merge run whose worker died pending again: it goes on from its cursor (the
+    groups merged before the death are in the journal and are not merged twice)."""
+    run = _reaped(run)
+    if run.kind != DedupeRun.Kind.MERGE or run.phase != DEAD_PHASE:
+        raise Conflict(f"Run {run.pk} is {run.state}; only a run whose worker died is resumed.")
+    if run.restored_at is not None or run.undone_at is not None:
+        raise Conflict(f"Run {run.pk} was restored or undone; start a new run instead.")
+    _refuse_if_active()
+    DedupeRun.objects.filter(pk=run.pk).update(
+        state=RunState.PENDING,
+        phase="merging",
+        error="",
+        finished_at=None,
+        heartbeat_at=None,
+        updated_at=timezone.now(),
+    )
+    fleet.audit_record(actor=actor, action="dedupe.resume", obj=run, after={"cursor": run.cursor})
+    run.refresh_from_db()
+    return run
+
+
+def dedupe_restore(*, run: DedupeRun, actor: User | None) -> dict[str, Any]:
+    """Restore the checkpoint of a merge run (one whose worker died included); the
+    caller holds the dedupe lock."""
+    run = _reaped(run)
+    if run.kind != DedupeRun.Kind.MERGE:
+        raise InvalidInput(f"Run {run.pk} is an undo run; it has no checkpoint.")
+    if not run.is_finished:
+        raise Conflict(f"Run {run.pk} is still {run.state}; restore it once it has finished.")
+    if run.restored_at is not None:
+        raise Conflict(f"Run {run.pk} was already restored on {run.restored_at:%Y-%m-%d %H:%M}.")
+    if run.undone_at is not None:
+        raise Conflict(f"Run {run.pk} was undone on {run.undone_at:%Y-%m-%d %H:%M}.")
+    if not run.checkpoints.exists():
+        raise Conflict(f"Run {run.pk} has no checkpoint: it changed nothing.")
+    return dedupe_checkpoint_restore(run=run, actor=actor)
