@@ -204,6 +204,7 @@ def test_bad_rows_are_named_and_nothing_of_them_is_written(owner, tmp_path):
     out, err = run_command(
         *(tmp_path / f for f in ("orgs.csv", "users.csv", "more.json", "quotas.csv")),
         "--apply",
+        "--skip-bad-rows",
         refused=9,
     )
 
@@ -214,7 +215,9 @@ def test_bad_rows_are_named_and_nothing_of_them_is_written(owner, tmp_path):
         "users.csv line 6: organization 'o9' is not in the import or the database.",
         "users.csv line 7: is_active 'maybe' is not true or false.",
         "more.json line 1 (users item 2): is not an object of named fields.",
-        "quotas.csv line 2: resource 'cpus' is unknown; use systems, backup_bytes.",
+        "quotas.csv line 2: resource 'cpus' is unknown; use systems, backup_bytes, "
+        "cyclades.vm, cyclades.cpu, cyclades.ram, cyclades.disk, cyclades.network.private, "
+        "pithos+.diskspace.",
         "quotas.csv line 3: give exactly one of organization and user.",
         "quotas.csv line 4: user 'u3' is not in the import or the database.",
     ]
