@@ -9,7 +9,7 @@ from django.contrib.auth.models import PermissionsMixin
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.db.models import Case, Q, Value, When
-from django.db.models.functions import Lower
+from django.db.models.functions import Lower, Upper
 from django.utils import timezone
 
 
@@ -146,6 +146,9 @@ class User(AbstractBaseUser, PermissionsMixin):
             models.Index(Lower("email"), name="fleet_user_email_lower_idx"),
             # The dedupe's GROUP BY email_key and the import's collision look-ups.
             models.Index(fields=["email_key"], name="fleet_user_email_key_idx"),
+            # Sign-in (email__iexact is UPPER(email) = UPPER(%s)) and the legacy rule's
+            # look-ups of the import.
+            models.Index(Upper("email"), name="fleet_user_email_upper_idx"),
         ]
 
     def __str__(self) -> str:

@@ -5,6 +5,7 @@ import unicodedata
 
 from django.db import migrations, models
 from django.db.models import Count, Min
+from django.db.models.functions import Upper
 
 BATCH = 2000
 
@@ -77,6 +78,10 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name="user",
             index=models.Index(fields=["email_key"], name="fleet_user_email_key_idx"),
+        ),
+        migrations.AddIndex(
+            model_name="user",
+            index=models.Index(Upper("email"), name="fleet_user_email_upper_idx"),
         ),
         migrations.AddConstraint(
             model_name="user",

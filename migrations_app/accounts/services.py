@@ -18,13 +18,8 @@ from fleet_app.locks import LockHeld, named_lock
 from fleet_app.models import User
 from fleet_app.runs import FINISHED_STATES, RunState, run_claim, run_finish, run_log, task_enqueue
 
-from .merge import (
-    MergeError,
-    dedupe_checkpoint_restore,
-    dedupe_checkpoint_write,
-    groups_merge,
-    users_merge_undo,
-)
+from .checkpoint import dedupe_checkpoint_restore, dedupe_checkpoint_write
+from .merge import MergeError, groups_merge, users_merge_undo
 from .models import (
     DedupeJournal,
     DedupeReview,
