@@ -332,6 +332,25 @@ def _relations_in_use(
     return [relation for relation, used in zip(relations, found, strict=True) if used]
 
 
+def _quota_defaults_kept(batch: _Batch, others_held: set[tuple[int, str]]) -> None:
+    """A survivor's stored limit below the default, where another account of its group had
+    no row for the resource (so the default): the default is the higher, and is kept."""
+    raised = []
+    for quota in Quota.objects.filter(
+        user_id__in=sorted(set(batch.survivor_of.values())), limit__isnull=False
+    ):
+        if quota.limit >= settings.FLEET_QUOTA_DEFAULTS.get(quota.resource, 0):
+            continue
+        group = batch.groups[batch.owner[quota.user_id]]
+        if any((other, quota.resource) not in others_held for other in group["others"]):
+            batch.journal_of(quota.user_id).set(
+                Quota, "limit", [quota.pk], quota.limit, None, applied=True
+            )
+            quota.limit = None
+            raised.append(quota)
+    Quota.objects.bulk_update(raised, ["limit"], batch_size=1000)
+
+
 def _legacy_flags(user_ids: Iterable[int]) -> dict[int, tuple[bool, bool]]:
     return {
         user_id: (was_active, flagged)
@@ -397,9 +416,15 @@ def groups_merge(
         flags = _legacy_flags(batch.owner)
         was_active = {pk: user.is_active for pk, user in users.items()}
         relations = _relations_in_use(user_relations(), list(batch.survivor_of))
+        others_held = set(
+            Quota.objects.filter(user_id__in=list(batch.survivor_of)).values_list(
+                "user_id", "resource"
+            )
+        )
         for relation in relations:
             if not relation.account_bound:
                 _move_batch(relation, batch)
+        _quota_defaults_kept(batch, others_held)
         # Deactivate (and tombstone) first: two active accounts with one key never coexist.
         leaving = []
         for other in batch.survivor_of:
