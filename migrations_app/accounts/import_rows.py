@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from fleet_app import services as fleet
 from fleet_app.errors import InvalidInput
-from fleet_app.models import AuditEntry, Membership, Organization, Quota, User, canonical_email_key
+from fleet_app.models import Membership, Organization, Quota, User, canonical_email_key
 
 from ..legacy_import import (
     BIGINT_MAX,
@@ -258,7 +258,8 @@ def _users_rows(
     actor: User | None,
 ) -> None:
     memberships: dict[tuple[int, int], Membership] = {}
-    roles, legacy, audit = [], [], []
+    roles, legacy = [], []
+    audit: list[dict[str, Any]] = []
     for r, user in zip(kept, users, strict=True):
         for org, role in r.memberships:
             organization = organizations[org]
@@ -285,25 +286,21 @@ def _users_rows(
             )
         )
         audit.append(
-            fleet.audit_entry_build(
-                actor=actor,
-                action="user.import",
-                obj=user,
-                organization=user.organization,
-                after={
-                    "legacy_id": r.legacy_id,
-                    "uuid": str(r.uuid) if r.uuid else None,
-                    "email": r.email,
-                    "legacy_active": r.active,
-                    "is_active": user.is_active,
-                    "flagged_duplicate": r.flagged,
-                },
-            )
+            {
+                "id": user.pk,
+                "legacy_id": r.legacy_id,
+                "email": r.email,
+                "legacy_active": r.active,
+                "is_active": user.is_active,
+                "flagged_duplicate": r.flagged,
+            }
         )
     Membership.objects.bulk_create(list(memberships.values()), batch_size=1000)
     LegacyRole.objects.bulk_create(roles, batch_size=1000)
     LegacyAccount.objects.bulk_create(legacy, batch_size=1000)
-    AuditEntry.objects.bulk_create(audit, batch_size=1000)
+    # One entry per batch (up to a thousand accounts, each listed): an entry per account
+    # doubled the import's time.
+    fleet.audit_record(actor=actor, action="user.import", after={"accounts": audit})
 
 
 def resource_parse(row: dict[str, Any]) -> str:
@@ -403,4 +400,22 @@ def quantities_import(records: list[Record], *, section: str, report: ImportRepo
                 updates[quota.pk] = quota
             report.created[section] += 1
     Quota.objects.bulk_create(list(creates.values()), batch_size=1000)
-    Quota.objects.bulk_update(list(updates.values()), [column, "updated_at"], batch_size=1000)
+    _quotas_update(list(updates.values()), column, now)
+
+
+def _quotas_update(rows: list[Quota], column: str, now: Any) -> None:
+    """One ``UPDATE … FROM unnest(…)`` on PostgreSQL: ``bulk_update``'s CASE per row costs
+    ten times more at a thousand rows; elsewhere ``bulk_update``."""
+    if not rows:
+        return
+    if connection.vendor != "postgresql":
+        Quota.objects.bulk_update(rows, [column, "updated_at"], batch_size=1000)
+        return
+    quote = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {quote(Quota._meta.db_table)} AS q SET {quote(column)} = v.value, "  # noqa: S608 - names from the model, values bound
+            "updated_at = %s FROM (SELECT unnest(%s::bigint[]) AS id, "
+            "unnest(%s::bigint[]) AS value) AS v WHERE q.id = v.id",
+            [now, [q.pk for q in rows], [getattr(q, column) for q in rows]],
+        )

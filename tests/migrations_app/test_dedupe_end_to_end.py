@@ -88,7 +88,7 @@ def legacy_export(folder):
                 quotas.append((legacy_id, resource, default * (1 + i % 3)))
             elif (i + k) % 7 == 0:
                 quotas.append((legacy_id, resource, max(0, default // 10)))
-            if (i + k) % 2 == 0:
+            if (i + k) % 3 == 0:
                 usage.append((legacy_id, resource, (i * 13 + k) % 1000))
     files = []
     for name, rows in (("orgs", orgs), ("users", users), ("quotas", quotas), ("usage", usage)):
