@@ -21,7 +21,7 @@ def test_it_backfills_keys_and_survives_existing_duplicates():
     # canonical key does not.
     first = old.objects.create(email="STRAẞE@example.de", is_active=True, password="!")
     second = old.objects.create(email="strasse@example.de", is_active=True, password="!")
-    ligature = old.objects.create(email="\ufb01nn@example.com", is_active=True, password="!")
+    old.objects.create(email="\ufb01nn@example.com", is_active=True, password="!")
     finn = old.objects.create(email="finn@example.com", is_active=True, password="!")
     lone = old.objects.create(email="Caf\u00e9@example.fr", is_active=False, password="!")
 

@@ -89,7 +89,7 @@ def test_each_case_is_one_group_with_its_rule_and_reason(accounts):
 def test_the_legacy_rule_is_what_iexact_compares(accounts):
     # The seed's own finder (email__iexact, i.e. UPPER() on both sides) agrees with the
     # legacy rule on every case.
-    for name, (first, second, rule, _) in CASES.items():
+    for name, (first, _second, rule, _) in CASES.items():
         same = User.objects.filter(email__iexact=first).filter(pk=accounts[name][1].pk).exists()
         assert same is (rule in ("both", "legacy")), name
 
@@ -108,7 +108,7 @@ def test_apply_merges_what_both_rules_find_and_queues_the_rest(accounts):
     out = run("--apply")
 
     merged = {name for name, case in CASES.items() if case[2] == "both"}
-    for name, (survivor, other) in accounts.items():
+    for name, (_survivor, other) in accounts.items():
         other.refresh_from_db()
         if name in merged:
             assert other.email == f"merged-{other.pk}@dedupe.invalid", name
