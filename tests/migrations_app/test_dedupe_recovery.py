@@ -177,3 +177,25 @@ def test_a_dead_run_resumes_where_it_stopped(groups):
         assert (quota.usage, quota.limit) == (2 + 3, None)
         kept.refresh_from_db()
         assert kept.email == f"merged-{kept.pk}@dedupe.invalid" and not kept.is_active
+
+
+@pytest.mark.django_db
+def test_a_restored_account_whose_e_mail_an_active_one_took_since_stays_inactive():
+    ann = make_account("ann@example.com", login=1)
+    other = make_account("ANN@example.com", active=False)
+    command("--apply")
+    run = DedupeRun.objects.get()
+    # Since the merge: the survivor was closed and someone registered the address.
+    User.objects.filter(pk=ann.pk).update(is_active=False)
+    newcomer = make_account("Ann@Example.com")
+
+    out = command("--restore", str(run.pk))
+
+    ann.refresh_from_db()
+    other.refresh_from_db()
+    assert not ann.is_active and (other.email, other.is_active) == ("ANN@example.com", False)
+    assert (
+        f"account {ann.pk} <ann@example.com> kept inactive: active account {newcomer.pk} "
+        "holds that e-mail now" in out
+    )
+    assert User.objects.get(pk=newcomer.pk).is_active
