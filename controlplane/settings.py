@@ -338,7 +338,17 @@ SILENCED_SYSTEM_CHECKS = ["auth.W004"]
 FLEET_QUOTA_DEFAULTS = {
     "systems": env.int("FLEET_QUOTA_SYSTEMS", default=100),
     "backup_bytes": env.int("FLEET_QUOTA_BACKUP_BYTES", default=100 * 1024**3),
+    # The legacy platform's resources, with its default limits (Synnefo 0.13's uplimits).
+    "cyclades.vm": env.int("FLEET_QUOTA_CYCLADES_VM", default=2),
+    "cyclades.cpu": env.int("FLEET_QUOTA_CYCLADES_CPU", default=6),
+    "cyclades.ram": env.int("FLEET_QUOTA_CYCLADES_RAM", default=6 * 1024**3),
+    "cyclades.disk": env.int("FLEET_QUOTA_CYCLADES_DISK", default=30 * 1024**3),
+    "cyclades.network.private": env.int("FLEET_QUOTA_CYCLADES_NETWORK_PRIVATE", default=1),
+    "pithos+.diskspace": env.int("FLEET_QUOTA_PITHOS_DISKSPACE", default=5 * 1024**3),
 }
+# A dedupe run whose worker has not written a heartbeat for this long is dead: it no
+# longer blocks another run, and it can be resumed or undone.
+DEDUPE_RUN_DEAD_SECONDS = env.int("DEDUPE_RUN_DEAD_SECONDS", default=60)
 
 # --- Backups ------------------------------------------------------------------------------
 # Blob store: empty → a local folder (BACKUP_LOCAL_ROOT, under MEDIA_ROOT by default);

@@ -36,20 +36,14 @@ def _systems_per_user() -> dict[int, int]:
     )
 
 
-def _nothing_stored() -> dict[int, int]:
-    # The default until the app that stores the resource registers its source.
-    return {}
-
-
-# resource → holder kind → the real usage of every holder that has any, in one query.
+# resource → holder kind → the real usage of every holder that has any, in one query. A
+# resource (or holder kind) no service reports is absent: its stored usage cannot be
+# checked, so the quota jobs leave it as imported and list it as unverified; counting it
+# as zero would erase it.
 USAGE_SOURCES: dict[str, dict[str, UsageSource]] = {
     Quota.Resource.SYSTEMS: {
         "organization": _systems_per_organization,
         "user": _systems_per_user,
-    },
-    Quota.Resource.BACKUP_BYTES: {
-        "organization": _nothing_stored,
-        "user": _nothing_stored,
     },
 }
 

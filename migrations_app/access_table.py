@@ -57,7 +57,15 @@ RULES = [
     ),
     rule("model", "migrations_app.deduperun", SUPERUSER_ONLY, superuser="va"),
     rule("model", "migrations_app.dedupejournal", SUPERUSER_ONLY, superuser="v"),
+    rule(
+        "model",
+        "migrations_app.dedupereview",
+        SUPERUSER_ONLY,
+        note="(groups one rule only finds; changed only by its actions)",
+        superuser="v",
+    ),
     rule("model", "migrations_app.legacyaccount", SUPERUSER_ONLY, superuser="v"),
+    rule("model", "migrations_app.legacyrole", SUPERUSER_ONLY, superuser="v"),
     rule("model", "migrations_app.quotarun", SUPERUSER_ONLY, superuser="va"),
     # --- Admin actions ----------------------------------------------------------------------
     rule(
@@ -84,6 +92,8 @@ RULES = [
         support="r",
     ),
     rule("action", "migrations_app.deduperun.undo", SUPERUSER_ONLY, superuser="r"),
+    rule("action", "migrations_app.dedupereview.approve_merge", SUPERUSER_ONLY, superuser="r"),
+    rule("action", "migrations_app.dedupereview.keep_apart", SUPERUSER_ONLY, superuser="r"),
     # --- Routes -----------------------------------------------------------------------------
     rule("route", "proxy-credentials", PUBLIC, note="(legacy id and token)"),
     rule("route", "proxy-freekey", PUBLIC, note="(legacy id and token)"),

@@ -24,7 +24,7 @@ from fleet_app.admin import ReadOnlyModelAdmin, confirm_first, pretty_json
 from fleet_app.errors import FleetError
 
 from . import quotas, selectors, services
-from .models import DedupeJournal, DedupeRun, LegacyAccount, QuotaRun
+from .models import DedupeJournal, DedupeReview, DedupeRun, LegacyAccount, LegacyRole, QuotaRun
 
 # How many groups the plan page lists; the confirmation covers all of them (digest).
 PLAN_PAGE_GROUPS = 500
@@ -293,13 +293,80 @@ class DedupeJournalAdmin(ReadOnlyModelAdmin):
         return pretty_json(mask_credentials(obj.changes))
 
 
+@admin.register(DedupeReview)
+class DedupeReviewAdmin(ReadOnlyModelAdmin):
+    """Groups only one rule calls duplicates: merged by the next dedupe run once approved,
+    left as they are when kept apart. Nothing else changes them."""
+
+    list_display = ("id", "emails_text", "rule", "reason", "state", "decided_by", "decided_at")
+    list_filter = ("state", "rule", "reason")
+    search_fields = ("emails",)
+    ordering = ("-created_at", "-id")
+    fields = (
+        "emails_text",
+        "accounts",
+        "rule",
+        "reason",
+        "state",
+        "survivor_id",
+        "created_at",
+        "decided_by",
+        "decided_at",
+    )
+    readonly_fields = ("emails_text",)
+    actions = ("approve_merge", "keep_apart")
+
+    @admin.display(description="e-mails")
+    def emails_text(self, obj: DedupeReview) -> str:
+        return ", ".join(obj.emails)
+
+    def _decide(self, request, queryset, *, approve: bool) -> None:
+        done = 0
+        for review in queryset.order_by("pk"):
+            try:
+                services.dedupe_review_decide(review=review, actor=request.user, approve=approve)
+            except FleetError as error:
+                self.message_user(request, f"Review {review.pk}: {error.message}", messages.ERROR)
+                continue
+            done += 1
+        verb = "approved for the next dedupe run" if approve else "kept apart"
+        self.message_user(request, f"{done} group(s) {verb}.", messages.SUCCESS)
+
+    @admin.action(description="Approve the merge of the selected groups (next dedupe run)")
+    def approve_merge(self, request, queryset):
+        self._decide(request, queryset, approve=True)
+
+    @admin.action(description="Keep the selected groups' accounts apart")
+    def keep_apart(self, request, queryset):
+        self._decide(request, queryset, approve=False)
+
+
 @admin.register(LegacyAccount)
 class LegacyAccountAdmin(ReadOnlyModelAdmin):
-    list_display = ("legacy_id", "user", "was_active", "flagged_duplicate", "imported_at")
+    list_display = (
+        "legacy_id",
+        "uuid",
+        "user",
+        "was_active",
+        "email_verified",
+        "flagged_duplicate",
+        "vms",
+        "networks",
+        "files",
+        "imported_at",
+    )
     list_filter = ("flagged_duplicate", "was_active")
     list_select_related = ("user",)
     search_fields = ("=legacy_id", "user__email")
     ordering = ("-imported_at", "-id")
+
+
+@admin.register(LegacyRole)
+class LegacyRoleAdmin(ReadOnlyModelAdmin):
+    list_display = ("user", "organization", "role", "legacy_id")
+    list_select_related = ("user", "organization")
+    search_fields = ("=legacy_id", "user__email", "role")
+    ordering = ("user_id", "organization_id", "id")
 
 
 # --- Quotas -----------------------------------------------------------------------------

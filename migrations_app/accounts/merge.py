@@ -8,22 +8,23 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.core import serializers
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, models, transaction
 from django.utils import timezone
 
 from fleet_app import services as fleet
-from fleet_app.models import Membership, Quota, User
+from fleet_app.models import AuditEntry, Membership, Quota, User, canonical_email_key
 
 from .models import (
-    DedupeCheckpoint,
     DedupeJournal,
     DedupeMerged,
+    DedupeReview,
     DedupeRun,
     LegacyAccount,
 )
-from .selectors import ROLE_RANK, UserRelation, email_key, user_relations
+from .selectors import ROLE_RANK, UserRelation, user_relations
 
 logger = logging.getLogger(__name__)
 
@@ -111,83 +112,204 @@ class _Journal:
         self.changes.append({"op": "delete", "model": label, "rows": rows})
 
 
-def _merge_membership(kept: Membership, dropped: Membership, journal: _Journal) -> None:
+def _merge_membership(kept: Membership, dropped: Membership, journal: "_Journal") -> list[str]:
     if ROLE_RANK.get(dropped.role, 0) > ROLE_RANK.get(kept.role, 0):
-        journal.set(Membership, "role", [kept.pk], kept.role, dropped.role)
+        journal.set(Membership, "role", [kept.pk], kept.role, dropped.role, applied=True)
+        kept.role = dropped.role
+        return ["role"]
+    return []
 
 
-def _merge_quota(kept: Quota, dropped: Quota, journal: _Journal) -> None:
-    journal.set(Quota, "usage", [kept.pk], kept.usage, kept.usage + dropped.usage)
-    # A stored limit is a non-default one; the larger of two is kept.
-    if dropped.limit is not None and (kept.limit is None or dropped.limit > kept.limit):
-        journal.set(Quota, "limit", [kept.pk], kept.limit, dropped.limit)
+def quota_effective(quota: Quota) -> int:
+    """A quota's limit as the account lives it: a default (NULL) is the default's value."""
+    if quota.limit is not None:
+        return quota.limit
+    return settings.FLEET_QUOTA_DEFAULTS.get(quota.resource, 0)
+
+
+def _merge_quota(kept: Quota, dropped: Quota, journal: "_Journal") -> list[str]:
+    """Usage is summed; the survivor keeps the higher effective limit (stored NULL when that
+    is the default, so a later change of the default still reaches it)."""
+    changed = ["usage"]
+    journal.set(Quota, "usage", [kept.pk], kept.usage, kept.usage + dropped.usage, applied=True)
+    kept.usage += dropped.usage
+    best = max(quota_effective(kept), quota_effective(dropped))
+    default = settings.FLEET_QUOTA_DEFAULTS.get(kept.resource)
+    limit = None if best == default else best
+    if limit != kept.limit and best > quota_effective(kept):
+        journal.set(Quota, "limit", [kept.pk], kept.limit, limit, applied=True)
+        kept.limit = limit
+        changed.append("limit")
+    return changed
 
 
 # When a moved row would collide with the survivor's own, the survivor's row stays (this
-# merges what the other one carried into it) and the other is deleted, journaled.
-MERGE_HOOKS: dict[str, Callable[[Any, Any, _Journal], None]] = {
+# merges what the other one carried into it: the instance is changed in memory and saved
+# with the others of its batch) and the other is deleted, journaled.
+MERGE_HOOKS: dict[str, Callable[[Any, Any, _Journal], list[str]]] = {
     "fleet_app.Membership": _merge_membership,
     "fleet_app.Quota": _merge_quota,
 }
 
 
-def _move_returning(relation: UserRelation, other: int, survivor: int) -> list:
-    """``UPDATE … SET fk = survivor WHERE fk = other RETURNING pk``: one statement where
-    the ORM needs a SELECT and an UPDATE (PostgreSQL, and SQLite 3.35+)."""
+def _case_update(model: type[models.Model], column: str, pks: list, new_of: dict) -> None:
+    """``UPDATE t SET column = CASE column WHEN old THEN new … END WHERE pk IN (…)``: the
+    rows found (and journaled) move in one statement; rows added since are left alone."""
     quote = connection.ops.quote_name
-    model, column = relation.model, quote(relation.field.column)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {quote(model._meta.db_table)} SET {column} = %s WHERE {column} = %s "  # noqa: S608 - names from the models, values bound
-            f"RETURNING {quote(model._meta.pk.column)}",
-            [survivor, other],
-        )
-        return sorted(row[0] for row in cursor.fetchall())
+    table, pk_column = quote(model._meta.db_table), quote(model._meta.pk.column)
+    for start in range(0, len(pks), 2000):
+        part = pks[start : start + 2000]
+        cases = " ".join(["WHEN %s THEN %s"] * len(new_of))
+        marks = ", ".join(["%s"] * len(part))
+        params = [value for pair in new_of.items() for value in pair] + part
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET {quote(column)} = CASE {quote(column)} {cases} END "  # noqa: S608 - names from the models, values bound
+                f"WHERE {pk_column} IN ({marks})",
+                params,
+            )
 
 
-def _move(relation: UserRelation, other: int, survivor: int, journal: _Journal) -> None:
+class _Batch:
+    """The groups of one transaction: who merges into whom, and one journal per group."""
+
+    def __init__(self, positions: Sequence[int], plan: list[dict[str, Any]]):
+        self.owner: dict[int, int] = {}  # account id → plan position
+        self.survivor_of: dict[int, int] = {}  # merged account id → its survivor
+        self.groups = {position: plan[position] for position in positions}
+        self.journals = {position: _Journal() for position in positions}
+        for position, group in self.groups.items():
+            survivor, others = group["survivor"], list(group["others"])
+            if survivor in others or not others:
+                raise MergeError("A group needs a survivor and at least one other account.")
+            for user_id in [survivor, *others]:
+                if user_id in self.owner:
+                    raise MergeError(f"account {user_id} is in two groups of the plan.")
+                self.owner[user_id] = position
+            for other in others:
+                self.survivor_of[other] = survivor
+
+    def journal_of(self, user_id: int) -> _Journal:
+        return self.journals[self.owner[user_id]]
+
+
+def _move_batch(relation: UserRelation, batch: _Batch) -> None:
     model, attname = relation.model, relation.field.attname
     manager = model._base_manager
+    others = list(batch.survivor_of)
     if not relation.unique_sets and not relation.field.primary_key:
-        # Nothing to collide with: move the rows and learn which they were at once.
-        moved = _move_returning(relation, other, survivor)
-        if moved:
-            journal.set(model, attname, moved, other, survivor, applied=True)
-            journal.moved[relation.short] += len(moved)
+        rows = list(
+            manager.filter(**{f"{attname}__in": others}).order_by("pk").values_list("pk", attname)
+        )
+        if not rows:
+            return
+        per_account: dict[int, list] = defaultdict(list)
+        for pk, user_id in rows:
+            per_account[user_id].append(pk)
+        _case_update(model, relation.field.column, [pk for pk, _ in rows], batch.survivor_of)
+        for user_id, pks in per_account.items():
+            journal = batch.journal_of(user_id)
+            journal.set(model, attname, pks, user_id, batch.survivor_of[user_id], applied=True)
+            journal.moved[relation.short] += len(pks)
+        if model is Quota:
+            _quota_moved([pk for pk, _ in rows], batch)
         return
-    pks = list(manager.filter(**{attname: other}).order_by("pk").values_list("pk", flat=True))
-    if not pks:
+    survivors = sorted(set(batch.survivor_of.values()))
+    rows = {
+        obj.pk: obj
+        for obj in manager.filter(**{f"{attname}__in": others + survivors}).order_by("pk")
+    }
+    if not any(getattr(obj, attname) in batch.survivor_of for obj in rows.values()):
         return
-    colliding: dict[Any, Any] = {}  # the other account's row → the survivor's row
-    for others, condition in relation.unique_sets:
-        mine = manager.filter(pk__in=pks)
-        theirs = manager.filter(**{attname: survivor})
+    colliding: dict[Any, Any] = {}  # the other account's row → the row it merges into
+    for fields, condition in relation.unique_sets:
+        candidates = rows
         if condition is not None:
-            mine, theirs = mine.filter(condition), theirs.filter(condition)
-        keys = {
-            tuple(row[1:]): row[0]
-            for row in mine.values_list("pk", *others)
-            if None not in row[1:]  # NULLs never collide
-        }
-        if not keys:
-            continue
-        for row in theirs.values_list("pk", *others):
-            if tuple(row[1:]) in keys:
-                colliding.setdefault(keys[tuple(row[1:])], row[0])
-    if colliding:
-        hook = MERGE_HOOKS.get(model._meta.label)
+            matching = set(
+                manager.filter(pk__in=list(rows)).filter(condition).values_list("pk", flat=True)
+            )
+            candidates = {pk: obj for pk, obj in rows.items() if pk in matching}
+        held: dict[tuple, Any] = {}  # (survivor, *fields) → the row that holds it
+        for pk, obj in candidates.items():
+            user_id = getattr(obj, attname)
+            if user_id not in batch.survivor_of:
+                values = tuple(getattr(obj, model._meta.get_field(n).attname) for n in fields)
+                if None not in values:
+                    held[(user_id, *values)] = pk
+        for pk in sorted(candidates):
+            obj = candidates[pk]
+            user_id = getattr(obj, attname)
+            if user_id not in batch.survivor_of or pk in colliding:
+                continue
+            values = tuple(getattr(obj, model._meta.get_field(n).attname) for n in fields)
+            if None in values:
+                continue
+            key = (batch.survivor_of[user_id], *values)
+            if key in held:
+                colliding[pk] = held[key]
+            else:
+                held[key] = pk  # it moves: a later row of the group collides with it
+    changed: dict[Any, set[str]] = defaultdict(set)
+    hook = MERGE_HOOKS.get(model._meta.label)
+    for dropped_pk, kept_pk in colliding.items():
+        journal = batch.journal_of(getattr(rows[dropped_pk], attname))
         if hook is not None:
-            kept = manager.in_bulk(set(colliding.values()))
-            dropped = manager.in_bulk(list(colliding))
-            for dropped_pk, kept_pk in colliding.items():
-                hook(kept[kept_pk], dropped[dropped_pk], journal)
-                kept[kept_pk].refresh_from_db()
-        journal.delete(model, sorted(colliding))
-        journal.dropped[relation.short] += len(colliding)
-    moving = [pk for pk in pks if pk not in colliding]
-    if moving:
-        journal.set(model, attname, moving, other, survivor)
-        journal.moved[relation.short] += len(moving)
+            changed[kept_pk].update(hook(rows[kept_pk], rows[dropped_pk], journal))
+    for name in {name for names in changed.values() for name in names}:
+        objs = [rows[pk] for pk, names in changed.items() if name in names]
+        manager.bulk_update(objs, [name], batch_size=1000)
+    if colliding:
+        per_account: dict[int, list] = defaultdict(list)
+        for pk in sorted(colliding):
+            per_account[getattr(rows[pk], attname)].append(pk)
+        order = sorted(colliding)
+        serialized = dict(zip(order, rows_serialize([rows[pk] for pk in order]), strict=True))
+        _, per_model = manager.filter(pk__in=list(colliding)).delete()
+        label = model._meta.label
+        extra = {name: n for name, n in per_model.items() if name != label and n}
+        if extra:
+            raise MergeError(f"deleting {label} rows would also delete {extra}.")
+        for user_id, pks in per_account.items():
+            journal = batch.journal_of(user_id)
+            journal.changes.append(
+                {"op": "delete", "model": label, "rows": [serialized[pk] for pk in pks]}
+            )
+            journal.dropped[relation.short] += len(pks)
+    moving = [
+        pk
+        for pk, obj in rows.items()
+        if getattr(obj, attname) in batch.survivor_of and pk not in colliding
+    ]
+    if not moving:
+        return
+    if relation.field.primary_key:
+        raise MergeError(f"{model._meta.label} rows are keyed by the account; they cannot move.")
+    _case_update(model, relation.field.column, moving, batch.survivor_of)
+    per_account = defaultdict(list)
+    for pk in moving:
+        per_account[getattr(rows[pk], attname)].append(pk)
+    for user_id, pks in per_account.items():
+        journal = batch.journal_of(user_id)
+        journal.set(model, attname, pks, user_id, batch.survivor_of[user_id], applied=True)
+        journal.moved[relation.short] += len(pks)
+    if model is Quota:
+        _quota_moved(moving, batch)
+
+
+def _quota_moved(pks: list, batch: _Batch) -> None:
+    """A quota row that moved to a survivor with no row of its own for the resource: the
+    survivor had the default, so a lower stored limit is raised back to it."""
+    lowered = [
+        quota
+        for quota in Quota.objects.filter(pk__in=pks, limit__isnull=False)
+        if quota.limit < settings.FLEET_QUOTA_DEFAULTS.get(quota.resource, 0)
+    ]
+    for quota in lowered:
+        batch.journal_of(quota.user_id).set(
+            Quota, "limit", [quota.pk], quota.limit, None, applied=True
+        )
+        quota.limit = None
+    Quota.objects.bulk_update(lowered, ["limit"], batch_size=1000)
 
 
 def _relations_in_use(
@@ -210,6 +332,25 @@ def _relations_in_use(
     return [relation for relation, used in zip(relations, found, strict=True) if used]
 
 
+def _quota_defaults_kept(batch: _Batch, others_held: set[tuple[int, str]]) -> None:
+    """A survivor's stored limit below the default, where another account of its group had
+    no row for the resource (so the default): the default is the higher, and is kept."""
+    raised = []
+    for quota in Quota.objects.filter(
+        user_id__in=sorted(set(batch.survivor_of.values())), limit__isnull=False
+    ):
+        if quota.limit >= settings.FLEET_QUOTA_DEFAULTS.get(quota.resource, 0):
+            continue
+        group = batch.groups[batch.owner[quota.user_id]]
+        if any((other, quota.resource) not in others_held for other in group["others"]):
+            batch.journal_of(quota.user_id).set(
+                Quota, "limit", [quota.pk], quota.limit, None, applied=True
+            )
+            quota.limit = None
+            raised.append(quota)
+    Quota.objects.bulk_update(raised, ["limit"], batch_size=1000)
+
+
 def _legacy_flags(user_ids: Iterable[int]) -> dict[int, tuple[bool, bool]]:
     return {
         user_id: (was_active, flagged)
@@ -219,102 +360,173 @@ def _legacy_flags(user_ids: Iterable[int]) -> dict[int, tuple[bool, bool]]:
     }
 
 
-def users_merge(
+def tombstone_email(user_id: int) -> str:
+    """The e-mail a merged (deactivated) account keeps: unique, never deliverable (.invalid
+    is reserved), so no rule ever pairs it with another account again."""
+    return f"merged-{user_id}@dedupe.invalid"
+
+
+def groups_merge(
     *,
     run: DedupeRun,
-    position: int,
-    email: str,
-    survivor_id: int,
-    other_ids: Sequence[int],
+    positions: Sequence[int],
     delete: bool = False,
     actor: User | None = None,
-) -> DedupeJournal:
-    """Merge ``other_ids`` into ``survivor_id``, in one transaction, and journal it.
+) -> list[DedupeJournal]:
+    """Merge the plan's groups at ``positions`` into their survivors, in one transaction,
+    journaled group by group.
 
-    Every row pointing at the others moves to the survivor (rows that would collide with
-    the survivor's are merged into its row and deleted); the others are deactivated, or
-    deleted with ``delete``. The survivor is active if any account of the group counted
-    as active. Raises ``MergeError`` (nothing written) when the group is not what the
-    plan said any more; any other error rolls the group back too.
+    Every row pointing at a merged account moves to its survivor (a row that would collide
+    with the survivor's is merged into it by the model's hook and deleted); each relation
+    costs a few statements for the whole batch, not per group. The merged accounts are
+    deactivated and their e-mails tombstoned, or deleted with ``delete``; the survivor is
+    active if any account of its group counted as active. ``MergeError`` (nothing
+    written) when a group is not what the plan said any more.
     """
-    if survivor_id in other_ids or not other_ids:
-        raise MergeError("A group needs a survivor and at least one other account.")
-    ids = sorted({survivor_id, *other_ids})
+    batch = _Batch(positions, run.plan)
     with transaction.atomic():
         # Locked in id order, so two merges touching the same accounts cannot deadlock.
+        locked = User._base_manager.select_for_update()
+        if connection.features.has_select_for_update_of:
+            locked = User._base_manager.select_for_update(of=("self",))
         users = {
             user.pk: user
-            for user in User._base_manager.select_for_update()
-            .filter(pk__in=ids)
-            .annotate(key=email_key("email"))
+            for user in locked.filter(pk__in=list(batch.owner))
+            .select_related("organization")
             .order_by("pk")
         }
-        missing = [pk for pk in ids if pk not in users]
+        missing = sorted(pk for pk in batch.owner if pk not in users)
         if missing:
             raise MergeError(f"account(s) {missing} no longer exist.")
-        changed = [pk for pk in ids if users[pk].key != email]
+        changed = sorted(
+            pk
+            for pk in batch.owner
+            if batch.groups[batch.owner[pk]].get("emails", {}).get(str(pk), users[pk].email)
+            != users[pk].email
+        )
         if changed:
             raise MergeError(f"the e-mail of account(s) {changed} changed since the plan.")
         merged = sorted(
-            DedupeMerged.objects.filter(user_id__in=ids).values_list("user_id", flat=True)
+            DedupeMerged.objects.filter(user_id__in=list(batch.owner)).values_list(
+                "user_id", flat=True
+            )
         )
         if merged:
             raise MergeError(f"account(s) {merged} were already merged.")
-        flags = _legacy_flags(ids)
-        before = [{"id": u.pk, "email": u.email, "is_active": u.is_active} for u in users.values()]
-        journal = _Journal()
-        relations = _relations_in_use(user_relations(), other_ids)
-        for other in other_ids:
-            for relation in relations:
-                if not relation.account_bound:
-                    _move(relation, other, survivor_id, journal)
-        # Deactivate first: two active accounts with one e-mail may never coexist.
-        for other in other_ids:
-            if users[other].is_active:
-                journal.set(User, "is_active", [other], True, False)
-        survivor = users[survivor_id]
-        any_active = any(
-            users[pk].is_active or (flags.get(pk, (False, False)) == (True, True)) for pk in ids
+        flags = _legacy_flags(batch.owner)
+        was_active = {pk: user.is_active for pk, user in users.items()}
+        relations = _relations_in_use(user_relations(), list(batch.survivor_of))
+        others_held = set(
+            Quota.objects.filter(user_id__in=list(batch.survivor_of)).values_list(
+                "user_id", "resource"
+            )
         )
-        if any_active and not survivor.is_active:
-            journal.set(User, "is_active", [survivor_id], False, True)
+        for relation in relations:
+            if not relation.account_bound:
+                _move_batch(relation, batch)
+        _quota_defaults_kept(batch, others_held)
+        # Deactivate (and tombstone) first: two active accounts with one key never coexist.
+        leaving = []
+        for other in batch.survivor_of:
+            user, journal = users[other], batch.journal_of(other)
+            if user.is_active:
+                journal.set(User, "is_active", [other], True, False, applied=True)
+                user.is_active = False
+            if not delete:
+                tomb = tombstone_email(other)
+                journal.set(User, "email", [other], user.email, tomb, applied=True)
+                journal.set(
+                    User,
+                    "email_key",
+                    [other],
+                    user.email_key,
+                    canonical_email_key(tomb),
+                    applied=True,
+                )
+                user.email, user.email_key = tomb, canonical_email_key(tomb)
+            leaving.append(user)
+        User._base_manager.bulk_update(
+            leaving, ["is_active", "email", "email_key"], batch_size=1000
+        )
+        arriving = []
+        for position, group in batch.groups.items():
+            ids = [group["survivor"], *group["others"]]
+            # Active here, or active on the legacy side and imported inactive only because
+            # its e-mail collided with an active account.
+            any_active = any(
+                was_active[pk] or flags.get(pk, (False, False)) == (True, True) for pk in ids
+            )
+            survivor = users[group["survivor"]]
+            if any_active and not survivor.is_active:
+                batch.journals[position].set(
+                    User, "is_active", [survivor.pk], False, True, applied=True
+                )
+                survivor.is_active = True
+                arriving.append(survivor)
+        User._base_manager.bulk_update(arriving, ["is_active"], batch_size=1000)
         if delete:
-            for other in other_ids:
+            for other in batch.survivor_of:
+                journal = batch.journal_of(other)
                 for relation in relations:
                     if relation.account_bound:
                         _detach(relation, other, journal)
                 journal.delete(User, [other])
-        entry = DedupeJournal.objects.create(
-            run=run,
-            position=position,
-            email_key=email,
-            survivor_id=survivor_id,
-            merged_ids=list(other_ids),
-            state=DedupeJournal.State.MERGED,
-            changes=journal.changes,
+        entries = DedupeJournal.objects.bulk_create(
+            DedupeJournal(
+                run=run,
+                position=position,
+                email_key=group["email"],
+                survivor_id=group["survivor"],
+                merged_ids=list(group["others"]),
+                state=DedupeJournal.State.MERGED,
+                changes=batch.journals[position].changes,
+            )
+            for position, group in batch.groups.items()
         )
+        if not all(entry.pk for entry in entries):  # SQLite before 3.35 returns no ids
+            entries = list(DedupeJournal.objects.filter(run=run, position__in=list(batch.groups)))
+        by_position = {entry.position: entry for entry in entries}
         DedupeMerged.objects.bulk_create(
-            DedupeMerged(user_id=other, survivor_id=survivor_id, journal=entry)
-            for other in other_ids
+            DedupeMerged(
+                user_id=other, survivor_id=survivor, journal=by_position[batch.owner[other]]
+            )
+            for other, survivor in batch.survivor_of.items()
         )
-        if actor is not None and delete and actor.pk in other_ids:
-            actor = survivor  # the acting account was merged away: it lives on as this one
-        fleet.audit_record(
-            actor=actor,
-            action="user.merge",
-            obj=survivor,
-            organization=survivor.organization,
-            before={"accounts": before},
-            after={
-                "survivor": survivor_id,
-                "merged": list(other_ids),
-                "deleted": delete,
-                "moved": dict(journal.moved),
-                "merged_into_survivor_rows": dict(journal.dropped),
-                "dedupe_run": run.pk,
-            },
-        )
-    return entry
+        reviews = [group["review"] for group in batch.groups.values() if group.get("review")]
+        if reviews:
+            DedupeReview.objects.filter(pk__in=reviews).update(state=DedupeReview.State.MERGED)
+        audit = []
+        for position, group in batch.groups.items():
+            survivor = users[group["survivor"]]
+            journal = batch.journals[position]
+            who = actor
+            if who is not None and delete and who.pk in group["others"]:
+                who = survivor  # the acting account was merged away: it lives on as this one
+            audit.append(
+                fleet.audit_entry_build(
+                    actor=who,
+                    action="user.merge",
+                    obj=survivor,
+                    organization=survivor.organization,
+                    before={
+                        "accounts": [
+                            {"id": pk, "email": group.get("emails", {}).get(str(pk), "")}
+                            for pk in [group["survivor"], *group["others"]]
+                        ]
+                    },
+                    after={
+                        "survivor": group["survivor"],
+                        "merged": list(group["others"]),
+                        "deleted": delete,
+                        "rule": group.get("rule", "both"),
+                        "moved": dict(journal.moved),
+                        "merged_into_survivor_rows": dict(journal.dropped),
+                        "dedupe_run": run.pk,
+                    },
+                )
+            )
+        AuditEntry.objects.bulk_create(audit, batch_size=1000)
+    return [by_position[position] for position in batch.groups]
 
 
 def _detach(relation: UserRelation, user_id: int, journal: _Journal) -> None:
@@ -385,41 +597,3 @@ def users_merge_undo(
             after={"restored": entry.merged_ids, "dedupe_run": entry.run_id},
         )
     return entry
-
-
-# --- Checkpoint -----------------------------------------------------------------------------
-
-
-def dedupe_checkpoint_write(*, run: DedupeRun, chunk: int = 500) -> int:
-    """Back up every group's accounts and every row pointing at them, in one transaction.
-
-    Written before the run's first change (and rewritten whole if a redelivered task
-    comes back before it committed). Returns the number of rows backed up.
-    """
-    relations = user_relations()
-    count = 0
-    with transaction.atomic():
-        DedupeCheckpoint.objects.filter(run=run).delete()
-        plan = run.plan
-        for start in range(0, len(plan), chunk):
-            groups = plan[start : start + chunk]
-            owner: dict[int, int] = {}
-            for offset, group in enumerate(groups):
-                for user_id in [group["survivor"], *group["others"]]:
-                    owner[user_id] = start + offset
-            per_group: dict[int, list[models.Model]] = defaultdict(list)
-            for user in User._base_manager.filter(pk__in=list(owner)).order_by("pk"):
-                per_group[owner[user.pk]].append(user)
-            for relation in relations:
-                attname = relation.field.attname
-                rows = relation.model._base_manager.filter(**{f"{attname}__in": list(owner)})
-                for row in rows.order_by("pk"):
-                    per_group[owner[getattr(row, attname)]].append(row)
-            checkpoints = []
-            for position, objs in sorted(per_group.items()):
-                count += len(objs)
-                checkpoints.append(
-                    DedupeCheckpoint(run=run, position=position, rows=rows_serialize(objs))
-                )
-            DedupeCheckpoint.objects.bulk_create(checkpoints)
-    return count

@@ -40,8 +40,16 @@ class LegacyAccount(models.Model):
         User, null=True, blank=True, on_delete=models.SET_NULL, related_name="legacy_account"
     )
     legacy_id = models.CharField(max_length=128, unique=True)
+    # The legacy platform's public identifier (Synnefo 0.13 gave every user a uuid).
+    uuid = models.UUIDField(null=True, blank=True, unique=True)
     was_active = models.BooleanField(default=True)
+    email_verified = models.BooleanField(default=False)
     flagged_duplicate = models.BooleanField(default=False)
+    # What the account owned on the legacy services: Cyclades VMs and private networks,
+    # Pithos files.
+    vms = models.PositiveIntegerField(default=0)
+    networks = models.PositiveIntegerField(default=0)
+    files = models.PositiveBigIntegerField(default=0)
     imported_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -56,6 +64,63 @@ class LegacyAccount(models.Model):
 
     def __str__(self) -> str:
         return self.legacy_id
+
+
+class LegacyRole(models.Model):
+    """A role as the legacy platform wrote it, for one membership of an imported account.
+
+    A foreign key to the account, so a merge moves it to the survivor like any other row:
+    the survivor keeps every role text its merged accounts had, even one the membership's
+    own ``role`` (the strongest known one) does not name.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="legacy_roles")
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="legacy_roles"
+    )
+    role = models.CharField(max_length=32)
+    # The legacy account that had it (a survivor lists what each merged account brought).
+    legacy_id = models.CharField(max_length=128)
+
+    def __str__(self) -> str:
+        return f"{self.role} in organization {self.organization_id} (from {self.legacy_id})"
+
+
+class DedupeReview(models.Model):
+    """A group of accounts only one of the two rules calls duplicates, waiting for staff.
+
+    The Unicode rule (canonical caseless keys) and the legacy platform's (``UPPER()``)
+    disagree on it, so it is never merged without a decision: ``approved`` puts it into the
+    next dedupe run, ``kept_apart`` leaves the accounts as they are and the finder stops
+    listing that group. ``accounts`` is the sorted id list the decision was about; if the
+    group changes (another account joins it), it is a new group to review.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Waiting for a decision"
+        APPROVED = "approved", "Merge approved"
+        KEPT_APART = "kept_apart", "Kept apart"
+        MERGED = "merged", "Merged"
+
+    members = models.CharField(max_length=64, unique=True)  # digest of ``accounts``
+    accounts = models.JSONField()
+    emails = models.JSONField()
+    rule = models.CharField(max_length=16)
+    reason = models.CharField(max_length=255)
+    state = models.CharField(
+        max_length=16, choices=State.choices, default=State.PENDING, db_index=True
+    )
+    survivor_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    # The deciding account's e-mail, not a foreign key: a merge must not move the decision.
+    decided_by = models.CharField(max_length=254, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{', '.join(self.emails)} ({self.reason}; {self.state})"
 
 
 class DedupeRun(Run):
@@ -85,6 +150,11 @@ class DedupeRun(Run):
     undone_at = models.DateTimeField(null=True, blank=True)
     # Undo runs: restore fields even where they changed again since the merge.
     force = models.BooleanField(default=False)
+    # Written by the worker between groups; a running run whose heartbeat is older than
+    # DEDUPE_RUN_DEAD_SECONDS (or whose process on this host is gone) is dead.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=255, blank=True)
+    restored_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -1,11 +1,12 @@
 """Accounts: quota usage verified against the real usage, synced or reset; quota runs."""
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Count, Sum
 from django.utils import timezone
 
 from fleet_app import quotas
@@ -87,8 +88,33 @@ def _names(differences: list[tuple]) -> dict[tuple[str, int], str]:
     return names
 
 
+def _reported(scope: str, resource: str) -> bool:
+    return scope in quotas.USAGE_SOURCES.get(resource, {})
+
+
+def quotas_unverified() -> list[dict[str, Any]]:
+    """Stored usage no service reports (Pithos disk space, Cyclades CPUs … until a source
+    is registered), per resource and holder kind: kept as imported, never zeroed."""
+    found = []
+    for scope in ("organization", "user"):
+        rows = (
+            Quota.objects.filter(**{f"{scope}__isnull": False})
+            .order_by()
+            .values("resource")
+            .annotate(accounts=Count("pk"), usage=Sum("usage"))
+            .values_list("resource", "accounts", "usage")
+        )
+        for resource, accounts, usage in rows:
+            if not _reported(scope, resource):
+                found.append(
+                    {"scope": scope, "resource": resource, "accounts": accounts, "usage": usage}
+                )
+    return sorted(found, key=lambda item: (item["resource"], item["scope"]))
+
+
 def _differences(real, stored, *, everything: bool = False) -> list[UsageDifference]:
-    keys = sorted(set(real) | set(stored))
+    # Only what some service reports is compared: the rest is unverified, not zero.
+    keys = sorted(key for key in set(real) | set(stored) if _reported(key[0], key[2]))
     listed = [
         key
         for key in keys
@@ -127,6 +153,7 @@ class QuotaSyncReport:
     differences: list[UsageDifference]
     updated: int = 0
     created: int = 0
+    unverified: list[dict[str, Any]] = field(default_factory=list)
 
 
 @transaction.atomic
@@ -153,6 +180,7 @@ def quotas_sync(*, actor: User | None = None, reset: bool = False) -> QuotaSyncR
     Quota.objects.bulk_update(updates, ["usage", "updated_at"], batch_size=1000)
     Quota.objects.bulk_create(creates, batch_size=1000)
     report.updated, report.created = len(updates), len(creates)
+    report.unverified = quotas_unverified()
     if updates or creates:
         fleet.audit_record(
             actor=actor,
@@ -209,9 +237,11 @@ def _quota_run_compute(run: QuotaRun) -> None:
     QuotaRun.objects.filter(pk=run.pk).update(phase="computing", updated_at=timezone.now())
     if run.mode == QuotaRun.Mode.VERIFY:
         differences, updated, created = quotas_verify(), 0, 0
+        unverified = quotas_unverified()
     else:
         report = quotas_sync(actor=run.created_by, reset=run.mode == QuotaRun.Mode.RESET)
         differences, updated, created = report.differences, report.updated, report.created
+        unverified = report.unverified
     QuotaRun.objects.filter(pk=run.pk).update(
         phase="done",
         total=len(differences),
@@ -221,5 +251,6 @@ def _quota_run_compute(run: QuotaRun) -> None:
             "updated": updated,
             "created": created,
             "differences": [d.as_dict() for d in differences[:1000]],
+            "unverified": unverified,
         },
     )

@@ -5,37 +5,50 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import models
-from django.db.models import Count, Exists, OuterRef, Q, Value
-from django.db.models.functions import Lower
+from django.conf import settings
+from django.db import connection, models
+from django.db.models import Count, Q, Subquery
+from django.db.models.functions import Lower, Upper
 
 from fleet_app.errors import InvalidInput
-from fleet_app.models import User
+from fleet_app.models import Membership, Quota, User, canonical_email_key
 
 from .models import (
     DedupeJournal,
-    DedupeMerged,
+    DedupeReview,
     DedupeRun,
+    LegacyRole,
 )
 
 logger = logging.getLogger(__name__)
 
 
 def email_key(value: Any) -> Lower:
-    """``lower()`` as the database computes it: the key of the unique constraint."""
+    """``lower()`` as the database computes it: the key of the login look-ups."""
     return Lower(value)
 
 
 def accounts_with_email(email: str) -> models.QuerySet:
-    # lower(email) = lower(%s) matches fleet_user_email_lower_idx.
-    return User._base_manager.alias(key=email_key("email")).filter(
-        key=email_key(Value(email, output_field=models.CharField()))
-    )
+    """Accounts whose e-mail is this one under either rule: the same canonical key, or
+    the same ``UPPER()`` (the legacy platform's ``iexact``)."""
+    manager = User._base_manager
+    key = canonical_email_key(email)
+    if connection.vendor == "postgresql":
+        return manager.filter(
+            Q(email_key=key) | Q(email__iexact=email)  # iexact: UPPER(email) = UPPER(%s)
+        )
+    same = [pk for pk, other in _all_emails() if legacy_email_key(other) == email.upper()]
+    return manager.filter(Q(email_key=key) | Q(pk__in=same))
+
+
+def _all_emails() -> list[tuple[int, str]]:
+    return list(User._base_manager.order_by().values_list("pk", "email"))
 
 
 # --- The model graph ------------------------------------------------------------------------
@@ -139,14 +152,66 @@ def survivor_key(account: Account) -> tuple:
     return (not account.counts_as_active, -login, account.date_joined, account.id)
 
 
+UNICODE_RULE = "unicode"
+LEGACY_RULE = "legacy"
+BOTH_RULES = "both"
+PARTLY = "partly"
+RULE_WORDS = {
+    BOTH_RULES: "both rules",
+    UNICODE_RULE: "Unicode caseless matching only",
+    LEGACY_RULE: "the legacy platform's UPPER() only",
+    PARTLY: "neither rule as a whole (each sees part of it)",
+}
+
+# What makes two e-mails one under one rule and not the other, in words, and how to see it.
+_DIFFERENCES: tuple[tuple[str, Any], ...] = (
+    ("final sigma", lambda text: "ς" in text and ("σ" in text or "Σ" in text)),
+    ("dotless i", lambda text: "ı" in text),
+    ("micro sign", lambda text: "\u00b5" in text),
+    ("Kelvin sign", lambda text: "\u212a" in text),
+    ("sharp s", lambda text: "ß" in text or "ẞ" in text),
+    ("dotted capital I", lambda text: "İ" in text or "i\u0307" in text or "I\u0307" in text),
+)
+
+
+def differs_by(emails: Iterable[str]) -> str:
+    """Why these e-mails are (or may be) one address, in words: "differs by final sigma"."""
+    emails = list(emails)
+    text = "".join(emails)
+    found = [name for name, test in _DIFFERENCES if test(text)]
+    # The Kelvin sign is K under NFC too: named as itself, not as a normalization.
+    plain = {e.replace("\u212a", "K") for e in emails}
+    if any(not unicodedata.is_normalized("NFC", e) for e in plain):
+        found.append("Unicode normalization")
+    if not found:
+        return "differs only in case"
+    return "differs by " + " and ".join(found)
+
+
+def legacy_email_key(email: str) -> str:
+    """The legacy rule in Python (``str.upper()``), where the database has no Unicode
+    ``UPPER()`` (SQLite folds ASCII only). PostgreSQL computes it itself."""
+    return email.upper()
+
+
 @dataclass
 class DuplicateGroup:
-    """Accounts whose e-mails are equal once lower-cased, and which one survives."""
+    """Accounts one or both rules call one address, and which one survives.
+
+    ``rule`` is ``both`` (the Unicode rule and the legacy platform's agree: merged by a
+    run), ``unicode`` or ``legacy`` (only that rule sees the whole group) or ``partly``;
+    any but ``both`` waits in the review queue (``DedupeReview``) until staff approve it.
+    ``differs_by`` says in words what sets the e-mails apart.
+    """
 
     key: str
     accounts: list[Account]
     survivor_id: int | None = None
     reason: str = ""
+    rule: str = BOTH_RULES
+    differs_by: str = ""
+    review_id: int | None = None
+    approved: bool = False
 
     @property
     def survivor(self) -> Account:
@@ -155,6 +220,19 @@ class DuplicateGroup:
     @property
     def others(self) -> list[Account]:
         return [a for a in self.accounts if a.id != self.survivor_id]
+
+    @property
+    def ids(self) -> list[int]:
+        return sorted(a.id for a in self.accounts)
+
+    @property
+    def needs_review(self) -> bool:
+        """Found by one rule only and not approved yet: never merged without a decision."""
+        return self.rule != BOTH_RULES and not self.approved
+
+    @property
+    def review_reason(self) -> str:
+        return f"{self.differs_by}; found by {RULE_WORDS[self.rule]}"
 
     def moves(self) -> dict[str, int]:
         """Rows pointing at the other accounts, per relation: what moves to the survivor."""
@@ -168,55 +246,144 @@ class DuplicateGroup:
             "email": self.key,
             "survivor": self.survivor_id,
             "others": [a.id for a in self.others],
+            # The e-mails the plan saw: a group whose e-mails changed since is refused.
+            "emails": {str(a.id): a.email for a in self.accounts},
+            "rule": self.rule,
+            "review": self.review_id,
         }
 
 
-def _not_merged() -> Exists:
-    return Exists(DedupeMerged.objects.filter(user_id=OuterRef("pk")))
+def members_digest(ids: Iterable[int]) -> str:
+    """The review queue's key for a group: its sorted account ids."""
+    return hashlib.sha256(",".join(map(str, sorted(ids))).encode()).hexdigest()
 
 
-def duplicates_find(*, with_owned: bool = True) -> list[DuplicateGroup]:
-    """Every group of accounts sharing ``lower(email)``, accounts already merged left out.
+def _components(rows: list[tuple]) -> list[list[tuple]]:
+    """Accounts joined when they share a canonical key or a legacy key (union-find)."""
+    parent = list(range(len(rows)))
 
-    Two queries whatever the number of users: the groups (``GROUP BY lower(email) HAVING
-    count(*) > 1``), then their members (the lower(email) index finds them); plus, with
-    ``with_owned``, one grouped count per relation for "what it owns".
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for position in (0, 1):  # the canonical key, then the legacy key
+        first: dict[str, int] = {}
+        for i, row in enumerate(rows):
+            j = first.setdefault(row[position], i)
+            if j != i:
+                parent[root(i)] = root(j)
+    members: dict[int, list[tuple]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        members[root(i)].append(row)
+    return [group for group in members.values() if len(group) > 1]
+
+
+_MEMBER_FIELDS = (
+    "pk",
+    "email",
+    "is_active",
+    "date_joined",
+    "last_login",
+    "legacy_account__was_active",
+    "legacy_account__flagged_duplicate",
+)
+
+
+def _member_rows() -> list[tuple]:
+    """(canonical key, legacy key, *_MEMBER_FIELDS) of every account some rule pairs with
+    another. PostgreSQL: one statement, each rule a hash aggregate (``GROUP BY email_key``,
+    ``GROUP BY UPPER(email)``) feeding an IN; elsewhere the legacy key is computed here."""
+    users = User._base_manager.order_by()
+    canonical = users.values("email_key").annotate(n=Count("pk")).filter(n__gt=1)
+    if connection.vendor == "postgresql":
+        legacy = (
+            users.annotate(legacy=Upper("email"))
+            .values("legacy")
+            .annotate(n=Count("pk"))
+            .filter(n__gt=1)
+            .values("legacy")
+        )
+        rows = (
+            users.annotate(legacy=Upper("email"))
+            .filter(Q(email_key__in=canonical.values("email_key")) | Q(legacy__in=Subquery(legacy)))
+            .values_list("email_key", "legacy", *_MEMBER_FIELDS)
+        )
+        return list(rows)
+    legacy_count = Counter(legacy_email_key(email) for _, email in _all_emails())
+    keys = set(canonical.values_list("email_key", flat=True))
+    return [
+        (key, legacy_email_key(email), pk, email, *rest)
+        for key, pk, email, *rest in users.values_list("email_key", *_MEMBER_FIELDS)
+        if key in keys or legacy_count[legacy_email_key(email)] > 1
+    ]
+
+
+def duplicates_find(
+    *, with_owned: bool = True, include_kept_apart: bool = False
+) -> list[DuplicateGroup]:
+    """Every group of accounts that the Unicode rule (canonical caseless keys) or the
+    legacy platform's rule (``UPPER()``) calls one address, each with its rule and what
+    sets its e-mails apart; groups staff kept apart are left out (unless asked for).
+
+    Three queries whatever the number of users: the members (both rules' aggregates in
+    one statement), the review queue's decisions, and with ``with_owned`` one grouped
+    count per relation for "what it owns". Merged accounts carry a tombstone e-mail (or
+    are deleted), so they are in no group: a re-run after ``--apply`` finds nothing.
     """
-    candidates = User._base_manager.filter(~_not_merged()).annotate(key=email_key("email"))
-    keys = list(
-        candidates.order_by()
-        .values("key")
-        .annotate(n=Count("pk"))
-        .filter(n__gt=1)
-        .values_list("key", flat=True)
-    )
-    if not keys:
+    rows = _member_rows()
+    if not rows:
         return []
-    rows = (
-        candidates.filter(key__in=keys)
-        .order_by("key", "pk")
-        .values_list(
-            "key",
-            "pk",
-            "email",
-            "is_active",
-            "date_joined",
-            "last_login",
-            "legacy_account__was_active",
-            "legacy_account__flagged_duplicate",
+    found: list[DuplicateGroup] = []
+    for members in _components(sorted(rows, key=lambda r: r[2])):
+        canonical = {row[0] for row in members}
+        legacy = {row[1] for row in members}
+        rule = (
+            BOTH_RULES
+            if len(canonical) == 1 and len(legacy) == 1
+            else UNICODE_RULE
+            if len(canonical) == 1
+            else LEGACY_RULE
+            if len(legacy) == 1
+            else PARTLY
         )
-    )
-    groups: dict[str, DuplicateGroup] = {}
-    for key, pk, email, active, joined, login, was_active, flagged in rows:
-        groups.setdefault(key, DuplicateGroup(key=key, accounts=[])).accounts.append(
+        accounts = [
             Account(pk, email, active, joined, login, was_active, bool(flagged))
+            for _, _, pk, email, active, joined, login, was_active, flagged in members
+        ]
+        key = min(canonical) if len(canonical) == 1 or len(legacy) > 1 else min(legacy)
+        found.append(
+            DuplicateGroup(
+                key=key,
+                accounts=accounts,
+                rule=rule,
+                differs_by=differs_by(a.email for a in accounts),
+            )
         )
-    found = [g for g in groups.values() if len(g.accounts) > 1]
+    decisions = {
+        members: (pk, state, survivor)
+        for members, pk, state, survivor in DedupeReview.objects.filter(
+            members__in=[members_digest(g.ids) for g in found]
+        ).values_list("members", "pk", "state", "survivor_id")
+    }
+    kept = []
+    for group in found:
+        decision = decisions.get(members_digest(group.ids))
+        if decision is not None:
+            group.review_id = decision[0]
+            if decision[1] == DedupeReview.State.KEPT_APART and not include_kept_apart:
+                continue
+            group.approved = decision[1] == DedupeReview.State.APPROVED
+            if group.approved and decision[2] is not None:
+                group.survivor_id = decision[2]
+        kept.append(group)
+    kept.sort(key=lambda g: (g.key, g.ids))
     if with_owned:
-        accounts = {a.id: a for g in found for a in g.accounts}
+        accounts = {a.id: a for g in kept for a in g.accounts}
         for user_id, owns in relations_count(list(accounts)).items():
             accounts[user_id].owns = owns
-    return found
+    return kept
 
 
 def relations_count(user_ids: Sequence[int], *, chunk: int = 5000) -> dict[int, dict[str, int]]:
@@ -257,6 +424,9 @@ def dedupe_plan(
             group.survivor_id, group.reason = chosen[0], "preferred"
             placed.add(chosen[0])
             continue
+        if group.approved and group.survivor_id in group.ids:
+            group.reason = "chosen by staff"
+            continue
         best = min(group.accounts, key=survivor_key)
         group.survivor_id = best.id
         runner_up = sorted(group.accounts, key=survivor_key)[1]
@@ -276,7 +446,8 @@ def dedupe_plan(
 
 
 def plan_json(groups: list[DuplicateGroup]) -> list[dict[str, Any]]:
-    return [group.as_plan() for group in groups]
+    """The groups a run merges: those both rules found, and those staff approved."""
+    return [group.as_plan() for group in groups if not group.needs_review]
 
 
 def plan_digest(plan: list[dict[str, Any]]) -> str:
@@ -302,3 +473,103 @@ def dedupe_failures(run: DedupeRun) -> list[tuple[str, str]]:
         .order_by("position")
         .values_list("email_key", "error")
     )
+
+
+# --- What a merge will change, shown before --apply ----------------------------------------
+
+
+def _effective(resource: str, limit: int | None) -> int:
+    return limit if limit is not None else settings.FLEET_QUOTA_DEFAULTS.get(resource, 0)
+
+
+def plan_changes(groups: list[DuplicateGroup]) -> dict[int, list[str]]:
+    """Each group's changes in words, keyed by survivor: quota limits and usage, the
+    memberships and legacy roles that join the survivor, the e-mails that are tombstoned.
+    Three queries for every group together (quotas, memberships, legacy roles)."""
+    owner = {a.id: g.survivor_id for g in groups for a in g.accounts}
+    quotas: dict[int, dict[str, tuple[int | None, int]]] = defaultdict(dict)
+    for user_id, resource, limit, usage in Quota.objects.filter(
+        user_id__in=list(owner)
+    ).values_list("user_id", "resource", "limit", "usage"):
+        quotas[user_id][resource] = (limit, usage)
+    memberships: dict[int, dict[int, str]] = defaultdict(dict)
+    for user_id, org_id, role in Membership.objects.filter(user_id__in=list(owner)).values_list(
+        "user_id", "organization_id", "role"
+    ):
+        memberships[user_id][org_id] = role
+    roles: dict[int, list[str]] = defaultdict(list)
+    for user_id, org_id, role in LegacyRole.objects.filter(user_id__in=list(owner)).values_list(
+        "user_id", "organization_id", "role"
+    ):
+        roles[user_id].append(f"{role!r} in organization {org_id}")
+    changes: dict[int, list[str]] = {}
+    for group in groups:
+        if group.survivor_id is None:
+            continue
+        survivor, lines = group.survivor_id, []
+        others = [a.id for a in group.others]
+        resources = sorted({r for pk in [survivor, *others] for r in quotas[pk]})
+        for resource in resources:
+            mine = quotas[survivor].get(resource, (None, 0))
+            best = max(
+                _effective(resource, quotas[pk].get(resource, (None, 0))[0])
+                for pk in [survivor, *others]
+            )
+            usage = [quotas[pk].get(resource, (None, 0))[1] for pk in [survivor, *others]]
+            before = _effective(resource, mine[0])
+            limit = f"limit {before} → {best}" if best != before else f"limit {before} kept"
+            lines.append(
+                f"quota {resource}: {limit}; usage {' + '.join(map(str, usage))} = {sum(usage)}"
+            )
+        for other in others:
+            for org_id, role in sorted(memberships[other].items()):
+                have = memberships[survivor].get(org_id)
+                if have is None:
+                    lines.append(f"membership of organization {org_id} ({role}) joins")
+                elif ROLE_RANK.get(role, 0) > ROLE_RANK.get(have, 0):
+                    lines.append(f"membership of organization {org_id}: role {have} → {role}")
+            if roles[other]:
+                lines.append(f"legacy roles kept from {other}: {', '.join(roles[other])}")
+        for account in group.others:
+            lines.append(f"account {account.id} <{account.email}> deactivated, e-mail tombstoned")
+        changes[survivor] = lines
+    return changes
+
+
+def postcheck() -> dict[str, int]:
+    """Seed 001's "check again that no duplicate email conflicts remain", under both rules,
+    over every account: groups of one canonical key, groups of one ``UPPER(email)``, and
+    how many of all the groups still found wait for review or were kept apart by staff."""
+    users = User._base_manager.order_by()
+    unicode_groups = users.values("email_key").annotate(n=Count("pk")).filter(n__gt=1).count()
+    if connection.vendor == "postgresql":
+        legacy_groups = (
+            users.annotate(legacy=Upper("email"))
+            .values("legacy")
+            .annotate(n=Count("pk"))
+            .filter(n__gt=1)
+            .count()
+        )
+    else:
+        legacy_groups = sum(
+            1 for n in Counter(legacy_email_key(e) for _, e in _all_emails()).values() if n > 1
+        )
+    found = (
+        duplicates_find(with_owned=False, include_kept_apart=True)
+        if unicode_groups or legacy_groups
+        else []
+    )
+    kept = {
+        members
+        for members in DedupeReview.objects.filter(state=DedupeReview.State.KEPT_APART).values_list(
+            "members", flat=True
+        )
+    }
+    return {
+        "unicode": unicode_groups,
+        "legacy": legacy_groups,
+        "awaiting_review": sum(
+            1 for g in found if g.needs_review and members_digest(g.ids) not in kept
+        ),
+        "kept_apart": sum(1 for g in found if members_digest(g.ids) in kept),
+    }

@@ -1,6 +1,10 @@
 """Accounts: dedupe runs (merge or undo a confirmed plan), chunk by chunk."""
 
+import datetime as dt
 import logging
+import os
+import socket
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -14,12 +18,14 @@ from fleet_app.locks import LockHeld, named_lock
 from fleet_app.models import User
 from fleet_app.runs import FINISHED_STATES, RunState, run_claim, run_finish, run_log, task_enqueue
 
-from .merge import MergeError, dedupe_checkpoint_write, users_merge, users_merge_undo
+from .checkpoint import dedupe_checkpoint_restore, dedupe_checkpoint_write
+from .merge import MergeError, groups_merge, users_merge_undo
 from .models import (
     DedupeJournal,
+    DedupeReview,
     DedupeRun,
 )
-from .selectors import dedupe_plan, duplicates_find, plan_json
+from .selectors import DuplicateGroup, dedupe_plan, duplicates_find, members_digest, plan_json
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +33,70 @@ logger = logging.getLogger(__name__)
 # --- Runs -----------------------------------------------------------------------------------
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def dedupe_run_is_dead(run: DedupeRun, *, now: dt.datetime | None = None) -> bool:
+    """A running run whose worker died: no heartbeat for ``DEDUPE_RUN_DEAD_SECONDS``, or
+    its process (on this host) is gone. Known within a minute, not the 24 hours after
+    which ``runs_reap`` fails any run."""
+    if run.state != RunState.RUNNING:
+        return False
+    now = now or timezone.now()
+    beat = run.heartbeat_at or run.updated_at
+    if beat < now - dt.timedelta(seconds=settings.DEDUPE_RUN_DEAD_SECONDS):
+        return True
+    host, _, pid = run.worker.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+
+
+def dedupe_runs_reap_dead() -> list[int]:
+    """Fail the dedupe runs whose worker died, saying so; their journal and cursor stay,
+    so each can be resumed (``--resume``), undone or restored from its checkpoint."""
+    reaped = []
+    for run in DedupeRun.objects.filter(state=RunState.RUNNING):
+        if not dedupe_run_is_dead(run):
+            continue
+        beat = run.heartbeat_at or run.updated_at
+        changed = DedupeRun.objects.filter(pk=run.pk, state=RunState.RUNNING).update(
+            state=RunState.FAILED,
+            phase=DEAD_PHASE,
+            error=f"Its worker ({run.worker or 'unknown'}) died: no heartbeat since "
+            f"{beat:%Y-%m-%d %H:%M:%S} UTC. Resume, undo or restore it.",
+            finished_at=timezone.now(),
+            updated_at=timezone.now(),
+        )
+        if changed:
+            logger.warning("dedupe run %s: its worker died", run.pk)
+            reaped.append(run.pk)
+    return reaped
+
+
+# The phase of a run failed because its worker died (``--resume`` picks it up again).
+DEAD_PHASE = "worker died"
+
+
 def _refuse_if_active() -> None:
+    dedupe_runs_reap_dead()
     active = DedupeRun.objects.filter(state__in=(RunState.PENDING, RunState.RUNNING)).first()
     if active is not None:
         raise Conflict(f"Dedupe run {active.pk} is still {active.state}; wait until it ends.")
+
+
+def dedupe_heartbeat(run: DedupeRun) -> None:
+    """The worker is alive and this is it (host and process id)."""
+    DedupeRun.objects.filter(pk=run.pk).update(
+        heartbeat_at=timezone.now(),
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+        updated_at=timezone.now(),
+    )
 
 
 def dedupe_run_create(
@@ -68,6 +134,11 @@ def dedupe_undo_create(
     """Write a pending undo run over the merged groups of ``run``, newest group first."""
     if run.kind != DedupeRun.Kind.MERGE:
         raise InvalidInput(f"Run {run.pk} is an undo run; only a merge run can be undone.")
+    if dedupe_run_is_dead(run):
+        dedupe_runs_reap_dead()
+        run.refresh_from_db()
+    if run.restored_at is not None:
+        raise Conflict(f"Run {run.pk} was restored from its checkpoint; there is nothing to undo.")
     if run.state not in FINISHED_STATES:
         raise Conflict(f"Run {run.pk} is still {run.state}; undo it once it has finished.")
     if run.undone_at is not None:
@@ -132,12 +203,14 @@ def dedupe_undo_start(
     return undo
 
 
-def _step_done(run: DedupeRun, position: int, *, ok: bool) -> None:
+def _step_done(run: DedupeRun, position: int, *, ok: bool, count: int = 1) -> None:
+    now = timezone.now()
     DedupeRun.objects.filter(pk=run.pk).update(
         cursor=position + 1,
-        done=models.F("done") + int(ok),
-        failed=models.F("failed") + int(not ok),
-        updated_at=timezone.now(),
+        done=models.F("done") + (count if ok else 0),
+        failed=models.F("failed") + (0 if ok else count),
+        updated_at=now,
+        heartbeat_at=now,
     )
 
 
@@ -145,23 +218,40 @@ def _error_text(error: Exception) -> str:
     return str(error) if isinstance(error, MergeError) else f"{type(error).__name__}: {error}"
 
 
-def _merge_position(run: DedupeRun, position: int) -> tuple[bool, str]:
+def _merge_positions(run: DedupeRun, positions: list[int]) -> list[tuple[int, bool, str]]:
+    """Merge a chunk of groups in one transaction; if any fails, each group alone, so a
+    failing group fails by itself and the others go on."""
+    done = set(
+        DedupeJournal.objects.filter(run=run, position__in=positions).values_list(
+            "position", flat=True
+        )
+    )
+    todo = [p for p in positions if p not in done]  # a redelivered chunk: skip what is done
+    if not todo:
+        with transaction.atomic():
+            _step_done(run, positions[-1], ok=True, count=0)
+        return [(p, True, "") for p in positions]
+    if len(todo) > 1:
+        try:
+            with transaction.atomic():
+                groups_merge(
+                    run=run, positions=todo, delete=run.delete_duplicates, actor=run.created_by
+                )
+                _step_done(run, positions[-1], ok=True, count=len(todo))
+            return [(p, True, "") for p in positions]
+        except Exception:  # retried group by group, where a failing group fails alone
+            results = [result for p in todo for result in _merge_positions(run, [p])]
+            with transaction.atomic():
+                _step_done(run, positions[-1], ok=True, count=0)
+            return results
+    position = todo[0]
     group = run.plan[position]
-    if DedupeJournal.objects.filter(run=run, position=position).exists():
-        return True, ""  # a redelivered chunk: this group is done already
     try:
         with transaction.atomic():
-            users_merge(
-                run=run,
-                position=position,
-                email=group["email"],
-                survivor_id=group["survivor"],
-                other_ids=group["others"],
-                delete=run.delete_duplicates,
-                actor=run.created_by,
+            groups_merge(
+                run=run, positions=[position], delete=run.delete_duplicates, actor=run.created_by
             )
             _step_done(run, position, ok=True)
-        return True, ""
     except Exception as error:  # any failure fails this group alone
         message = _error_text(error)
         logger.warning("dedupe run %s: group %s failed: %s", run.pk, group["email"], message)
@@ -177,7 +267,8 @@ def _merge_position(run: DedupeRun, position: int) -> tuple[bool, str]:
             )
             _step_done(run, position, ok=False)
         run_log(run, f"group {group['email']} failed: {message}")
-        return False, message
+        return [(position, False, message)]
+    return [(position, True, "")]
 
 
 def _undo_position(run: DedupeRun, position: int) -> tuple[bool, str]:
@@ -209,16 +300,21 @@ def dedupe_run_step(
     also advances the cursor, so a redelivered chunk starts after the last group done.
     """
     run = DedupeRun.objects.select_related("created_by").get(pk=run_id)
+    dedupe_heartbeat(run)
     if run.kind == DedupeRun.Kind.MERGE and run.phase in ("", "queued"):
         rows = dedupe_checkpoint_write(run=run)
         DedupeRun.objects.filter(pk=run.pk).update(phase="merging", updated_at=timezone.now())
         run_log(run, f"checkpoint written: {rows} row(s) of {len(run.plan)} group(s)")
     elif run.kind == DedupeRun.Kind.UNDO and run.phase in ("", "queued"):
         DedupeRun.objects.filter(pk=run.pk).update(phase="restoring", updated_at=timezone.now())
+    run.refresh_from_db(fields=["cursor", "phase"])
     end = min(len(run.plan), run.cursor + max(1, run.chunk_size))
-    step = _merge_position if run.kind == DedupeRun.Kind.MERGE else _undo_position
-    for position in range(run.cursor, end):
-        ok, message = step(run, position)
+    positions = list(range(run.cursor, end))
+    if run.kind == DedupeRun.Kind.MERGE:
+        results = _merge_positions(run, positions) if positions else []
+    else:
+        results = [(p, *_undo_position(run, p)) for p in positions]
+    for position, ok, message in results:
         if progress is not None:
             progress(position, ok, message)
     return end < len(run.plan)
@@ -280,3 +376,113 @@ def dedupe_run_process(
         dedupe_run_fail(run_id=run.pk, error=f"{type(error).__name__}: {error}")
         raise
     return dedupe_run_finish(run_id=run.pk)
+
+
+# --- The review queue -----------------------------------------------------------------------
+
+
+def dedupe_reviews_queue(*, groups: Iterable[DuplicateGroup], actor: User | None) -> int:
+    """Put every group only one rule found (and not decided yet) into the review queue;
+    returns how many were new. Nothing of such a group is merged until staff approve it."""
+    waiting = [g for g in groups if g.needs_review and g.review_id is None]
+    if not waiting:
+        return 0
+    rows = [
+        DedupeReview(
+            members=members_digest(g.ids),
+            accounts=g.ids,
+            emails=[a.email for a in sorted(g.accounts, key=lambda a: a.id)],
+            rule=g.rule,
+            reason=g.differs_by,
+            survivor_id=g.survivor_id,
+        )
+        for g in waiting
+    ]
+    with transaction.atomic():
+        before = DedupeReview.objects.count()
+        DedupeReview.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
+        new = DedupeReview.objects.count() - before
+        if new:
+            fleet.audit_record(
+                actor=actor,
+                action="dedupe.review_queued",
+                after={"groups": new, "reasons": dict(Counter(g.differs_by for g in waiting))},
+            )
+    return new
+
+
+@transaction.atomic
+def dedupe_review_decide(
+    *, review: DedupeReview, actor: User | None, approve: bool, survivor_id: int | None = None
+) -> DedupeReview:
+    """A staff decision on a queued group: ``approve`` it (the next dedupe run merges it,
+    into ``survivor_id`` if given) or keep its accounts apart for good."""
+    review = DedupeReview.objects.select_for_update().get(pk=review.pk)
+    if review.state not in (DedupeReview.State.PENDING, DedupeReview.State.APPROVED):
+        raise Conflict(f"Review {review.pk} is {review.get_state_display().lower()} already.")
+    if survivor_id is not None and survivor_id not in review.accounts:
+        raise InvalidInput(f"Account {survivor_id} is not in review {review.pk}'s group.")
+    before = {"state": review.state, "survivor": review.survivor_id}
+    review.state = DedupeReview.State.APPROVED if approve else DedupeReview.State.KEPT_APART
+    if survivor_id is not None:
+        review.survivor_id = survivor_id
+    review.decided_at = timezone.now()
+    review.decided_by = actor.email if actor is not None and actor.pk else "platform"
+    review.save(update_fields=["state", "survivor_id", "decided_at", "decided_by"])
+    fleet.audit_record(
+        actor=actor,
+        action="dedupe.review_approved" if approve else "dedupe.review_kept_apart",
+        obj=review,
+        before=before,
+        after={"state": review.state, "survivor": review.survivor_id, "accounts": review.accounts},
+    )
+    return review
+
+
+# --- Recovery -------------------------------------------------------------------------------
+
+
+def _reaped(run: DedupeRun) -> DedupeRun:
+    if dedupe_run_is_dead(run):
+        dedupe_runs_reap_dead()
+        run.refresh_from_db()
+    return run
+
+
+def dedupe_run_resume(*, run: DedupeRun, actor: User | None) -> DedupeRun:
+    """Make a merge run whose worker died pending again: it goes on from its cursor (the
+    groups merged before the death are in the journal and are not merged twice)."""
+    run = _reaped(run)
+    if run.kind != DedupeRun.Kind.MERGE or run.phase != DEAD_PHASE:
+        raise Conflict(f"Run {run.pk} is {run.state}; only a run whose worker died is resumed.")
+    if run.restored_at is not None or run.undone_at is not None:
+        raise Conflict(f"Run {run.pk} was restored or undone; start a new run instead.")
+    _refuse_if_active()
+    DedupeRun.objects.filter(pk=run.pk).update(
+        state=RunState.PENDING,
+        phase="merging",
+        error="",
+        finished_at=None,
+        heartbeat_at=None,
+        updated_at=timezone.now(),
+    )
+    fleet.audit_record(actor=actor, action="dedupe.resume", obj=run, after={"cursor": run.cursor})
+    run.refresh_from_db()
+    return run
+
+
+def dedupe_restore(*, run: DedupeRun, actor: User | None) -> dict[str, Any]:
+    """Restore the checkpoint of a merge run (one whose worker died included); the
+    caller holds the dedupe lock."""
+    run = _reaped(run)
+    if run.kind != DedupeRun.Kind.MERGE:
+        raise InvalidInput(f"Run {run.pk} is an undo run; it has no checkpoint.")
+    if not run.is_finished:
+        raise Conflict(f"Run {run.pk} is still {run.state}; restore it once it has finished.")
+    if run.restored_at is not None:
+        raise Conflict(f"Run {run.pk} was already restored on {run.restored_at:%Y-%m-%d %H:%M}.")
+    if run.undone_at is not None:
+        raise Conflict(f"Run {run.pk} was undone on {run.undone_at:%Y-%m-%d %H:%M}.")
+    if not run.checkpoints.exists():
+        raise Conflict(f"Run {run.pk} has no checkpoint: it changed nothing.")
+    return dedupe_checkpoint_restore(run=run, actor=actor)

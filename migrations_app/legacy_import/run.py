@@ -65,7 +65,8 @@ class LegacyImport:
     """One import run: ``with LegacyImport(apply=…, write=…) as run: run.feed(…)``.
 
     With ``apply`` each batch commits on its own; without, every batch happens inside one
-    transaction rolled back when the run ends.
+    transaction rolled back when the run ends. With ``all_or_nothing`` an applied import
+    also runs in one transaction, committed only if no row was refused.
     """
 
     def __init__(
@@ -74,8 +75,9 @@ class LegacyImport:
         apply: bool,
         write: Callable[[str], None] | None = None,
         progress: Callable[[], None] | None = None,
+        all_or_nothing: bool = False,
     ):
-        self.apply, self.progress = apply, progress
+        self.apply, self.progress, self.all_or_nothing = apply, progress, all_or_nothing
         self.report = ImportReport(write=write)
         self._outer: transaction.Atomic | None = None
 
@@ -86,7 +88,7 @@ class LegacyImport:
                 "CREATE TEMPORARY TABLE legacy_import_seen (section text NOT NULL, "
                 "key text NOT NULL, place text NOT NULL, PRIMARY KEY (section, key))"
             )
-        if not self.apply:
+        if not self.apply or self.all_or_nothing:
             self._outer = transaction.atomic()
             self._outer.__enter__()
         return self
@@ -94,7 +96,8 @@ class LegacyImport:
     def __exit__(self, kind, value, traceback) -> None:
         try:
             if self._outer is not None:
-                transaction.set_rollback(True)
+                if not self.apply or self.report.refused or kind is not None:
+                    transaction.set_rollback(True)
                 self._outer.__exit__(kind, value, traceback)
         finally:
             if connection.connection is not None and not connection.needs_rollback:
@@ -184,7 +187,11 @@ class LegacyImport:
         report = self.report
         if not report.refused:
             return None
-        done = "the others were imported" if self.apply else "nothing was written"
+        done = (
+            "the others were imported"
+            if self.apply and not self.all_or_nothing
+            else "nothing was written"
+        )
         return CommandError(
             f"{report.refused} of {report.read} row(s) were refused (listed above); {done}."
         )

@@ -116,7 +116,9 @@ def test_a_json_export_is_imported(owner, tmp_path, settings):
     # The case-insensitive constraint on active accounts still holds.
     active = User.objects.filter(is_active=True).annotate(key=Lower("email"))
     assert sorted(active.values_list("key", flat=True)) == ["ann@example.com", "bob@example.com"]
-    assert AuditEntry.objects.filter(action="user.import").count() == 4
+    # One entry per batch, listing every account it imported.
+    (entry,) = AuditEntry.objects.filter(action="user.import")
+    assert len(entry.after["accounts"]) == 4
 
 
 def test_the_flagged_accounts_are_what_dedupe_finds(owner, tmp_path):
@@ -204,6 +206,7 @@ def test_bad_rows_are_named_and_nothing_of_them_is_written(owner, tmp_path):
     out, err = run_command(
         *(tmp_path / f for f in ("orgs.csv", "users.csv", "more.json", "quotas.csv")),
         "--apply",
+        "--skip-bad-rows",
         refused=9,
     )
 
@@ -214,7 +217,9 @@ def test_bad_rows_are_named_and_nothing_of_them_is_written(owner, tmp_path):
         "users.csv line 6: organization 'o9' is not in the import or the database.",
         "users.csv line 7: is_active 'maybe' is not true or false.",
         "more.json line 1 (users item 2): is not an object of named fields.",
-        "quotas.csv line 2: resource 'cpus' is unknown; use systems, backup_bytes.",
+        "quotas.csv line 2: resource 'cpus' is unknown; use systems, backup_bytes, "
+        "cyclades.vm, cyclades.cpu, cyclades.ram, cyclades.disk, cyclades.network.private, "
+        "pithos+.diskspace.",
         "quotas.csv line 3: give exactly one of organization and user.",
         "quotas.csv line 4: user 'u3' is not in the import or the database.",
     ]
@@ -295,3 +300,84 @@ def test_unreadable_files_are_refused_with_a_sentence(tmp_path, content, name, m
 def test_an_unknown_under_organization_is_refused(tmp_path, owner):
     with pytest.raises(CommandError, match="No organization has the id, slug or name 'Nowhere'"):
         run_command(write_json(tmp_path, EXPORT), "--under", "Nowhere")
+
+
+# --- The legacy format, whole -------------------------------------------------------------
+
+SYNNEFO_USERS = (
+    "legacy_id,uuid,email,is_active,email_verified,date_joined,memberships,vms,networks,files\n"
+)
+
+
+def test_the_legacy_format_carries_uuids_flags_counts_and_every_resource(owner, tmp_path):
+    (tmp_path / "orgs.csv").write_text("legacy_id,name,kind,parent\no1,Acme,customer,\n")
+    (tmp_path / "users.csv").write_text(
+        SYNNEFO_USERS
+        + "u1,9b6a1c2e-0d6f-4c49-8a55-3f1c2b7d9e01,kpap@grnet.gr,true,true,2012-05-01,"
+        "o1:project-owner,3,1,1200\n"
+    )
+    resources = [
+        "cyclades.vm",
+        "cyclades.cpu",
+        "cyclades.ram",
+        "cyclades.disk",
+        "cyclades.network.private",
+        "pithos+.diskspace",
+    ]
+    (tmp_path / "quotas.csv").write_text(
+        "user,resource,limit\n" + "".join(f"u1,{r},{10 + n}\n" for n, r in enumerate(resources))
+    )
+    (tmp_path / "usage.csv").write_text(
+        "user,resource,usage\n" + "".join(f"u1,{r},{n}\n" for n, r in enumerate(resources))
+    )
+
+    run_command(*(tmp_path / f for f in ("orgs.csv", "users.csv", "quotas.csv", "usage.csv")),
+                "--apply")  # fmt: skip
+
+    account = LegacyAccount.objects.get(legacy_id="u1")
+    assert str(account.uuid) == "9b6a1c2e-0d6f-4c49-8a55-3f1c2b7d9e01"
+    assert (account.email_verified, account.vms, account.networks, account.files) == (
+        True,
+        3,
+        1,
+        1200,
+    )
+    assert account.user.legacy_roles.get().role == "project-owner"
+    stored = dict(Quota.objects.filter(user=account.user).values_list("resource", "limit"))
+    assert stored == {r: 10 + n for n, r in enumerate(resources)}
+
+
+def test_every_bad_row_is_named_and_the_file_writes_nothing(owner, tmp_path):
+    (tmp_path / "orgs.csv").write_text("legacy_id,name,kind,parent\no1,Acme,customer,\n")
+    users = tmp_path / "users.csv"
+    users.write_bytes(
+        SYNNEFO_USERS.encode()
+        + b"u1,,ann@example.com,true,false,,o1,0,0,0\n"  # 2: good
+        + b"u2,,nul\x00@example.com,true,false,,,0,0,0\n"  # 3: a NUL
+        + b"u3,,bob@example.com,true,false,,,99999999999,0,0\n"  # 4: out of range
+        + b"u1,,carl@example.com,true,false,,,0,0,0\n"  # 5: duplicate legacy_id
+        + b"u5,,dora@example.com,true\n"  # 6: short
+        + "u6,,emma\u2028x@example.com,true,false,,,0,0,0\n".encode()  # 7: U+2028 in a field
+        + b"u7,not-a-uuid,fred@example.com,true,false,,,0,0,0\n"  # 8
+        + b"u8,,gina@example.com,true,false,,,0,0,0\n"  # 9: good
+    )
+    before = counts()
+
+    out, err = run_command(tmp_path / "orgs.csv", users, "--apply", refused=6)
+
+    assert err.splitlines() == [
+        "users.csv line 3: email holds a NUL character.",
+        "users.csv line 4: vms 99999999999 is larger than 2147483647.",
+        "users.csv line 5: legacy_id 'u1' was already given on users.csv line 2.",
+        "users.csv line 6: has 4 fields where the header has 10.",
+        # Shown escaped: the separator never breaks the report's line either.
+        "users.csv line 7: email 'emma\\u2028x@example.com' is not an e-mail address.",
+        "users.csv line 8: uuid 'not-a-uuid' is not a UUID.",
+    ]
+    assert "Nothing was written: fix the refused rows" in out
+    assert counts() == before
+
+    out, _ = run_command(tmp_path / "orgs.csv", users, "--apply", "--skip-bad-rows", refused=6)
+
+    assert "Skipped 6 refused row(s) (--skip-bad-rows)." in out
+    assert set(LegacyAccount.objects.values_list("legacy_id", flat=True)) == {"u1", "u8"}

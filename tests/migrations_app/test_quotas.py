@@ -86,9 +86,13 @@ def test_a_quota_without_a_limit_has_the_default_from_settings(customer, setting
     assert Quota(organization=customer, resource="systems", limit=3).effective_limit == 3
 
 
-def test_every_resource_has_a_real_usage_source_for_both_holder_kinds():
-    for resource in Quota.Resource.values:
-        assert set(quotas.USAGE_SOURCES[resource]) == {"organization", "user"}
+def test_the_resources_services_report_have_a_usage_source():
+    assert set(quotas.USAGE_SOURCES["systems"]) == {"organization", "user"}
+    assert set(quotas.USAGE_SOURCES["backup_bytes"]) == {"organization"}
+    # The legacy platform's resources are reported by no service here (yet).
+    assert not any(
+        resource.startswith(("cyclades.", "pithos+.")) for resource in quotas.USAGE_SOURCES
+    )
 
 
 # --- Verify --------------------------------------------------------------------------------
@@ -100,11 +104,7 @@ def test_verify_lists_every_account_whose_stored_usage_differs(
     # The stored usages; one grouped query per real-usage source (systems per organization
     # and per creator, backup bytes per organization once backups_app registered its
     # source); the names of the organizations and of the users listed.
-    sources = sum(
-        source is not quotas._nothing_stored
-        for per_scope in quotas.USAGE_SOURCES.values()
-        for source in per_scope.values()
-    )
+    sources = sum(len(per_scope) for per_scope in quotas.USAGE_SOURCES.values())
     assert sources >= 2
     with django_assert_num_queries(1 + sources + 2):
         found = account_quotas.quotas_verify()
@@ -255,3 +255,40 @@ def test_quota_runs_run_in_a_real_worker(celery_worker_process, fleet):
     reset = account_quotas.quota_run_start(actor=None, mode="reset", queue=celery_worker_process)
     assert wait_for(lambda: QuotaRun.objects.get(pk=reset.pk).is_finished, timeout=60)
     assert not Quota.objects.filter(updated_at=LONG_AGO).exists()
+
+
+# --- Usage no service reports ---------------------------------------------------------------
+
+
+def test_sync_keeps_the_usage_no_service_reports_and_lists_it_unverified(fleet, customer):
+    ann = fleet["ann"]
+    terabytes = 12_900 * 1024**3
+    Quota.objects.create(user=ann, resource="pithos+.diskspace", usage=terabytes)
+    Quota.objects.create(organization=customer, resource="cyclades.cpu", usage=24)
+    Quota.objects.create(user=ann, resource="backup_bytes", usage=5)  # reported per org only
+    before = {q.pk: (q.usage, q.updated_at) for q in Quota.objects.exclude(resource="systems")}
+
+    verify = run_command("--verify")
+    out = run_command("--sync")
+    report = json.loads(run_command("--sync", "--json"))
+
+    kept = {
+        q.pk: (q.usage, q.updated_at)
+        for q in Quota.objects.exclude(resource="systems").exclude(
+            organization__isnull=False, resource="backup_bytes"
+        )
+    }
+    assert kept == {pk: value for pk, value in before.items() if pk in kept} and len(kept) == 3
+    assert "pithos+.diskspace" not in verify.split("unverified:")[0]
+    for text in (verify, out):
+        assert (
+            f"unverified: pithos+.diskspace of 1 user(s), {terabytes} stored: no service "
+            "reports it; kept as imported" in text
+        )
+        assert "unverified: cyclades.cpu of 1 organization(s), 24 stored" in text
+        assert "unverified: backup_bytes of 1 user(s), 5 stored" in text
+    assert {item["resource"] for item in report["unverified"]} == {
+        "backup_bytes",
+        "cyclades.cpu",
+        "pithos+.diskspace",
+    }

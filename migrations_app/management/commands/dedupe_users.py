@@ -1,9 +1,14 @@
-"""Find accounts whose e-mails differ only in case, and merge each group into one account.
+"""Find accounts that are one address under Unicode caseless matching or under the
+legacy platform's ``UPPER()``, and merge each group into one account.
 
-Dry run by default: prints every group (each account's id, active flag, join date, last
-login and what it owns) and the plan (which account survives and what moves to it).
-``--apply`` merges, one transaction per group, after writing a checkpoint of the affected
-rows; ``--undo RUN_ID`` restores the accounts and their relations exactly as they were.
+Dry run by default: prints every group (its rule, what sets its e-mails apart, each
+account's id, active flag, join date, last login and what it owns) and the plan (which
+account survives, what moves to it, each quota, membership and role change). Groups both
+rules find are merged by ``--apply`` (after a checkpoint of the affected rows), then the
+post-check runs; a group one rule only finds goes to the review queue (admin → Dedupe
+reviews) and is merged only once staff approve it. ``--undo RUN_ID`` replays the journal
+backwards, ``--restore RUN_ID`` writes the checkpoint back, ``--resume RUN_ID`` carries
+on a run whose worker died.
 """
 
 import json
@@ -66,6 +71,18 @@ class Command(CutoverCommand):
             help="With --undo: restore fields even where they changed again since the merge.",
         )
         parser.add_argument(
+            "--restore",
+            type=int,
+            metavar="RUN_ID",
+            help="Write the checkpoint of merge run RUN_ID back (even where e-mails collide).",
+        )
+        parser.add_argument(
+            "--resume",
+            type=int,
+            metavar="RUN_ID",
+            help="Carry on merge run RUN_ID, whose worker died, from where it stopped.",
+        )
+        parser.add_argument(
             "--checkpoint",
             type=int,
             metavar="RUN_ID",
@@ -81,19 +98,32 @@ class Command(CutoverCommand):
         if options["undo"] is not None:
             self._undo(self._run(options["undo"]), force=options["force"])
             return
+        if options["restore"] is not None:
+            self._restore(self._run(options["restore"]))
+            return
+        if options["resume"] is not None:
+            self._resume(self._run(options["resume"]))
+            return
         try:
             groups = selectors.dedupe_plan(selectors.duplicates_find(), prefer=options["prefer"])
         except FleetError as error:
             raise CommandError(error.message) from None
-        run = None
+        changes = selectors.plan_changes([g for g in groups if not g.needs_review])
+        run, queued, check = None, 0, None
         if options["apply"] and groups:
-            run = self._apply(groups, delete=options["delete"], prefer=options["prefer"])
+            queued = services.dedupe_reviews_queue(groups=groups, actor=None)
+            if selectors.plan_json(groups):
+                run = self._apply(groups, delete=options["delete"], prefer=options["prefer"])
+        if options["apply"]:
+            check = selectors.postcheck()
         if options["json"]:
-            self._json(groups, run)
+            self._json(groups, run, changes, check)
         elif options["csv"]:
             self._csv(groups, run)
         else:
-            self._text(groups, run)
+            self._text(groups, run, changes, queued)
+            if check is not None:
+                self._postcheck(check)
 
     def _check_arguments(self, options: dict[str, Any]) -> None:
         if options["json"] and options["csv"]:
@@ -112,6 +142,15 @@ class Command(CutoverCommand):
             options[name] for name in ("apply", "delete", "prefer", "undo")
         ):
             raise CommandError("--checkpoint only prints a run's checkpoint; give it alone.")
+        recovery = [name for name in ("undo", "restore", "resume") if options[name] is not None]
+        if len(recovery) > 1:
+            raise CommandError("Give one of --undo, --restore and --resume.")
+        if (
+            recovery
+            and recovery != ["undo"]
+            and (options["apply"] or options["delete"] or options["prefer"] or options["force"])
+        ):
+            raise CommandError(f"--{recovery[0]} takes no --apply, --delete, --prefer or --force.")
 
     def _run(self, run_id: int) -> DedupeRun:
         run = DedupeRun.objects.filter(pk=run_id).first()
@@ -137,6 +176,46 @@ class Command(CutoverCommand):
         finally:
             progress.close()
         return run
+
+    def _restore(self, run: DedupeRun) -> None:
+        try:
+            with named_lock("dedupe_users"):
+                result = services.dedupe_restore(run=run, actor=None)
+        except LockHeld:
+            raise CommandError(LOCKED) from None
+        except FleetError as error:
+            raise CommandError(error.message) from None
+        rows = sum(result["rows"].values())
+        self.stdout.write(f"Run {run.pk}'s checkpoint restored: {rows} row(s) written back.")
+        for item in result["kept_inactive"]:
+            self.stdout.write(
+                f"  account {item['id']} <{item['email']}> kept inactive: active account "
+                f"{item['held_by']} holds that e-mail now"
+            )
+
+    def _resume(self, run: DedupeRun) -> None:
+        progress = ProgressBar(self.stderr, max(0, run.total - run.cursor), "groups")
+        try:
+            with named_lock("dedupe_users"):
+                run = services.dedupe_run_resume(run=run, actor=None)
+                run = services.dedupe_run_process(run=run, progress=progress.step)
+        except LockHeld:
+            raise CommandError(LOCKED) from None
+        except FleetError as error:
+            raise CommandError(error.message) from None
+        finally:
+            progress.close()
+        self.stdout.write(
+            f"Run {run.pk} resumed: {run.done} group(s) merged, {run.failed} failed "
+            f"({run.state}). Undo with: manage.py dedupe_users --undo {run.pk}"
+        )
+
+    def _postcheck(self, check: dict[str, int]) -> None:
+        self.stdout.write(
+            f"Post-check: {check['unicode']} duplicate group(s) under the Unicode rule, "
+            f"{check['legacy']} under the legacy rule (UPPER); {check['awaiting_review']} "
+            f"wait for review, {check['kept_apart']} kept apart by staff."
+        )
 
     def _undo(self, run: DedupeRun, *, force: bool) -> None:
         try:
@@ -168,24 +247,32 @@ class Command(CutoverCommand):
         if run is None:
             return {}
         return {
-            position: (state, error)
-            for position, state, error in run.journal.values_list("position", "state", "error")
+            survivor: (state, error)
+            for survivor, state, error in run.journal.values_list("survivor_id", "state", "error")
         }
 
-    def _text(self, groups, run: DedupeRun | None) -> None:
+    def _text(self, groups, run: DedupeRun | None, changes, queued: int) -> None:
         if not groups:
             self.stdout.write("No duplicate accounts: every e-mail is used once, in any case.")
             return
         accounts_n = sum(len(g.accounts) for g in groups)
         self.stdout.write(f"{len(groups)} duplicate group(s) of {accounts_n} account(s).")
         statuses = self._statuses(run)
-        for position, group in enumerate(groups):
+        for _position, group in enumerate(groups):
             self.stdout.write("")
             self.stdout.write(
                 self.style.MIGRATE_HEADING(
-                    f"{group.key} — keep {group.survivor_id} ({group.reason})"
+                    f"{group.key} — keep {group.survivor_id} ({group.reason}); "
+                    f"found by {selectors.RULE_WORDS[group.rule]}; {group.differs_by}"
                 )
             )
+            if group.needs_review:
+                self.stdout.write(
+                    self.style.WARNING(
+                        f"  review: {group.review_reason}; not merged without a staff decision "
+                        "(admin → Dedupe reviews)"
+                    )
+                )
             for account in [group.survivor, *group.others]:
                 action = "keep " if account.id == group.survivor_id else "merge"
                 state = "active" if account.is_active else "inactive"
@@ -198,17 +285,25 @@ class Command(CutoverCommand):
                     f"{_stamp(account.last_login)}  owns {_owns(account.owns)}"
                 )
             self.stdout.write(f"  moves to {group.survivor_id}: {_owns(group.moves())}")
-            if position in statuses:
-                state, error = statuses[position]
+            for line in changes.get(group.survivor_id, []) if not group.needs_review else []:
+                self.stdout.write(f"  change: {line}")
+            if group.survivor_id in statuses:
+                state, error = statuses[group.survivor_id]
                 line = f"  {state}" + (f": {error}" if error else "")
                 style = self.style.ERROR if state == DedupeJournal.State.FAILED else str
                 self.stdout.write(style(line))
         self.stdout.write("")
+        review = sum(1 for g in groups if g.needs_review)
+        if review:
+            verb = "queued for review" if queued or run is not None else "need a staff decision"
+            self.stdout.write(f"{review} group(s) found by one rule only {verb}.")
         if run is None:
-            self.stdout.write(
-                "Dry run: nothing was changed. Re-run with --apply to merge (the others are "
-                "deactivated; --delete deletes them), --prefer ID to keep another account."
-            )
+            if not queued:
+                self.stdout.write(
+                    "Dry run: nothing was changed. Re-run with --apply to merge (the others "
+                    "are deactivated and their e-mails tombstoned; --delete deletes them), "
+                    "--prefer ID to keep another account."
+                )
             return
         fate = "deleted" if run.delete_duplicates else "deactivated"
         self.stdout.write(
@@ -218,7 +313,7 @@ class Command(CutoverCommand):
         for email, error in selectors.dedupe_failures(run):
             self.stderr.write(self.style.ERROR(f"group {email} failed: {error}"))
 
-    def _json(self, groups, run: DedupeRun | None) -> None:
+    def _json(self, groups, run: DedupeRun | None, changes, check) -> None:
         statuses = self._statuses(run)
         report = {
             "groups": [
@@ -226,10 +321,14 @@ class Command(CutoverCommand):
                     "email": g.key,
                     "survivor": g.survivor_id,
                     "reason": g.reason,
+                    "rule": g.rule,
+                    "differs_by": g.differs_by,
+                    "review": g.needs_review,
+                    "changes": [] if g.needs_review else changes.get(g.survivor_id, []),
                     "others": [a.id for a in g.others],
                     "moves": g.moves(),
-                    "status": statuses.get(position, (None, ""))[0],
-                    "error": statuses.get(position, (None, ""))[1],
+                    "status": statuses.get(g.survivor_id, (None, ""))[0],
+                    "error": statuses.get(g.survivor_id, (None, ""))[1],
                     "accounts": [
                         {
                             "id": a.id,
@@ -256,6 +355,7 @@ class Command(CutoverCommand):
                 "failed": run.failed,
                 "deleted": run.delete_duplicates,
             },
+            "postcheck": check,
         }
         self.stdout.write(json.dumps(report, indent=2, ensure_ascii=False))
 
@@ -279,8 +379,8 @@ class Command(CutoverCommand):
                 "status",
             ]
         )
-        for position, group in enumerate(groups):
-            status = statuses.get(position, ("", ""))[0]
+        for _position, group in enumerate(groups):
+            status = statuses.get(group.survivor_id, ("", ""))[0]
             for a in group.accounts:
                 keep = a.id == group.survivor_id
                 writer.writerow(

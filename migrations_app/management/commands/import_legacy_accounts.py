@@ -7,7 +7,8 @@ its header (the first object's keys) (several files may be given):
 
 - organizations: legacy_id, name, kind (default customer), parent (legacy id; blank: --under)
 - users: legacy_id, email, is_active, date_joined, last_login, full_name,
-  memberships ("org:role;org:role", legacy organization ids)
+  memberships ("org:role;org:role", legacy organization ids), uuid (the legacy public
+  identifier), email_verified, vms, networks, files (what the account owned)
 - quotas: organization or user (legacy id), resource, limit (blank or the default: not kept)
 - usage: organization or user (legacy id), resource, usage
 
@@ -15,8 +16,12 @@ Accounts whose e-mails collide case-insensitively are imported as the legacy pla
 them: the first active one stays active, later ones are imported inactive and flagged for
 ``manage.py dedupe_users`` (the legacy active flag is kept beside them).
 
+Resources: systems, backup_bytes and the legacy platform's six (cyclades.vm, cyclades.cpu,
+cyclades.ram, cyclades.disk, cyclades.network.private, pithos+.diskspace).
+
 Files are streamed (``migrations_app.legacy_import``); a refused row is named by its file
-and line, and the command exits non-zero when any row was refused.
+and line, and the command exits non-zero when any row was refused. With ``--apply``,
+nothing is written when a row was refused, unless ``--skip-bad-rows`` is given.
 """
 
 from pathlib import Path
@@ -83,12 +88,21 @@ class Command(CutoverCommand):
         parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
         parser.add_argument("--apply", action="store_true", help="Write the accounts.")
         parser.add_argument(
+            "--skip-bad-rows",
+            action="store_true",
+            help="With --apply: import the good rows even if some are refused (by default a "
+            "file with a refused row writes nothing).",
+        )
+        parser.add_argument(
             "--under",
             help="Organization (id, slug, or a name only one organization has) that legacy "
             "organizations without a parent go under; by default the one owner organization.",
         )
 
     def handle(self, *args, files: list[Path], apply: bool, under: str | None, **options):
+        skip = options["skip_bad_rows"]
+        if skip and not apply:
+            raise CommandError("--skip-bad-rows only applies to --apply; a dry run writes nothing.")
         exports = [Export(path, name_in_where=True) for path in files]
         passes = [(section, export) for export in exports for section in file_sections(export)]
         passes.sort(key=lambda item: account_import.IMPORT_SECTIONS.index(item[0]))  # stable
@@ -101,6 +115,7 @@ class Command(CutoverCommand):
             apply=apply,
             write=lambda line: self.stderr.write(self.style.ERROR(line)),
             progress=lambda: progress.show(done + current[0].position()),
+            all_or_nothing=not skip,
         )
         try:
             with named_lock("import_legacy_accounts"), run:
@@ -117,7 +132,8 @@ class Command(CutoverCommand):
         progress.close()
         report = run.report
         sections = {section for section, _ in passes}
-        verb = "Imported" if apply else "Would import"
+        written = apply and (skip or not report.refused)
+        verb = "Imported" if written else "Would import"
         parts = [
             f"{report.created[name]} {name}"
             for name in account_import.IMPORT_SECTIONS
@@ -132,8 +148,15 @@ class Command(CutoverCommand):
         )
         if report.notes["flagged"]:
             self.stdout.write("Review the flagged accounts with: manage.py dedupe_users")
+        if report.refused and skip:
+            self.stdout.write(f"Skipped {report.refused} refused row(s) (--skip-bad-rows).")
         if not apply:
             self.stdout.write("Dry run: nothing was written. Re-run with --apply to import.")
+        elif not written:
+            self.stdout.write(
+                "Nothing was written: fix the refused rows, or re-run with --skip-bad-rows "
+                "to import the others."
+            )
         if failure := run.summary_error():
             raise failure
 

@@ -57,6 +57,7 @@ class Command(CutoverCommand):
             with named_lock("quotas"):
                 if mode == QuotaRun.Mode.VERIFY:
                     differences, updated, created = account_quotas.quotas_verify(), 0, 0
+                    unverified = account_quotas.quotas_unverified()
                 else:
                     report = account_quotas.quotas_sync(reset=mode == QuotaRun.Mode.RESET)
                     differences, updated, created = (
@@ -64,13 +65,20 @@ class Command(CutoverCommand):
                         report.updated,
                         report.created,
                     )
+                    unverified = report.unverified
         except LockHeld:
             raise CommandError("Another quotas command or job is running; try later.") from None
         rows = [d.as_dict() for d in differences]
         if options["json"]:
             self.stdout.write(
                 json.dumps(
-                    {"mode": mode, "differences": rows, "updated": updated, "created": created},
+                    {
+                        "mode": mode,
+                        "differences": rows,
+                        "updated": updated,
+                        "created": created,
+                        "unverified": unverified,
+                    },
                     indent=2,
                     ensure_ascii=False,
                 )
@@ -86,6 +94,11 @@ class Command(CutoverCommand):
             self.stdout.write(
                 f"{d.scope} {d.account_id} ({d.account}): {d.resource} stored {d.stored}, "
                 f"real {d.real} (limit {d.limit})"
+            )
+        for item in unverified:
+            self.stdout.write(
+                f"unverified: {item['resource']} of {item['accounts']} {item['scope']}(s), "
+                f"{item['usage']} stored: no service reports it; kept as imported"
             )
         if mode == QuotaRun.Mode.VERIFY:
             if differences:
