@@ -259,6 +259,11 @@ CACHES = {
 # --- Fleet ----------------------------------------------------------------------------
 # Clients send in synchronized 10-minute waves: a 10-minute timeout makes the fleet flap.
 FLEET_HEARTBEAT_TIMEOUT_MINUTES = env.int("FLEET_HEARTBEAT_TIMEOUT_MINUTES", default=20)
+# The development server keeps the demo fleet alive (fleet_app/demo_live.py): its live
+# systems heartbeat and send their daily inventory through the real services. `make run`
+# turns it on; it starts only under `manage.py runserver`, never under gunicorn.
+DEMO_LIVE = env.bool("DEMO_LIVE", default=False)
+DEMO_LIVE_TICK_SECONDS = env.float("DEMO_LIVE_TICK_SECONDS", default=30.0)
 # Systems whose credentials a web process remembers for the heartbeat fast path
 # (fleet_app/hot.py); about 150 bytes each.
 COLLECT_HOT_SYSTEMS = env.int("COLLECT_HOT_SYSTEMS", default=200_000)
