@@ -36,8 +36,8 @@ AS_LIST = """() => {
     const div = document.querySelector("div.breadcrumbs");
     const list = document.createElement("ol");
     list.className = "breadcrumbs";
-    list.innerHTML = '<li><a href="/admin/">Home</a></li><li><a href="/admin/fleet_app/">Fleet</a></li>'
-        + '<li aria-current="page">Plan</li>';
+    list.innerHTML = '<li><a href="/admin/">Home</a></li>'
+        + '<li><a href="/admin/fleet_app/">Fleet</a></li><li aria-current="page">Plan</li>';
     div.replaceWith(list);
 }"""
 
