@@ -2,8 +2,8 @@
 shown on two pages (a dashboard, the staff API it comes from, /metrics, the admin) is the
 same number on both.
 
-The demo is loaded the way `make run` loads it (seed_demo, seed_demo_cutover, both with
---refresh), then read as the staff superuser.
+The demo is loaded the way `make run` loads it (seed_demo, seed_demo_cutover and
+seed_demo_backups, each with --refresh), then read as the staff superuser.
 """
 
 import datetime as dt
@@ -22,12 +22,21 @@ from migrations_app.models import FingerprintAnomaly, LegacyMapping
 pytestmark = pytest.mark.django_db
 
 
+SEEDS = ("seed_demo", "seed_demo_cutover", "seed_demo_backups")
+
+
+def _make_run_seeds() -> None:
+    for command in SEEDS:
+        call_command(command, "--refresh", stdout=StringIO())
+
+
 @pytest.fixture
-def demo(settings):
+def demo(settings, tmp_path):
     settings.METRICS_PUBLIC = True
     settings.METRICS_TOKEN = ""
-    for command in ("seed_demo", "seed_demo_cutover"):
-        call_command(command, "--refresh", stdout=StringIO())
+    settings.BACKUP_LOCAL_ROOT = tmp_path / "backups"
+    settings.BACKUP_LOCAL_FSYNC = False
+    _make_run_seeds()
     return User.objects.get(email="admin@cutover.local")
 
 
@@ -213,6 +222,7 @@ def _backup_dashboard_adds_up_and_agrees_with_the_fleet(staff):
     metrics = staff.get("/metrics").content.decode()
 
     assert tiles["total"] == tiles["fresh"] + tiles["stale"] + tiles["never"]
+    assert all(tiles[key] > 0 for key in ("fresh", "stale", "never"))
     assert tiles["total"] == _value(fleet, "count-total")
     assert _heading_count(html, "stale-title") == tiles["stale"]
     registered_never = _heading_count(html, "never-title")
@@ -256,15 +266,26 @@ def test_the_cutover_and_backup_pages_add_up_and_agree(staff):
     _zfs_dashboard_adds_up(staff)
 
 
+def _fresh_backups() -> int:
+    cutoff = timezone.now() - dt.timedelta(days=2)
+    return System.objects.filter(cluster_backups__uploaded_at__gte=cutoff).distinct().count()
+
+
 def test_make_run_again_revives_a_dark_demo(demo):
     alive = System.objects.with_status_filter("active").count()
+    fresh = _fresh_backups()
+    backups = ClusterBackup.objects.count()
     # The demo was left alone for three days: everything has gone quiet since.
+    three_days = dt.timedelta(days=3)
     System.objects.exclude(last_heartbeat_at=None).update(
-        last_heartbeat_at=timezone.now() - dt.timedelta(days=3)
+        last_heartbeat_at=F("last_heartbeat_at") - three_days
     )
+    ClusterBackup.objects.update(uploaded_at=F("uploaded_at") - three_days)
     assert System.objects.with_status_filter("active").count() == 0
+    assert _fresh_backups() == 0
 
-    for command in ("seed_demo", "seed_demo_cutover"):
-        call_command(command, "--refresh", stdout=StringIO())
+    _make_run_seeds()
 
     assert System.objects.with_status_filter("active").count() == alive
+    assert _fresh_backups() == fresh
+    assert ClusterBackup.objects.count() == backups  # dated again, none added
