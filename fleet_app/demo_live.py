@@ -4,9 +4,11 @@
 once the heartbeat timeout has passed. A daemon thread of the ``runserver`` process
 heartbeats the systems that were alive when it started, about every ten minutes each as
 real clients do, and sends each its daily inventory (its latest one again, uptime moved
-on), through the same services the collect API calls. The silent, never-seen and
-unregistered systems stay as they are, so the dashboards keep every status to show; a
-system staff suspend or delete meanwhile is refused like at the collect API and left out.
+on), through the same services the collect API calls; other apps add what they do
+for live systems through ``tick_hook_register`` (backups_app: the nightly cluster
+backup). The silent, never-seen and unregistered systems stay as they are, so the
+dashboards keep every status to show; a system staff suspend or delete meanwhile is
+refused like at the collect API and left out.
 
 It never runs in production: the setting is off by default and the thread starts only
 under ``manage.py runserver``.
@@ -19,7 +21,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from django.conf import settings
 from django.db import close_old_connections
@@ -40,6 +42,15 @@ INVENTORIES_PER_TICK = 20
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
+# What other apps do for the live systems at each tick (backups_app: the nightly cluster
+# backup); fleet_app knows nothing of them. Each is called with the ids and the time.
+_hooks: list[Callable[..., int]] = []
+
+
+def tick_hook_register(hook: Callable[..., int]) -> None:
+    """Have ``hook(system_ids=[…], now=…)`` called at every tick (once per hook)."""
+    if hook not in _hooks:
+        _hooks.append(hook)
 
 
 def should_start(argv: Sequence[str], environ: Mapping[str, str]) -> bool:
@@ -65,7 +76,8 @@ class DemoFleet:
         )
 
     def tick(self, *, now: dt.datetime | None = None) -> tuple[int, int]:
-        """Heartbeat the systems due, send the inventories due; (heartbeats, inventories)."""
+        """Heartbeat the systems due, send the inventories due, run the other apps'
+        hooks; (heartbeats, inventories)."""
         now = now or timezone.now()
         systems = System.objects.filter(
             pk__in=self.system_ids,
@@ -91,6 +103,9 @@ class DemoFleet:
             payload = _next_inventory(latest.data)
             services.inventory_ingest(system=system, payload=payload, size=len(json.dumps(payload)))
             inventories += 1
+        live = list(systems.values_list("pk", flat=True))
+        for hook in _hooks:
+            hook(system_ids=live, now=now)
         return heartbeats, inventories
 
 

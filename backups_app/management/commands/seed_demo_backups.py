@@ -9,7 +9,6 @@ backup. ``--refresh`` moves the times of an old demo's backups up to now.
 """
 
 import datetime as dt
-import io
 import random
 import zlib
 
@@ -20,8 +19,8 @@ from django.utils import timezone
 from fleet_app.management.base import CutoverCommand
 from fleet_app.models import Organization, System
 
-from ...cluster_backups import services
 from ...cluster_backups.models import ClusterBackup
+from ...demo import demo_backup_upload
 
 OWNER = "Cutover Demo Owner"
 
@@ -73,26 +72,13 @@ class Command(CutoverCommand):
             ages = _story(system)
             if system.pk not in have:
                 for n in range(len(ages)):
-                    self._upload(system, n)
+                    demo_backup_upload(system, n)
                 created += len(ages)
             elif not refresh:
                 continue
             retimed += self._retime(system, ages, now)
         self.stdout.write(
             f"Demo backups: {created} created, {retimed} dated, for {len(systems)} systems."
-        )
-
-    def _upload(self, system: System, n: int) -> None:
-        rng = random.Random(system.pk * 10 + n)  # noqa: S311 - demo content
-        body = rng.randbytes(rng.randint(2_000, 16_000))
-        services.cluster_backup_receive(
-            system=system,
-            upload=services.Upload(
-                read=io.BytesIO(body).read,
-                content_length=str(len(body)),
-                content_type="application/octet-stream",
-                filename=f"{system.name}-backup.json.gz.gpg",
-            ),
         )
 
     @transaction.atomic
