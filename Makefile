@@ -21,9 +21,11 @@ venv: $(BIN)/.installed
 
 run: venv
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py seed_demo
-	$(BIN)/python manage.py seed_demo_cutover
-	DEBUG=$${DEBUG:-1} METRICS_PUBLIC=$${METRICS_PUBLIC:-1} $(BIN)/python manage.py runserver $(HOST):$(PORT)
+	$(BIN)/python manage.py seed_demo --refresh
+	$(BIN)/python manage.py seed_demo_cutover --refresh
+	$(BIN)/python manage.py seed_demo_backups --refresh
+	DEBUG=$${DEBUG:-1} METRICS_PUBLIC=$${METRICS_PUBLIC:-1} DEMO_LIVE=$${DEMO_LIVE:-1} \
+		$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -172,6 +172,7 @@ RULES = [
     # --- Commands ---------------------------------------------------------------------------
     rule("command", "backup", PLATFORM, **PLATFORM_RUN),
     rule("command", "restore", PLATFORM, **PLATFORM_RUN),
+    rule("command", "seed_demo_backups", SUPERUSER_ONLY, superuser="r"),
     rule("command", "storage_sweep", PLATFORM, **PLATFORM_RUN),
     rule("command", "zfs_check", PLATFORM, **PLATFORM_RUN),
     rule("command", "zfs_plan", PLATFORM, **PLATFORM_RUN),

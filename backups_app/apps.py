@@ -20,6 +20,13 @@ class BackupsConfig(AppConfig):
 
         usage_source_register("backup_bytes", "organization", backup_bytes_per_organization)
 
+        # The live demo fleet (DEMO_LIVE, runserver only) sends its nightly backups too.
+        from fleet_app.demo_live import tick_hook_register
+
+        from .demo import demo_backups_due
+
+        tick_hook_register(demo_backups_due)
+
         # Prometheus collectors register themselves on import.
         from . import metrics  # noqa: F401
         from .zfs import metrics as zfs_metrics  # noqa: F401

@@ -43,6 +43,7 @@ def backup_dashboard(request):
         "tiles": _tiles(counts, days),
         "stale": cluster_selectors.systems_backup_stale(systems, days=days),
         "never": cluster_selectors.systems_never_backed_up(systems),
+        "never_unregistered": counts["never"] - counts["never_registered"],
         "quotas": cluster_selectors.organizations_quota_usage(request.user),
         "services": (
             service_selectors.services_overview()

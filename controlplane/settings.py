@@ -127,6 +127,19 @@ DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 # A health check costs a round trip per request, a fifth of a heartbeat; without it the
 # first request of a thread after a database restart fails once and the client retries.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=False)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The embedded database serves a threaded server, the in-process tasks and the demo
+    # fleet at once. WAL lets readers run beside the one writer; IMMEDIATE takes the write
+    # lock when a transaction begins, so a transaction that read first never fails to
+    # upgrade (SQLite answers that at once, whatever the timeout); the timeout makes a
+    # writer wait its turn instead of failing with "database is locked".
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": env.int("SQLITE_BUSY_TIMEOUT_SECONDS", default=20),
+        }
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "fleet_app.User"
@@ -246,6 +259,11 @@ CACHES = {
 # --- Fleet ----------------------------------------------------------------------------
 # Clients send in synchronized 10-minute waves: a 10-minute timeout makes the fleet flap.
 FLEET_HEARTBEAT_TIMEOUT_MINUTES = env.int("FLEET_HEARTBEAT_TIMEOUT_MINUTES", default=20)
+# The development server keeps the demo fleet alive (fleet_app/demo_live.py): its live
+# systems heartbeat and send their daily inventory through the real services. `make run`
+# turns it on; it starts only under `manage.py runserver`, never under gunicorn.
+DEMO_LIVE = env.bool("DEMO_LIVE", default=False)
+DEMO_LIVE_TICK_SECONDS = env.float("DEMO_LIVE_TICK_SECONDS", default=30.0)
 # Systems whose credentials a web process remembers for the heartbeat fast path
 # (fleet_app/hot.py); about 150 bytes each.
 COLLECT_HOT_SYSTEMS = env.int("COLLECT_HOT_SYSTEMS", default=200_000)

@@ -1,3 +1,6 @@
+import os
+import sys
+
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
@@ -18,6 +21,11 @@ class FleetConfig(AppConfig):
         # Permissions exist only after every app has migrated; keep the role groups in
         # step with them after each migrate (idempotent).
         post_migrate.connect(_sync_roles, dispatch_uid="fleet_roles_sync")
+        # The demo fleet heartbeats while the development server serves (DEMO_LIVE).
+        from . import demo_live
+
+        if demo_live.should_start(sys.argv, os.environ):
+            demo_live.start()
 
 
 def _sync_roles(sender, using="default", **kwargs) -> None:

@@ -89,7 +89,11 @@ def users_visible_to(user: User) -> QuerySet[User]:
 
 
 def fleet_status_counts(systems: QuerySet[System]) -> dict[str, int]:
-    """Counts by status in one aggregate query (deleted systems excluded)."""
+    """Counts by status in one aggregate query (deleted systems excluded).
+
+    Two partitions of ``total``: active + inactive + unknown (the heartbeat), and
+    registered + unregistered (the secret used or not).
+    """
     cutoff = timezone.now() - System.heartbeat_timeout()
     return systems.not_deleted().aggregate(
         total=Count("pk"),
@@ -98,6 +102,7 @@ def fleet_status_counts(systems: QuerySet[System]) -> dict[str, int]:
         inactive=Count("pk", filter=Q(last_heartbeat_at__lt=cutoff)),
         suspended=Count("pk", filter=Q(suspended_at__isnull=False)),
         never_inventoried=Count("pk", filter=Q(last_inventory_at__isnull=True)),
+        registered=Count("pk", filter=Q(registered_at__isnull=False)),
         unregistered=Count("pk", filter=Q(registered_at__isnull=True)),
     )
 

@@ -69,11 +69,12 @@ def _activity_chart(activity: list[tuple[dt.date, int]]) -> dict:
 
 def _tiles(counts: dict[str, int], timeout_minutes: int) -> list[dict]:
     specs = [
-        ("total", "Total", "systems, deleted ones excluded", ""),
+        ("total", "Total", "systems, deleted excluded (active + inactive + unknown)", ""),
         ("active", "Active", f"heartbeat in the last {timeout_minutes} min", "ok"),
         ("inactive", "Inactive", f"silent longer than {timeout_minutes} min", "warn"),
         ("unknown", "Unknown", "never sent a heartbeat", "muted"),
         ("suspended", "Suspended", "refused by the collect API", ""),
+        ("registered", "Registered", "secret used to register", ""),
         ("unregistered", "Unregistered", "created, secret never used", ""),
         ("never_inventoried", "Never inventoried", "no inventory received yet", ""),
     ]

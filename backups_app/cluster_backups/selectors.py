@@ -71,7 +71,9 @@ def stale_cutoff(days: int | None = None) -> dt.datetime:
 
 
 def backup_freshness_counts(systems: QuerySet[System], *, days: int | None = None) -> dict:
-    """How many live systems have a fresh backup, a stale one, none; bytes; corrupt."""
+    """How many live systems have a fresh backup, a stale one, none (total = fresh + stale
+    + never; ``never_registered`` is the part of ``never`` that could have sent one);
+    bytes; corrupt backups."""
     cutoff = stale_cutoff(days)
     counts = (
         systems.not_deleted()
@@ -81,6 +83,9 @@ def backup_freshness_counts(systems: QuerySet[System], *, days: int | None = Non
             fresh=Count("pk", filter=Q(last_backup__gte=cutoff)),
             stale=Count("pk", filter=Q(last_backup__lt=cutoff)),
             never=Count("pk", filter=Q(last_backup__isnull=True)),
+            never_registered=Count(
+                "pk", filter=Q(last_backup__isnull=True, registered_at__isnull=False)
+            ),
         )
     )
     stored = ClusterBackup.objects.filter(system__in=systems.values("pk")).aggregate(

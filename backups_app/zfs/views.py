@@ -34,11 +34,10 @@ def zfs_dashboard(request):
         row["lag_human"] = (
             selectors.age_text(row["lag_seconds"]) if row["lag_seconds"] is not None else "—"
         )
-    divergences = list(
-        DivergenceReport.objects.filter(status=DivergenceReport.Status.OPEN)
-        .select_related("job")
-        .order_by("-created_at")[:50]
-    )
+    open_divergences = DivergenceReport.objects.filter(status=DivergenceReport.Status.OPEN)
+    divergences = list(open_divergences.select_related("job").order_by("-created_at")[:50])
+    # The list is bounded; the tile counts them all.
+    divergences_open = len(divergences) if len(divergences) < 50 else open_divergences.count()
     day_ago = now - timezone.timedelta(days=1)
     moved = (
         ReplicationRun.objects.filter(finished_at__gte=day_ago).aggregate(n=Sum("bytes"))["n"] or 0
@@ -46,18 +45,23 @@ def zfs_dashboard(request):
     pending = "warn" if divergences else ""
     states = [row["state"] for row in jobs]
     tiles = [
-        ("Jobs", len(jobs), "replication jobs", ""),
-        ("OK", states.count(selectors.OK), "up to date", "ok"),
-        ("Warning", states.count(selectors.WARN), "late or last run failed", "warn"),
-        ("Critical", states.count(selectors.CRIT), "refused, diverged or far behind", "crit"),
-        ("Divergences", len(divergences), "awaiting a staff decision", pending),
-        ("Moved, 24 h", _human_bytes(moved), "bytes sent by finished runs", ""),
-    ]
+        ("jobs", "Jobs", len(jobs), "replication jobs", ""),
+        ("ok", "OK", states.count(selectors.OK), "up to date", "ok"),
+        ("warn", "Warning", states.count(selectors.WARN), "late or last run failed", "warn"),
+        ("crit", "Critical", states.count(selectors.CRIT), "refused, diverged or far behind",
+         "crit"),
+        ("divergences", "Divergences", divergences_open, "awaiting a staff decision", pending),
+        ("moved", "Moved, 24 h", _human_bytes(moved), "bytes sent by finished runs", ""),
+    ]  # fmt: skip
     context = {
         **admin.site.each_context(request),
         "is_nav_sidebar_enabled": False,
         "title": "ZFS replication",
-        "tiles": [{"label": a, "value": b, "hint": c, "tone": d} for a, b, c, d in tiles],
+        "tiles": [
+            {"id": f"count-{key}", "label": a, "value": b, "hint": c, "tone": d}
+            for key, a, b, c, d in tiles
+        ],
+        "divergences_open": divergences_open,
         "jobs": jobs,
         "divergences": divergences,
         "datasets": [{"check": c, "tone": TONES[c.state]} for c in datasets],

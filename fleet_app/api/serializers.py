@@ -64,7 +64,8 @@ class StatusCountsSerializer(serializers.Serializer):
     inactive = serializers.IntegerField()
     suspended = serializers.IntegerField()
     never_inventoried = serializers.IntegerField()
-    unregistered = serializers.IntegerField()
+    registered = serializers.IntegerField(help_text="Registered with their secret.")
+    unregistered = serializers.IntegerField(help_text="Created, secret never used.")
 
 
 class TypeCountSerializer(serializers.Serializer):

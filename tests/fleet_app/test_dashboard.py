@@ -96,6 +96,7 @@ def test_it_counts_the_fleet_by_status(client, alice, fleet):
         "inactive": 2,
         "unknown": 2,
         "suspended": 0,
+        "registered": 6,
         "unregistered": 1,
         "never_inventoried": 3,
     }
@@ -106,6 +107,7 @@ def test_it_counts_the_fleet_by_status(client, alice, fleet):
         "count-inactive": 2,
         "count-unknown": 2,
         "count-suspended": 0,
+        "count-registered": 6,
         "count-unregistered": 1,
         "count-never-inventoried": 3,
     }.items():
