@@ -88,7 +88,7 @@ def command_line(subcommand: str, args: Sequence[str], environ: Mapping[str, str
             "--worker-class", "gthread",
             "--threads", environ.get("WEB_THREADS", "4"),
             # Heartbeat files in memory, not on the container's overlay disk.
-            "--worker-tmp-dir", environ.get("WEB_WORKER_TMP_DIR", "/dev/shm"),
+            "--worker-tmp-dir", environ.get("WEB_WORKER_TMP_DIR", "/dev/shm"),  # noqa: S108
             # No control socket: it sits in $HOME, which two servers on one host share.
             "--no-control-socket",
             "--access-logfile", "-",
@@ -145,7 +145,9 @@ def _worker_ping() -> int:
     """Ask this host's worker (node ``celery@<hostname>``) for a pong over the broker."""
     from celery import Celery
 
-    app = Celery("cutover-healthcheck", broker=os.environ.get("REDIS_URL", ""))
+    app = Celery(
+        "cutover-healthcheck", broker=os.environ.get("REDIS_URL", ""), set_as_current=False
+    )
     node = f"celery@{socket.gethostname()}"
     try:
         replies = app.control.ping(destination=[node], timeout=5)

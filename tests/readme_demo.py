@@ -69,8 +69,11 @@ def main() -> None:
             {
                 "organizations": [{"legacy_id": "L-ORG-1", "name": "Readme Legacy Org"}],
                 "users": [
-                    {"legacy_id": "L-U-1", "email": "readme.user@example.org",
-                     "memberships": "L-ORG-1:reader"},
+                    {
+                        "legacy_id": "L-U-1",
+                        "email": "readme.user@example.org",
+                        "memberships": "L-ORG-1:reader",
+                    },
                 ],
             }  # fmt: skip
         )
@@ -119,17 +122,17 @@ def main() -> None:
         elif method == "DELETE":
             response = client.delete(path)
         elif isinstance(body, str):
-            response = client.post(path, data=body.encode(), content_type="application/octet-stream",
-                                   HTTP_X_FILENAME="readme.tar.gz")  # fmt: skip
+            response = client.post(
+                path, data=body.encode(), content_type="application/octet-stream",
+                HTTP_X_FILENAME="readme.tar.gz",
+            )  # fmt: skip
         elif body is None:
             response = client.post(path)
         else:
             response = client.post(path, data=body, content_type="application/json")
         location = response.get("Location", "")
-        if response.streaming:
-            content = b"".join(response.streaming_content)
-        else:
-            content = response.content
+        streamed = response.streaming
+        content = b"".join(response.streaming_content) if streamed else response.content
         requests.append({"method": method, "path": path, "status": response.status_code,
                          "location": location,
                          "body": content[:300].decode(errors="replace")})  # fmt: skip

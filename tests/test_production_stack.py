@@ -31,7 +31,13 @@ ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 HOST = "cutover.test"
 A_KEY = "k3y-for-tests-only-" + "Qw9x2" * 10
 # What a process of the image must not inherit from the test's environment.
-INHERITED = {"DEBUG", "SECRET_KEY", "CREDENTIAL_DIGEST_KEY", "ALLOWED_HOSTS", "DJANGO_SETTINGS_MODULE"}
+INHERITED = {
+    "DEBUG",
+    "SECRET_KEY",
+    "CREDENTIAL_DIGEST_KEY",
+    "ALLOWED_HOSTS",
+    "DJANGO_SETTINGS_MODULE",
+}
 
 
 def free_port() -> int:
@@ -137,7 +143,7 @@ def stack(transactional_db, tmp_path, settings):
     # Secrets the test issues are digested with the key the stack's processes use.
     settings.CREDENTIAL_DIGEST_KEY = A_KEY + "-credentials"
     # Messages earlier tests left on this broker's default queue are not this stack's.
-    Celery("cutover-test", broker=settings.REDIS_URL).control.purge()
+    Celery("cutover-test", broker=settings.REDIS_URL, set_as_current=False).control.purge()
     stack = Stack(tmp_path)
     try:
         yield stack
@@ -148,7 +154,9 @@ def stack(transactional_db, tmp_path, settings):
 
 def test_the_production_stack_serves_ingests_backs_up_and_drills(stack):
     # Setup a staff operator would do in the admin: a system, an API token, a schedule.
-    system = make_system(OrganizationFactory(name="Prod Org"), name="prod-cluster", registered=False)
+    system = make_system(
+        OrganizationFactory(name="Prod Org"), name="prod-cluster", registered=False
+    )
     staff = UserFactory(email="root@cutover.test", is_superuser=True)
     _, token = AuthToken.objects.create(user=staff)
     service = services.service_create(
@@ -163,7 +171,9 @@ def test_the_production_stack_serves_ingests_backs_up_and_drills(stack):
     stack.start("worker")
     stack.start("beat")
     # The compose healthcheck, against a server that checks the host (DEBUG off).
-    stack.wait("web's healthcheck", lambda: entrypoint("healthcheck", env=stack.env).returncode == 0)
+    stack.wait(
+        "web's healthcheck", lambda: entrypoint("healthcheck", env=stack.env).returncode == 0
+    )
 
     base = f"http://127.0.0.1:{stack.port}"
     # As Caddy passes requests on: the public host, https, the client's address.
@@ -218,7 +228,7 @@ def test_the_production_stack_serves_ingests_backs_up_and_drills(stack):
         stack.stop("beat")  # the schedule has done its part; no more dumps while drilling
 
         # What beat sends every BACKUP_DRILL_EVERY_HOURS, sent now.
-        Celery("cutover-test", broker=settings.REDIS_URL).send_task(
+        Celery("cutover-test", broker=settings.REDIS_URL, set_as_current=False).send_task(
             "backups_app.tasks.restore_drills_start"
         )
 
