@@ -247,6 +247,9 @@ def test_the_production_stack_serves_ingests_backs_up_and_drills(stack):
             ("cutover-db", False)
         ]
 
+    # The worker's compose healthcheck: this host's node answers a ping over the broker.
+    pinged = entrypoint("healthcheck", "worker", env=stack.env)
+    assert pinged.returncode == 0, pinged.stderr
     web_log = stack.log("web")
     assert not re.search(r'HTTP/1\.1" 5\d\d ', web_log), web_log
     assert "Internal Server Error" not in web_log
