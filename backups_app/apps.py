@@ -27,6 +27,13 @@ class BackupsConfig(AppConfig):
 
         tick_hook_register(demo_backups_due)
 
+        # The demo (manage.py seed_demo) includes a backup of Cutover's own database.
+        from fleet_app.signals import demo_seeded
+
+        from .service_backups.services import own_database_service_ensure
+
+        demo_seeded.connect(own_database_service_ensure, dispatch_uid="backups-own-database")
+
         # Prometheus collectors register themselves on import.
         from . import metrics  # noqa: F401
         from .zfs import metrics as zfs_metrics  # noqa: F401

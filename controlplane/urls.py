@@ -1,8 +1,9 @@
 """Top-level routes: system-facing endpoints, the staff API, dashboards and the admin."""
 
+from django.conf import settings
 from django.contrib import admin
-from django.http import HttpResponse, JsonResponse
-from django.urls import include, path, re_path
+from django.http import HttpResponse, HttpResponsePermanentRedirect, JsonResponse
+from django.urls import include, is_valid_path, path, re_path
 from django.views import defaults
 from django.views.generic import RedirectView
 
@@ -24,6 +25,18 @@ def not_found(request, exception=None):
     if request.path.startswith("/api/"):
         return JsonResponse({"detail": "No staff API route matches this address."}, status=404)
     return defaults.page_not_found(request, exception)
+
+
+def api_not_found(request, rest: str = ""):
+    """Any /api/ address no staff API route matches, routed here so the answer is the
+    API's JSON 404 even with DEBUG on (Django's debug 404 page skips ``handler404``). An
+    address that exists with a trailing slash is redirected there, as ``APPEND_SLASH``
+    would."""
+    path = request.path_info
+    if settings.APPEND_SLASH and not path.endswith("/") and is_valid_path(f"{path}/"):
+        query = request.META.get("QUERY_STRING", "")
+        return HttpResponsePermanentRedirect(request.path + "/" + (f"?{query}" if query else ""))
+    return not_found(request)
 
 
 handler404 = not_found
@@ -49,6 +62,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("dashboard/zfs/", include("backups_app.zfs.urls")),
     path("", RedirectView.as_view(pattern_name="fleet-dashboard", permanent=False), name="home"),
+    # Last: what no route above matched under /api/.
+    re_path(r"^api/(?P<rest>.*)$", api_not_found, name="api-not-found"),
 ]
 
 admin.site.site_header = "Cutover"

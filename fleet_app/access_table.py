@@ -119,6 +119,7 @@ RULES = [
     ),
     rule("route", "home", PUBLIC, note="(redirects to the fleet dashboard)"),
     rule("route", "healthz", PUBLIC, note="(liveness, touches nothing)"),
+    rule("route", "api-not-found", PUBLIC, note="(JSON 404 for an /api/ address no route matches)"),
     rule("route", "metrics", PUBLIC, note="(bearer token unless opened)"),
     rule("route", "collect-register", PUBLIC),
     rule("route", "collect-heartbeat", PUBLIC),

@@ -13,3 +13,7 @@ inventory_received = Signal()
 # Sent once per issued secret, the first time a system authenticates with it (inside the
 # request, after ``secret_confirmed_at`` is stamped), with ``system``.
 secret_confirmed = Signal()
+
+# Sent by ``manage.py seed_demo`` once the demo fleet is loaded (idempotently: on every
+# run), so each app adds its own part of the demo.
+demo_seeded = Signal()

@@ -97,6 +97,7 @@ RULES = [
     # --- Routes -----------------------------------------------------------------------------
     rule("route", "proxy-credentials", PUBLIC, note="(legacy id and token)"),
     rule("route", "proxy-freekey", PUBLIC, note="(legacy id and token)"),
+    rule("route", "cutover-api-root", ROOT, note="(the index of /api/cutover/)", **ROOT_VIEW),
     rule("route", "cutover-summary-list", ROOT, **ROOT_VIEW),
     rule("route", "cutover-straggler-list", ROOT, **ROOT_VIEW),
     rule("route", "cutover-anomaly-list", ROOT, **ROOT_VIEW),

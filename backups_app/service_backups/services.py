@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from fleet_app import services as fleet
@@ -77,6 +77,25 @@ def service_create(
         actor=actor, action="service.create", obj=service, after=fleet.audit_snapshot(service)
     )
     return service
+
+
+# The service the README's `manage.py backup cutover-db` backs up: Cutover's own database.
+OWN_DATABASE_SERVICE = "cutover-db"
+
+
+def own_database_service_ensure(**kwargs) -> Service:
+    """``cutover-db``, Cutover's own database, as a service (the demo's, idempotent):
+    ``pg_dump`` on PostgreSQL, the portable data adapter on any other database (SQLite)."""
+    existing = Service.objects.filter(name=OWN_DATABASE_SERVICE).first()
+    if existing is not None:
+        return existing
+    postgres = connection.vendor == "postgresql"
+    return service_create(
+        actor=None,
+        name=OWN_DATABASE_SERVICE,
+        adapter=Service.Adapter.POSTGRES if postgres else Service.Adapter.CUTOVER_DATA,
+        config={"alias": "default"},
+    )
 
 
 def service_by_name(name: str) -> Service:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from django.db import connection, transaction
 from django.utils import timezone
 
-from fleet_app import services
+from fleet_app import services, signals
 from fleet_app.demo import ns8_inventory
 from fleet_app.management.base import CutoverCommand
 from fleet_app.models import Inventory, Organization, System, SystemActivityDay, User
@@ -139,6 +139,7 @@ class Command(CutoverCommand):
             password = self._staff_account(organizations[OWNER])
             created, existing = self._systems(organizations)
             retimed = self._liveness(created + (existing if refresh else []))
+            signals.demo_seeded.send(sender=self.__class__)
         elapsed = time.monotonic() - started
 
         total = sum(count for _, _, count in CUSTOMERS)
