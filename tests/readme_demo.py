@@ -81,6 +81,7 @@ def main() -> None:
 
     def values() -> dict[str, str]:
         from backups_app.models import BackupRun, ClusterBackup
+        from fleet_app.models import System
 
         latest = BackupRun.objects.order_by("-pk").first()
         uploaded = ClusterBackup.objects.filter(system__name="readme-system").first()
@@ -93,6 +94,12 @@ def main() -> None:
             "backup_run": str(latest.pk if latest else 0),
             "closed_url": "http://127.0.0.1:9",
             "cluster_backup": str(uploaded.pk if uploaded else 0),
+            "system_key": next(
+                iter(
+                    System.objects.filter(name="readme-system").values_list("system_key", flat=True)
+                ),
+                "",
+            ),
         }
 
     commands = []
