@@ -250,6 +250,17 @@ FLEET_HEARTBEAT_TIMEOUT_MINUTES = env.int("FLEET_HEARTBEAT_TIMEOUT_MINUTES", def
 # (fleet_app/hot.py); about 150 bytes each.
 COLLECT_HOT_SYSTEMS = env.int("COLLECT_HOT_SYSTEMS", default=200_000)
 COLLECT_INVENTORY_MAX_BYTES = env.int("COLLECT_INVENTORY_MAX_BYTES", default=10 * 1024 * 1024)
+# The inventory inbox (fleet_app.services.inventory_inbox_drain): rows per batch (one
+# transaction each), how often a web process sends the drain task at most while
+# inventories arrive, and how often beat sweeps the inbox whatever arrived (what drains
+# it after a broker outage).
+INVENTORY_INBOX_BATCH = env.int("INVENTORY_INBOX_BATCH", default=50)
+INVENTORY_INBOX_NUDGE_SECONDS = env.float("INVENTORY_INBOX_NUDGE_SECONDS", default=1.0)
+INVENTORY_INBOX_SWEEP_SECONDS = env.float("INVENTORY_INBOX_SWEEP_SECONDS", default=10.0)
+CELERY_BEAT_SCHEDULE["fleet-inventory-inbox-sweep"] = {
+    "task": "fleet_app.tasks.inventory_inbox_drain",
+    "schedule": INVENTORY_INBOX_SWEEP_SECONDS,
+}
 # Inventories and activity days older than this are pruned (the latest inventory of each
 # system is always kept).
 FLEET_HISTORY_DAYS = env.int("FLEET_HISTORY_DAYS", default=90)
