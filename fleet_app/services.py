@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
@@ -17,8 +18,6 @@ from django.core.validators import validate_slug
 from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 from django.utils.text import slugify
-
-import orjson
 
 from . import credentials, hot, inventory_diff, runs
 from .db import bound_cursor
@@ -659,7 +658,9 @@ class InboxDrained:
     deferred: int = 0
 
 
-def inventory_inbox_drain(*, batch: int | None = None, seconds: float | None = None) -> InboxDrained:
+def inventory_inbox_drain(
+    *, batch: int | None = None, seconds: float | None = None
+) -> InboxDrained:
     """Process the inventory inbox in batches until it is empty or ``seconds`` have passed.
 
     Each batch is one transaction: it claims the oldest rows no other worker holds
