@@ -249,6 +249,10 @@ FLEET_HEARTBEAT_TIMEOUT_MINUTES = env.int("FLEET_HEARTBEAT_TIMEOUT_MINUTES", def
 # Systems whose credentials a web process remembers for the heartbeat fast path
 # (fleet_app/hot.py); about 150 bytes each.
 COLLECT_HOT_SYSTEMS = env.int("COLLECT_HOT_SYSTEMS", default=200_000)
+# Heartbeat group commit (fleet_app/hot.py): how long the thread writing a batch waits for
+# the heartbeats already on their way in its process (0: never wait). A heartbeat alone
+# never waits.
+COLLECT_HEARTBEAT_FLUSH_MS = env.float("COLLECT_HEARTBEAT_FLUSH_MS", default=3.0)
 COLLECT_INVENTORY_MAX_BYTES = env.int("COLLECT_INVENTORY_MAX_BYTES", default=10 * 1024 * 1024)
 # The inventory inbox (fleet_app.services.inventory_inbox_drain): rows per batch (one
 # transaction each), how often a web process sends the drain task at most while

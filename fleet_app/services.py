@@ -15,12 +15,11 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import validate_slug
-from django.db import IntegrityError, connection, models, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
 from . import credentials, hot, inventory_diff, runs
-from .db import bound_cursor
 from .errors import Conflict, Forbidden, InvalidInput, NotAuthenticated
 from .models import (
     AuditEntry,
@@ -368,31 +367,30 @@ def system_heartbeat(*, authorization: str | None) -> Heartbeat:
     one whose state changed since, takes the full path: authenticate (one indexed
     SELECT), then the UPDATE. The credentials are parsed once for both. Either way the
     secret is digested once on the fast path, known key or not, so a miss costs the same.
+    Concurrent heartbeats of a process share one statement and one commit (hot.record),
+    and each returns once its row is committed.
     """
-    system_key, system_secret = credentials.basic_parse(authorization)
-    at = hot.heartbeat(system_key, system_secret)
-    if at is not None:
-        return Heartbeat(system_key=system_key, at=at)
-    system = system_authenticate(system_key=system_key, system_secret=system_secret)
-    at = _heartbeat_record(system)
-    hot.remember(system)
-    return Heartbeat(system_key=system.system_key, at=at)
+    hot.arriving()
+    try:
+        system_key, system_secret = credentials.basic_parse(authorization)
+        at = hot.heartbeat(system_key, system_secret)
+        if at is not None:
+            return Heartbeat(system_key=system_key, at=at)
+        system = system_authenticate(system_key=system_key, system_secret=system_secret)
+        at = _heartbeat_record(system)
+        hot.remember(system)
+        return Heartbeat(system_key=system.system_key, at=at)
+    finally:
+        hot.departed()
 
 
 def _heartbeat_record(system: System) -> dt.datetime:
-    """Record liveness: one UPDATE, plus one INSERT on the first heartbeat of a day."""
+    """Record liveness: one statement, with the activity day on the first heartbeat of a
+    day (hot.record, shared with the heartbeats of this process at the same moment)."""
     now = timezone.now()
     previous = system.last_heartbeat_at
-    # Raw for the same reason as system_authenticate: it runs on every heartbeat.
-    with bound_cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {System._meta.db_table} SET last_heartbeat_at = %s WHERE id = %s",  # noqa: S608
-            [connection.ops.adapt_datetimefield_value(now), system.pk],
-        )
-    if previous is None or previous.date() != now.date():
-        SystemActivityDay.objects.bulk_create(
-            [SystemActivityDay(system_id=system.pk, day=now.date())], ignore_conflicts=True
-        )
+    new_day = previous is None or previous.date() != now.date()
+    hot.record(system.pk, now, digest=None, new_day=new_day)
     system.last_heartbeat_at = now
     return now
 
