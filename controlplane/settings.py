@@ -362,6 +362,18 @@ CLUSTER_BACKUP_RATE_WINDOW_SECONDS = env.int("CLUSTER_BACKUP_RATE_WINDOW_SECONDS
 # Retention per system: at most this many backups and this many bytes (newest kept).
 CLUSTER_BACKUP_KEEP_COUNT = env.int("CLUSTER_BACKUP_KEEP_COUNT", default=10)
 CLUSTER_BACKUP_KEEP_BYTES = env.int("CLUSTER_BACKUP_KEEP_BYTES", default=500 * 1024**2)
+# Retention runs in a task, not in the upload request: a web process sends it at most once
+# per NUDGE seconds while uploads arrive, beat sweeps every SWEEP seconds, and each run
+# looks at the systems that uploaded within LOOKBACK seconds.
+CLUSTER_BACKUP_PRUNE_NUDGE_SECONDS = env.float("CLUSTER_BACKUP_PRUNE_NUDGE_SECONDS", default=5.0)
+CLUSTER_BACKUP_PRUNE_SWEEP_SECONDS = env.float("CLUSTER_BACKUP_PRUNE_SWEEP_SECONDS", default=60.0)
+CLUSTER_BACKUP_PRUNE_LOOKBACK_SECONDS = env.int(
+    "CLUSTER_BACKUP_PRUNE_LOOKBACK_SECONDS", default=900
+)
+CELERY_BEAT_SCHEDULE["backups-cluster-prune"] = {
+    "task": "backups_app.cluster_backups.tasks.cluster_backups_prune_recent",
+    "schedule": CLUSTER_BACKUP_PRUNE_SWEEP_SECONDS,
+}
 # Freshness dashboard: a system with no backup for longer than this is stale.
 CLUSTER_BACKUP_STALE_DAYS = env.int("CLUSTER_BACKUP_STALE_DAYS", default=2)
 # Service backups: scratch space for archives, where drills restore, the drill threshold.
