@@ -2,8 +2,6 @@
 statement and one commit, each answered once its row is committed — so a heartbeat
 answered 200 is in the database even when the web process is killed right after."""
 
-import base64
-import json
 import os
 import signal
 import socket
@@ -11,10 +9,9 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection
@@ -136,9 +133,9 @@ def test_a_heartbeat_answered_200_survives_a_kill_of_the_web_process(
         deadline = time.monotonic() + 40
         while True:
             try:
-                urllib.request.urlopen(base + "/healthz", timeout=2).close()
+                httpx.get(base + "/healthz", timeout=2)
                 break
-            except (urllib.error.URLError, ConnectionError):
+            except httpx.HTTPError:
                 assert server.poll() is None and time.monotonic() < deadline, log.read_text()
                 time.sleep(0.2)
 
@@ -146,16 +143,15 @@ def test_a_heartbeat_answered_200_survives_a_kill_of_the_web_process(
         barrier = threading.Barrier(len(systems))
 
         def beat(system) -> None:
-            credentials = f"{system.system_key}:{system.issued_secret}".encode()
-            request = urllib.request.Request(
-                base + "/collect/api/systems/heartbeat",
-                method="POST",
-                headers={"Authorization": "Basic " + base64.b64encode(credentials).decode()},
-            )
+            header = basic_auth(system.system_key, system.issued_secret)
             barrier.wait()
-            with urllib.request.urlopen(request, timeout=30) as response:
-                if response.status == 200:
-                    answered[system.pk] = json.load(response)["data"]["last_heartbeat"]
+            response = httpx.post(
+                base + "/collect/api/systems/heartbeat",
+                headers={"Authorization": header},
+                timeout=30,
+            )
+            if response.status_code == 200:
+                answered[system.pk] = response.json()["data"]["last_heartbeat"]
 
         threads = [threading.Thread(target=beat, args=(s,)) for s in systems]
         for thread in threads:
