@@ -6,10 +6,11 @@ which serves all of them.
 from celery import shared_task
 
 from . import sweep
+from .cluster_backups import tasks as cluster_backups_tasks
 from .service_backups import tasks as service_backups_tasks
 from .zfs import tasks as zfs_tasks
 
-__all__ = ["service_backups_tasks", "storage_sweep", "zfs_tasks"]
+__all__ = ["cluster_backups_tasks", "service_backups_tasks", "storage_sweep", "zfs_tasks"]
 
 
 @shared_task(name="backups_app.tasks.storage_sweep")

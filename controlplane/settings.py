@@ -267,7 +267,22 @@ DEMO_LIVE_TICK_SECONDS = env.float("DEMO_LIVE_TICK_SECONDS", default=30.0)
 # Systems whose credentials a web process remembers for the heartbeat fast path
 # (fleet_app/hot.py); about 150 bytes each.
 COLLECT_HOT_SYSTEMS = env.int("COLLECT_HOT_SYSTEMS", default=200_000)
+# Heartbeat group commit (fleet_app/hot.py): how long the thread writing a batch waits for
+# the heartbeats already on their way in its process (0: never wait). A heartbeat alone
+# never waits.
+COLLECT_HEARTBEAT_FLUSH_MS = env.float("COLLECT_HEARTBEAT_FLUSH_MS", default=3.0)
 COLLECT_INVENTORY_MAX_BYTES = env.int("COLLECT_INVENTORY_MAX_BYTES", default=10 * 1024 * 1024)
+# The inventory inbox (fleet_app.services.inventory_inbox_drain): rows per batch (one
+# transaction each), how often a web process sends the drain task at most while
+# inventories arrive, and how often beat sweeps the inbox whatever arrived (what drains
+# it after a broker outage).
+INVENTORY_INBOX_BATCH = env.int("INVENTORY_INBOX_BATCH", default=50)
+INVENTORY_INBOX_NUDGE_SECONDS = env.float("INVENTORY_INBOX_NUDGE_SECONDS", default=1.0)
+INVENTORY_INBOX_SWEEP_SECONDS = env.float("INVENTORY_INBOX_SWEEP_SECONDS", default=10.0)
+CELERY_BEAT_SCHEDULE["fleet-inventory-inbox-sweep"] = {
+    "task": "fleet_app.tasks.inventory_inbox_drain",
+    "schedule": INVENTORY_INBOX_SWEEP_SECONDS,
+}
 # Inventories and activity days older than this are pruned (the latest inventory of each
 # system is always kept).
 FLEET_HISTORY_DAYS = env.int("FLEET_HISTORY_DAYS", default=90)
@@ -388,6 +403,18 @@ CLUSTER_BACKUP_RATE_WINDOW_SECONDS = env.int("CLUSTER_BACKUP_RATE_WINDOW_SECONDS
 # Retention per system: at most this many backups and this many bytes (newest kept).
 CLUSTER_BACKUP_KEEP_COUNT = env.int("CLUSTER_BACKUP_KEEP_COUNT", default=10)
 CLUSTER_BACKUP_KEEP_BYTES = env.int("CLUSTER_BACKUP_KEEP_BYTES", default=500 * 1024**2)
+# Retention runs in a task, not in the upload request: a web process sends it at most once
+# per NUDGE seconds while uploads arrive, beat sweeps every SWEEP seconds, and each run
+# looks at the systems that uploaded within LOOKBACK seconds.
+CLUSTER_BACKUP_PRUNE_NUDGE_SECONDS = env.float("CLUSTER_BACKUP_PRUNE_NUDGE_SECONDS", default=5.0)
+CLUSTER_BACKUP_PRUNE_SWEEP_SECONDS = env.float("CLUSTER_BACKUP_PRUNE_SWEEP_SECONDS", default=60.0)
+CLUSTER_BACKUP_PRUNE_LOOKBACK_SECONDS = env.int(
+    "CLUSTER_BACKUP_PRUNE_LOOKBACK_SECONDS", default=900
+)
+CELERY_BEAT_SCHEDULE["backups-cluster-prune"] = {
+    "task": "backups_app.cluster_backups.tasks.cluster_backups_prune_recent",
+    "schedule": CLUSTER_BACKUP_PRUNE_SWEEP_SECONDS,
+}
 # Freshness dashboard: a system with no backup for longer than this is stale.
 CLUSTER_BACKUP_STALE_DAYS = env.int("CLUSTER_BACKUP_STALE_DAYS", default=2)
 # Service backups: scratch space for archives, where drills restore, the drill threshold.

@@ -51,6 +51,14 @@ RULES = [
         reader="v",
     ),
     rule("model", "fleet_app.inventory", TENANT, org="system__organization", **ALL_VIEW),
+    rule(
+        "model",
+        "fleet_app.inventoryinbox",
+        TENANT,
+        org="system__organization",
+        note="(accepted inventories not recorded yet, and failed ones with why)",
+        **ALL_VIEW,
+    ),
     rule("model", "fleet_app.inventorychange", TENANT, org="system__organization", **ALL_VIEW),
     rule("model", "fleet_app.auditentry", TENANT, org="organization", **ALL_VIEW),
     rule(

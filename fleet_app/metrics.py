@@ -55,7 +55,27 @@ def fleet_metrics() -> Iterable[Metric]:
     )
 
 
+def inbox_metrics() -> Iterable[Metric]:
+    inbox = selectors.inventory_inbox_status()
+    yield GaugeMetricFamily(
+        "cutover_inventory_inbox_depth",
+        "Inventories accepted and waiting to be recorded.",
+        value=inbox["depth"],
+    )
+    yield GaugeMetricFamily(
+        "cutover_inventory_inbox_oldest_age_seconds",
+        "Age of the oldest inventory waiting to be recorded (0 when none waits).",
+        value=inbox["age_seconds"],
+    )
+    yield GaugeMetricFamily(
+        "cutover_inventory_inbox_failed",
+        "Inventories kept in the inbox because they failed while being recorded.",
+        value=inbox["failed"],
+    )
+
+
 register_collector(fleet_metrics)
+register_collector(inbox_metrics)
 
 
 def _refusal(request: HttpRequest) -> HttpResponse | None:

@@ -339,6 +339,9 @@ class Inventory(models.Model):
     # Digest of the facts that count (inventory_diff.facts_digest); blank on rows stored
     # before it existed, which simply compare as changed once.
     facts_digest = models.CharField(max_length=64, blank=True, editable=False)
+    # SHA-256 of the body as it came (the inbox row's digest): the next document with the
+    # same digest is the same document, recorded without being flattened or diffed.
+    body_digest = models.CharField(max_length=64, blank=True, editable=False)
 
     class Meta:
         verbose_name_plural = "inventories"
@@ -349,6 +352,50 @@ class Inventory(models.Model):
 
     def __str__(self) -> str:
         return f"inventory {self.pk} of system {self.system_id}"
+
+
+class InventoryInbox(models.Model):
+    """An inventory accepted by the collect API and not processed yet: the body exactly as
+    it came, with its SHA-256.
+
+    The request stores this row and answers 202; workers drain the inbox in batches
+    (``services.inventory_inbox_drain``) and delete each row in the transaction that
+    records its inventory, so a row is processed once or, if its worker dies, not at all
+    and again later. A document that fails while being processed is kept here, stamped
+    ``failed_at`` with the reason, and never blocks the rows behind it.
+    """
+
+    # Primary-key order is arrival order: the drain takes rows in it.
+    id = models.BigAutoField(primary_key=True)
+    system = models.ForeignKey(System, on_delete=models.CASCADE, related_name="+")
+    received_at = models.DateTimeField(default=timezone.now)
+    body = models.BinaryField()
+    size = models.PositiveIntegerField()
+    digest = models.CharField(max_length=64)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        verbose_name = "inventory inbox row"
+        verbose_name_plural = "inventory inbox"
+        indexes = [
+            # The drain's ordering check: a system's earlier pending rows held by another
+            # worker (system_id = ANY(…) AND id < …).
+            models.Index(
+                fields=["system", "id"],
+                name="fleet_inbox_sys_pending_idx",
+                condition=models.Q(failed_at__isnull=True),
+            ),
+            # The failed rows the admin lists.
+            models.Index(
+                fields=["failed_at"],
+                name="fleet_inbox_failed_idx",
+                condition=models.Q(failed_at__isnull=False),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"inbox row {self.pk} of system {self.system_id}"
 
 
 class InventoryChange(models.Model):

@@ -10,6 +10,7 @@ Phases follow Velero's: ``pending → running → succeeded | partially_failed |
 
 import datetime as dt
 import logging
+import math
 import time
 
 from celery import Task
@@ -223,6 +224,42 @@ def task_enqueue(name: str, *args, queue: str | None = None, **kwargs) -> None:
     """
     options = {"queue": queue} if queue else {}
     transaction.on_commit(lambda: _task(name).apply_async(args=args, kwargs=kwargs, **options))
+
+
+_nudged: dict[str, float] = {}
+
+
+def task_nudge(name: str, *, every: float) -> None:
+    """Have the task ``name`` run after the current transaction commits, for work that
+    waits in the database (a queue table such as the inventory inbox) and that the task
+    takes from there whatever sent it.
+
+    In the embedded default (no broker) the task runs in-process on every call. With a
+    broker it is sent at most once per ``every`` seconds by this process, and a broker
+    that cannot take it is logged, never raised: the work is already durable, and beat's
+    sweep of the same task picks it up once the broker is back.
+    """
+
+    def send() -> None:
+        from celery import current_app
+
+        task = _task(name)
+        if current_app.conf.task_always_eager:
+            try:
+                task.apply()
+            except Exception:
+                logger.exception("%s failed in-process; beat's sweep will retry it", name)
+            return
+        now = time.monotonic()
+        if now - _nudged.get(name, -math.inf) < every:
+            return
+        _nudged[name] = now
+        try:
+            task.apply_async(retry=False)
+        except Exception as error:
+            logger.warning("could not send %s (%s); beat's sweep will send it", name, error)
+
+    transaction.on_commit(send)
 
 
 def run_enqueue(run: "Run", *, queue: str | None = None, **kwargs) -> None:

@@ -2,7 +2,7 @@
 
 import datetime as dt
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
 from . import access, pending_secrets
@@ -11,6 +11,7 @@ from .models import (
     AuditEntry,
     Inventory,
     InventoryChange,
+    InventoryInbox,
     Organization,
     System,
     SystemActivityDay,
@@ -105,6 +106,25 @@ def fleet_status_counts(systems: QuerySet[System]) -> dict[str, int]:
         registered=Count("pk", filter=Q(registered_at__isnull=False)),
         unregistered=Count("pk", filter=Q(registered_at__isnull=True)),
     )
+
+
+def inventory_inbox_status(systems: QuerySet[System] | None = None) -> dict:
+    """The inventory inbox in one aggregate: rows waiting (``depth``), the oldest waiting
+    one's arrival (``oldest_at``, None when empty) and its age in seconds, rows failed.
+    ``systems``: only those systems' rows (a tenant's dashboard); all of them without."""
+    rows = InventoryInbox.objects.all()
+    if systems is not None:
+        rows = rows.filter(system__in=systems)
+    status = rows.aggregate(
+        depth=Count("pk", filter=Q(failed_at__isnull=True)),
+        oldest_at=Min("received_at", filter=Q(failed_at__isnull=True)),
+        failed=Count("pk", filter=Q(failed_at__isnull=False)),
+    )
+    oldest = status["oldest_at"]
+    status["age_seconds"] = (
+        max(0.0, (timezone.now() - oldest).total_seconds()) if oldest is not None else 0.0
+    )
+    return status
 
 
 def fleet_type_counts(systems: QuerySet[System]) -> list[dict]:

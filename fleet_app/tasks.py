@@ -19,3 +19,11 @@ def runs_reap() -> dict[str, int]:
 @shared_task(acks_late=True)
 def api_tokens_purge_expired() -> int:
     return tokens.api_tokens_purge_expired()
+
+
+@shared_task(acks_late=True)
+def inventory_inbox_drain() -> dict[str, int]:
+    """Drain the inventory inbox for up to a minute; sent by the collect API while
+    inventories arrive and by beat's sweep. Two at once share the work (SKIP LOCKED)."""
+    drained = services.inventory_inbox_drain(seconds=60)
+    return {"processed": drained.processed, "failed": drained.failed}

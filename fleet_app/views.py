@@ -90,25 +90,52 @@ def _tiles(counts: dict[str, int], timeout_minutes: int) -> list[dict]:
     ]
 
 
+def _inbox_tiles(inbox: dict) -> list[dict]:
+    age = int(inbox["age_seconds"])
+    waited = f"{age // 60} min {age % 60} s" if age >= 60 else f"{age} s"
+    return [
+        {
+            "id": "count-inbox-depth",
+            "label": "Inventory inbox",
+            "hint": f"waiting to be recorded; the oldest for {waited}"
+            if inbox["depth"]
+            else "waiting to be recorded: none",
+            "tone": "warn" if age > 300 else "",
+            "value": inbox["depth"],
+            "age_seconds": age,
+        },
+        {
+            "id": "count-inbox-failed",
+            "label": "Inbox failed",
+            "hint": "inventories that failed while being recorded (see the admin)",
+            "tone": "warn" if inbox["failed"] else "",
+            "value": inbox["failed"],
+        },
+    ]
+
+
 @dashboard("fleet-dashboard")
 def fleet_dashboard(request):
     """The fleet at a glance, scoped to the user's organization subtree.
 
     A fixed number of queries whatever the fleet size: one aggregate for the status
-    counts, one GROUP BY for the types, two bounded lists and one GROUP BY for the chart.
+    counts, one GROUP BY for the types, two bounded lists, one GROUP BY for the chart and
+    one aggregate for the inventory inbox (depth, age of the oldest row, failed rows).
     """
     systems = selectors.systems_visible_to(request.user)
     counts = selectors.fleet_status_counts(systems)
     types = selectors.fleet_type_counts(systems)
     type_peak = max((row["count"] for row in types), default=0) or 1
     timeout_minutes = int(System.heartbeat_timeout().total_seconds() // 60)
+    inbox = selectors.inventory_inbox_status(systems)
     context = {
         **admin.site.each_context(request),
         # The dashboard needs the full width; the breadcrumbs lead back to the admin.
         "is_nav_sidebar_enabled": False,
         "title": "Fleet dashboard",
         "counts": counts,
-        "tiles": _tiles(counts, timeout_minutes),
+        "tiles": _tiles(counts, timeout_minutes) + _inbox_tiles(inbox),
+        "inbox": inbox,
         "types": [{**row, "percent": round(100 * row["count"] / type_peak)} for row in types],
         "silent": selectors.systems_silent(systems),
         "never_inventoried": selectors.systems_never_inventoried(systems),

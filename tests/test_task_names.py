@@ -10,6 +10,7 @@ from fleet_app.runs import run_models
 # Every task name released so far. A task may move or be renamed in code; its old name
 # stays registered (``name=`` on the task) so nothing already queued or scheduled is lost.
 RELEASED = [
+    "backups_app.cluster_backups.tasks.cluster_backups_prune_recent",
     "backups_app.tasks.backup_run_execute",
     "backups_app.tasks.backup_schedule_run",
     "backups_app.tasks.restore_drills_start",
@@ -23,6 +24,7 @@ RELEASED = [
     "backups_app.zfs.tasks.zfs_tick",
     "fleet_app.tasks.api_tokens_purge_expired",
     "fleet_app.tasks.fleet_prune_history",
+    "fleet_app.tasks.inventory_inbox_drain",
     "fleet_app.tasks.runs_reap",
     "migrations_app.tasks.mapping_import_run_execute",
     "migrations_app.tasks.mapping_uploads_expire",

@@ -40,6 +40,8 @@ class ClusterBackup(models.Model):
             # A system's own list (newest first), retention (oldest first) and the
             # freshness dashboard's "latest backup per system".
             models.Index(fields=["system", "-uploaded_at"], name="bkp_cluster_sys_time_idx"),
+            # Retention's sweep: the systems that uploaded lately.
+            models.Index(fields=["uploaded_at"], name="bkp_cluster_time_idx"),
             # Quota: the bytes an organization stores.
             models.Index(fields=["organization", "size"], name="bkp_cluster_org_size_idx"),
         ]

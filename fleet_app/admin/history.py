@@ -11,7 +11,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from ..models import AuditEntry, Inventory, InventoryChange
+from ..models import AuditEntry, Inventory, InventoryChange, InventoryInbox
 from .base import ReadOnlyModelAdmin, SystemOrganizationFilter, pretty_json
 
 
@@ -35,6 +35,47 @@ class InventoryAdmin(ReadOnlyModelAdmin):
     @admin.display(description="data")
     def document(self, obj: Inventory) -> str:
         return pretty_json(obj.data)
+
+
+class InboxStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return (("pending", "Waiting to be processed"), ("failed", "Failed"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "pending":
+            return queryset.filter(failed_at__isnull=True)
+        if self.value() == "failed":
+            return queryset.filter(failed_at__isnull=False)
+        return queryset
+
+
+@admin.register(InventoryInbox)
+class InventoryInboxAdmin(ReadOnlyModelAdmin):
+    """Inventories accepted and not recorded yet, and those that failed, with why."""
+
+    list_display = ("id", "system", "received_at", "size", "failed_at", "error_short")
+    list_filter = (InboxStateFilter, SystemOrganizationFilter)
+    list_select_related = ("system",)
+    search_fields = ("=system__system_key", "system__name")
+    ordering = ("-id",)
+    changelist_defer = ("body",)
+    fields = ("system", "received_at", "size", "digest", "failed_at", "error", "document")
+    readonly_fields = ("document",)
+
+    @admin.display(description="error")
+    def error_short(self, obj: InventoryInbox) -> str:
+        return obj.error if len(obj.error) <= 80 else obj.error[:79] + "…"
+
+    @admin.display(description="body")
+    def document(self, obj: InventoryInbox) -> str:
+        text = bytes(obj.body).decode("utf-8", "replace")
+        try:
+            return pretty_json(json.loads(text))
+        except ValueError:
+            return text[:100_000]
 
 
 @admin.register(InventoryChange)

@@ -101,23 +101,18 @@ def _read_capped_body(request: HttpRequest, cap: int) -> bytes:
 
 @collect_endpoint("POST")
 def inventory(request: HttpRequest, system: System) -> JsonResponse:
+    """Accepted, not yet recorded: the body is checked and stored in the inbox (202); the
+    drain records it (services.inventory_inbox_drain)."""
     body = _read_capped_body(request, settings.COLLECT_INVENTORY_MAX_BYTES)
-    if not body.strip():
-        raise InvalidInput("The inventory body is empty.")
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("The inventory is not valid JSON.") from None
-    except RecursionError:
-        raise InvalidInput("The inventory nests too deeply to be read.") from None
-    stored = services.inventory_ingest(system=system, payload=payload, size=len(body))
+    accepted = services.inventory_accept(system=system, body=body)
     return envelope(
         202,
         "inventory received",
         {
             "system_key": system.system_key,
-            "inventory_id": stored.pk,
-            "received_at": stored.received_at,
+            "inbox_id": accepted.pk,
+            "digest": accepted.digest,
+            "received_at": accepted.received_at,
         },
     )
 

@@ -1,8 +1,9 @@
-"""Retention per system: at most N backups and S bytes, oldest pruned after each upload."""
+"""Retention per system: at most N backups and S bytes, oldest pruned by a task after uploads."""
 
 import datetime as dt
 
 import pytest
+from django.test import override_settings
 from django.utils import timezone
 
 from backups_app.cluster_backups import services
@@ -74,3 +75,39 @@ def test_pruning_follows_upload_time_not_insertion_order(system, store):
     dropped = services.cluster_backups_prune(system_id=system.pk, keep_count=2, keep_bytes=10)
     assert [b.filename for b in dropped] == ["f1"]
     assert sorted(store.keys()) == sorted([rows[0].storage_key, rows[2].storage_key])
+
+
+def test_the_upload_leaves_retention_to_its_task(client, system, store, settings, monkeypatch):
+    """The request only nudges the task (in-process here, as in the embedded default);
+    with a broker, a worker runs it, and beat's sweep makes up for a lost nudge."""
+    settings.CLUSTER_BACKUP_KEEP_COUNT = 1
+    nudged = []
+    monkeypatch.setattr("fleet_app.runs.task_nudge", lambda name, every: nudged.append(name))
+    post_backup(client, system, payload(10, seed=1))
+    post_backup(client, system, payload(10, seed=2))
+
+    assert nudged == [services.PRUNE_TASK] * 2
+    assert ClusterBackup.objects.filter(system=system).count() == 2
+    assert services.cluster_backups_prune_recent() == 1
+    assert ClusterBackup.objects.filter(system=system).count() == 1
+
+
+def test_the_sweep_looks_only_at_systems_that_uploaded_lately(system, other_system, store):
+    long_ago = timezone.now() - dt.timedelta(days=3)
+    for owner, when in ((system, long_ago), (other_system, timezone.now())):
+        for n in range(3):
+            ClusterBackup.objects.create(
+                system=owner,
+                organization=owner.organization,
+                filename=f"f{n}",
+                size=1,
+                sha256="0" * 64,
+                storage_key=f"cluster/{owner.system_key}/y{n}",
+                uploaded_at=when - dt.timedelta(minutes=n),
+            )
+
+    with override_settings(CLUSTER_BACKUP_KEEP_COUNT=1):
+        assert services.cluster_backups_prune_recent() == 2
+
+    assert ClusterBackup.objects.filter(system=system).count() == 3
+    assert ClusterBackup.objects.filter(system=other_system).count() == 1

@@ -12,6 +12,7 @@ import pytest
 from django.core.cache import cache
 from django.core.management import call_command
 
+from fleet_app import services
 from fleet_app.demo import ns8_inventory
 from tests.conftest import basic_auth
 
@@ -61,6 +62,8 @@ def migrate_to_my(client, legacy_id, token):
         content_type="application/json",
         **native,
     )
+    # A worker drains the inbox: parse, diff, fingerprint.
+    services.inventory_inbox_drain()
     return data, heartbeat, inventory
 
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from fleet_app import services
 from fleet_app.models import Inventory, System
 
 
@@ -41,5 +42,6 @@ def test_heartbeats_and_inventories_are_stored_with_the_broker_down(
 
     assert heartbeat.status_code == 200
     assert inventory.status_code == 202
+    services.inventory_inbox_drain()
     assert System.objects.get(pk=system.pk).last_heartbeat_at is not None
     assert Inventory.objects.filter(system=system).count() == 1

@@ -1,10 +1,12 @@
 """/metrics: Prometheus exposition of the fleet, computed at scrape time, for the scraper
 holding METRICS_TOKEN (or anyone, once METRICS_PUBLIC opens it)."""
 
+import datetime as dt
+
 from django.utils import timezone
 
 from fleet_app import metrics
-from fleet_app.models import System
+from fleet_app.models import InventoryInbox, System
 from tests.factories import make_system
 
 
@@ -83,3 +85,25 @@ def test_the_fleet_gauges_cost_one_query(customer, django_assert_num_queries):
     # 1. the status counts, one aggregate over the systems
     with django_assert_num_queries(1):
         assert len(list(metrics.fleet_metrics())) == 3
+
+
+def test_the_inventory_inbox_gauges_show_depth_age_and_failures(
+    client, system, metrics_auth, django_assert_num_queries
+):
+    old = timezone.now() - dt.timedelta(seconds=90)
+    InventoryInbox.objects.create(
+        system=system, body=b"{}", size=2, digest="a" * 64, received_at=old
+    )
+    InventoryInbox.objects.create(system=system, body=b"{}", size=2, digest="b" * 64)
+    InventoryInbox.objects.create(
+        system=system, body=b"[]", size=2, digest="c" * 64, failed_at=old, error="bad"
+    )
+    # 1. one aggregate over the inbox
+    with django_assert_num_queries(1):
+        families = {family.name: family for family in metrics.inbox_metrics()}
+
+    assert families["cutover_inventory_inbox_depth"].samples[0].value == 2
+    assert 90 <= families["cutover_inventory_inbox_oldest_age_seconds"].samples[0].value < 120
+    assert families["cutover_inventory_inbox_failed"].samples[0].value == 1
+    text = client.get("/metrics", headers=metrics_auth).content.decode()
+    assert "cutover_inventory_inbox_depth 2.0" in text

@@ -7,6 +7,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
+from fleet_app import services
 from fleet_app.models import Inventory, Organization, System, SystemActivityDay
 
 
@@ -26,6 +27,7 @@ def test_it_registers_systems_and_sends_heartbeats_and_inventories(live_server):
         stdout=out,
     )
 
+    services.inventory_inbox_drain()
     customer = Organization.objects.get(name="sim-fleet", kind=Organization.Kind.CUSTOMER)
     assert customer.parent.kind == Organization.Kind.OWNER
     systems = list(System.objects.all())

@@ -11,6 +11,7 @@ import json
 import pytest
 from django.core.management import call_command
 
+from fleet_app import services as fleet_services
 from fleet_app.demo import ns8_inventory
 from migrations_app.cutover import selectors, services
 from migrations_app.models import CutoverDay, FingerprintAnomaly, LegacyMapping
@@ -63,6 +64,7 @@ def _inventory(client, header, from_id):
         INVENTORY, json.dumps(payload), content_type="application/json", **header
     )
     assert response.status_code == 202
+    fleet_services.inventory_inbox_drain()
 
 
 def _release(client, i):

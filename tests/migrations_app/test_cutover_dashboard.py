@@ -7,6 +7,7 @@ import re
 import pytest
 from django.utils import timezone
 
+from fleet_app import services as fleet_services
 from fleet_app.demo import ns8_inventory
 from fleet_app.models import System
 from migrations_app.cutover import services as cutover
@@ -202,6 +203,7 @@ def _inventory(client, header, from_id):
         **header,
     )
     assert response.status_code == 202
+    fleet_services.inventory_inbox_drain()
 
 
 def test_ready_flips_exactly_when_the_last_mapping_is_fingerprinted(client, olivia, customer):
