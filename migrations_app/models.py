@@ -13,9 +13,21 @@ from .accounts.models import (
     LegacyOrganization,
     QuotaRun,
 )
+from .bundles.models import (
+    BundleExport,
+    BundleImport,
+    BundleRowState,
+    BundleSelection,
+    TrustedBundleKey,
+)
 from .cutover.models import CutoverDay, FingerprintAnomaly, LegacyMapping, RotationRun
 
 __all__ = [
+    "BundleExport",
+    "BundleImport",
+    "BundleRowState",
+    "BundleSelection",
+    "TrustedBundleKey",
     "CutoverDay",
     "DedupeCheckpoint",
     "DedupeJournal",
