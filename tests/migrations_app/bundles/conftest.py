@@ -94,3 +94,106 @@ def resign(path: Path, manifest: dict) -> None:
 def db_url(name: str | None = None) -> str:
     db = connection.settings_dict
     return f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{name or db['NAME']}"
+
+
+# --- Instance B: a second database (and media folder, key file) driven by manage.py --------
+
+
+class Instance:
+    """Another Cutover instance: its own database, blob folder and signing key, sharing
+    this one's code (and, unless told otherwise, its credential digest key)."""
+
+    def __init__(self, name: str, root: Path, digest_key: str):
+        self.name = name
+        self.root = root
+        self.store = root / "store"
+        self.env = {
+            "DATABASE_URL": db_url(name),
+            "BACKUP_LOCAL_ROOT": str(self.store),
+            "BACKUP_STORAGE_URL": "",
+            "BUNDLE_EXPORT_ROOT": str(root / "exports"),
+            "BUNDLE_SIGNING_KEY_FILE": str(root / "signing.key"),
+            "BUNDLE_BATCH_ROWS": "2",
+            "CREDENTIAL_DIGEST_KEY": digest_key,
+            "CONN_MAX_AGE": "0",
+        }
+
+    def manage(self, *args: str, check: bool = True):
+        import os
+        import subprocess
+        import sys
+
+        from django.conf import settings
+
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            env={**os.environ, **self.env},
+            cwd=settings.BASE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and done.returncode:
+            raise AssertionError(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def sql(self, query: str, *params) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(db_url(self.name)) as conn:
+            return conn.execute(query, params).fetchall()
+
+    def count(self, table: str) -> int:
+        return self.sql(f"SELECT count(*) FROM {table}")[0][0]  # noqa: S608 - test tables
+
+    def trust(self, public_hex: str) -> None:
+        path = self.root / "trusted.pub"
+        path.write_text(public_hex)
+        self.manage("bundle_keys", "--trust", str(path), "--name", "A")
+
+    def blobs(self) -> dict[str, str]:
+        return {
+            str(p.relative_to(self.store)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(self.store.rglob("*"))
+            if p.is_file()
+        } if self.store.exists() else {}
+
+
+def _admin(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(db_url("postgres"), autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@pytest.fixture(scope="session")
+def instance_template(django_db_setup, django_db_blocker, tmp_path_factory):
+    """A migrated database with one owner organization, copied for every test's B."""
+    with django_db_blocker.unblock():
+        name = f"{connection.settings_dict['NAME']}_btpl"
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _admin(f'CREATE DATABASE "{name}"')
+    from django.conf import settings
+
+    instance = Instance(name, tmp_path_factory.mktemp("tpl"), settings.CREDENTIAL_DIGEST_KEY)
+    instance.manage("migrate", "-v0")
+    instance.manage(
+        "shell", "-c",
+        "from fleet_app import services; services.organization_create(actor=None, "
+        "name='B Owner', kind='owner', parent=None)",
+    )  # fmt: skip
+    yield name
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def instance_b(instance_template, tmp_path, settings):
+    name = f"{instance_template[:-5]}_b"
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _admin(f'CREATE DATABASE "{name}" TEMPLATE "{instance_template}"')
+    root = tmp_path / "b"
+    root.mkdir()
+    instance = Instance(name, root, settings.CREDENTIAL_DIGEST_KEY)
+    instance.trust(keys.public_hex())
+    yield instance
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
