@@ -26,7 +26,7 @@ from typing import Any
 
 import zstandard
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.migrations.loader import MigrationLoader
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -747,10 +747,15 @@ def _apply(run: BundleImport, source: BundleSource, target: Target, signer: str,
         done_kind = checkpoint.get("kind")
         if done_kind in order and order.index(done_kind) > order.index(kind.name):
             continue
-        skip = checkpoint.get("batch", -1) if done_kind == kind.name else -1
-        for number, batch in enumerate(_batches(source, section)):
-            if number <= skip:
+        # Rows, not batches: a resume with another batch size still starts where it was.
+        skip = checkpoint.get("rows", 0) if done_kind == kind.name else 0
+        offset = 0
+        for batch in _batches(source, section):
+            offset += len(batch)
+            if offset <= skip:
                 continue
+            if offset - len(batch) < skip:
+                batch = batch[skip - (offset - len(batch)) :]
             creates, updates, states, _counts, _ex = _classify(kind, batch, target, signer, policy)
             with transaction.atomic():
                 if creates or updates:
@@ -761,7 +766,7 @@ def _apply(run: BundleImport, source: BundleSource, target: Target, signer: str,
                         unique_fields=["signer", "kind", "key"],
                         update_fields=["digest"],
                     )
-                mark = {"kind": kind.name, "batch": number}
+                mark = {"kind": kind.name, "rows": offset}
                 BundleImport.objects.filter(pk=run.pk).update(checkpoint=mark, updated_at=timezone.now())
             written += len(creates) + len(updates)
             run_progress(run, done=len(batch), phase=f"rows: {kind.name}")
@@ -778,7 +783,6 @@ def _apply(run: BundleImport, source: BundleSource, target: Target, signer: str,
         BundleImport.objects.filter(pk=run.pk).update(
             plan={**run.plan, "needs_fresh_secrets": sorted(target.needs_secrets)}
         )
-    connection.close_if_unusable_or_obsolete()
     return written
 
 
