@@ -399,7 +399,9 @@ BUNDLE_EXPORT_KEEP = env.int("BUNDLE_EXPORT_KEEP", default=10)
 BUNDLE_SIGNING_KEY_FILE = Path(
     env.str("BUNDLE_SIGNING_KEY_FILE", default=str(BASE_DIR / "var" / "bundle-signing.key"))
 )
-BUNDLE_UPLOAD_ROOT = Path(env.str("BUNDLE_UPLOAD_ROOT", default=str(BASE_DIR / "var" / "bundle-uploads")))
+BUNDLE_UPLOAD_ROOT = Path(
+    env.str("BUNDLE_UPLOAD_ROOT", default=str(BASE_DIR / "var" / "bundle-uploads"))
+)
 # Rows per batch of an import (one transaction and one checkpoint each).
 BUNDLE_BATCH_ROWS = env.int("BUNDLE_BATCH_ROWS", default=1000)
 # Bytes an import leaves free beyond the blobs it places.

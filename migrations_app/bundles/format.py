@@ -181,9 +181,7 @@ class BundleWriter:
             sink: Any = spool
             compressor = None
             if self.compress:
-                compressor = zstandard.ZstdCompressor(level=3).stream_writer(
-                    spool, closefd=False
-                )
+                compressor = zstandard.ZstdCompressor(level=3).stream_writer(spool, closefd=False)
                 sink = compressor
             for row in rows:
                 sink.write(json.dumps(row, separators=(",", ":"), sort_keys=True).encode())
@@ -196,7 +194,12 @@ class BundleWriter:
             path = f"data/{kind}.jsonl" + (".zst" if self.compress else "")
             entry = self._member(path, size, iter(lambda: spool.read(COPY), b""))
         self.sections.append(
-            {"kind": kind, "path": entry.path, "rows": count, "compression": "zstd" if self.compress else None}
+            {
+                "kind": kind,
+                "path": entry.path,
+                "rows": count,
+                "compression": "zstd" if self.compress else None,
+            }
         )
         return count
 
@@ -387,10 +390,18 @@ class BundleSource:
         if self._spans and not self._members:
             for path, _start, length in self._spans:
                 chunk = next(c for c in self.manifest["chunks"] if c["name"] == path.name)
-                self._check(path.name, lambda p=path: _file_pieces(p), length, chunk["sha256"], on_bytes)
+                self._check(
+                    path.name, lambda p=path: _file_pieces(p), length, chunk["sha256"], on_bytes
+                )
             return
         for item in self.manifest.get("files", []):
-            self._check(item["path"], lambda i=item: self.pieces(i), int(item["size"]), item["sha256"], on_bytes)
+            self._check(
+                item["path"],
+                lambda i=item: self.pieces(i),
+                int(item["size"]),
+                item["sha256"],
+                on_bytes,
+            )
 
     @staticmethod
     def _check(name: str, pieces, size: int, sha256: str, on_bytes) -> None:

@@ -13,12 +13,8 @@ from django.core.management.base import CommandError
 from fleet_app.locks import LockHeld, named_lock
 from fleet_app.management.base import CutoverCommand
 
-from ...bundles.services import (
-    BundleRefused,
-    bundle_import_create,
-    bundle_import_work,
-    org_map_parse,
-)
+from ...bundles.importing import bundle_import_create, bundle_import_work, org_map_parse
+from ...bundles.services import BundleRefused
 
 
 def plan_text(plan: dict) -> str:
@@ -31,7 +27,8 @@ def plan_text(plan: dict) -> str:
                 lines.append(f"    {verdict}: {', '.join(keys)}")
     blobs = plan.get("blobs", {})
     lines.append(
-        f"  blobs: {blobs.get('to_place', 0)} to place of {blobs.get('in_bundle', 0)} in the bundle, "
+        f"  blobs: {blobs.get('to_place', 0)} to place of {blobs.get('in_bundle', 0)} "
+        "in the bundle, "
         f"{blobs.get('bytes_needed', 0)} bytes needed, {blobs.get('bytes_free', 0)} free"
     )
     if plan.get("fresh_secrets"):
@@ -51,7 +48,8 @@ class Command(CutoverCommand):
         parser.add_argument(
             "--fresh-secrets",
             action="store_true",
-            help="When the digest keys differ: import without digests, systems marked for new secrets.",
+            help="When the digest keys differ: import without digests, "
+            "the systems marked for new secrets.",
         )
         parser.add_argument("--json", action="store_true", help="Print the plan as JSON.")
 
@@ -87,7 +85,9 @@ class Command(CutoverCommand):
         if options["json"]:
             self.stdout.write(json.dumps(run.plan, indent=1))
         else:
-            self.stdout.write(f"bundle {run.bundle_id} (sequence {run.sequence}, signed by {run.signer})")
+            self.stdout.write(
+                f"bundle {run.bundle_id} (sequence {run.sequence}, signed by {run.signer})"
+            )
             self.stdout.write(plan_text(run.plan))
         if run.apply:
             self.stdout.write(f"applied: {run.written} rows and objects written")

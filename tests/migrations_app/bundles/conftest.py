@@ -37,16 +37,29 @@ def trusted_self(bundle_settings):
 
 @pytest.fixture
 def fleet(bundle_settings, customer, other_customer):
-    shop = services.organization_create(actor=None, name="Shop", kind="customer", parent=customer.parent)
-    mappings = [make_mapping(customer, legacy_system_id=f"legacy-{n}", legacy_token=f"tok-{n}-xxxxxxxxxx") for n in range(3)]
+    shop = services.organization_create(
+        actor=None, name="Shop", kind="customer", parent=customer.parent
+    )
+    mappings = [
+        make_mapping(customer, legacy_system_id=f"legacy-{n}", legacy_token=f"tok-{n}-xxxxxxxxxx")
+        for n in range(3)
+    ]
     for n, mapping in enumerate(mappings):
         InventoryFactory(system=mapping.system, data=ns8_inventory(seed=n))
     ClusterBackupFactory(system=mappings[0].system, content=BLOBS[0])
     ClusterBackupFactory(system=mappings[1].system, content=BLOBS[1])
     UserFactory(email="Reader@Example.com", organization=customer, roles=["reader"])
-    outside = make_mapping(other_customer, legacy_system_id="legacy-outside", legacy_token="tok-out-xxxxxxxx")
+    outside = make_mapping(
+        other_customer, legacy_system_id="legacy-outside", legacy_token="tok-out-xxxxxxxx"
+    )
     ClusterBackupFactory(system=outside.system, content=b"outside " * 100)
-    return {"customer": customer, "shop": shop, "other": other_customer, "mappings": mappings, "outside": outside}
+    return {
+        "customer": customer,
+        "shop": shop,
+        "other": other_customer,
+        "mappings": mappings,
+        "outside": outside,
+    }
 
 
 COUNTED = [
@@ -71,11 +84,15 @@ def snapshot(settings) -> dict:
         apps.get_model("fleet_app.AuditEntry").objects.exclude(action__startswith="bundle.").count()
     )
     root = Path(settings.BACKUP_LOCAL_ROOT)
-    files = {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    } if root.exists() else {}
+    files = (
+        {
+            str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+        }
+        if root.exists()
+        else {}
+    )
     return {"rows": counts, "blobs": files}
 
 
@@ -93,7 +110,8 @@ def resign(path: Path, manifest: dict) -> None:
 
 def db_url(name: str | None = None) -> str:
     db = connection.settings_dict
-    return f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{name or db['NAME']}"
+    host = f"{db['HOST']}:{db['PORT']}"
+    return f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{host}/{name or db['NAME']}"
 
 
 # --- Instance B: a second database (and media folder, key file) driven by manage.py --------
@@ -134,7 +152,9 @@ class Instance:
             timeout=120,
         )
         if check and done.returncode:
-            raise AssertionError(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+            raise AssertionError(
+                f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+            )
         return done
 
     def sql(self, query: str, *params) -> list[tuple]:
@@ -152,11 +172,15 @@ class Instance:
         self.manage("bundle_keys", "--trust", str(path), "--name", "A")
 
     def blobs(self) -> dict[str, str]:
-        return {
-            str(p.relative_to(self.store)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(self.store.rglob("*"))
-            if p.is_file()
-        } if self.store.exists() else {}
+        return (
+            {
+                str(p.relative_to(self.store)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(self.store.rglob("*"))
+                if p.is_file()
+            }
+            if self.store.exists()
+            else {}
+        )
 
 
 def _admin(sql: str) -> None:

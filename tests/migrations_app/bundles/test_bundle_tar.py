@@ -43,7 +43,10 @@ def test_chunks_of_the_chosen_size_with_their_table_of_contents(fleet, instance_
         assert len(stream[item["offset"] : item["offset"] + item["size"]]) == item["size"]
     owner = fleet["customer"].parent.parent.slug
     instance_b.manage("import_bundle", str(bundle), "--apply", "--map-org", f"{owner}=b-owner")
-    assert instance_b.count("proxy_mappings") == 3 and instance_b.count("backups_app_clusterbackup") == 2
+    assert (
+        instance_b.count("proxy_mappings") == 3
+        and instance_b.count("backups_app_clusterbackup") == 2
+    )
     # Read in place: the bundle folder holds what it held, nothing was unpacked beside it.
     assert sorted(p.name for p in bundle.iterdir()) == sorted(
         [c["name"] for c in chunks] + ["manifest.json", "manifest.sig"]
@@ -64,7 +67,10 @@ def test_one_file_bundle_imports_like_the_folder(fleet, trusted_self, tmp_path, 
     fleet["mappings"][2].delete()
     before = snapshot(settings)
     call_command("import_bundle", str(one), "--apply")
-    assert snapshot(settings)["rows"]["migrations_app.LegacyMapping"] == before["rows"]["migrations_app.LegacyMapping"] + 1
+    assert (
+        snapshot(settings)["rows"]["migrations_app.LegacyMapping"]
+        == before["rows"]["migrations_app.LegacyMapping"] + 1
+    )
 
 
 def test_a_killed_import_resumes_after_its_last_batch(fleet, instance_b, tmp_path):
@@ -72,12 +78,24 @@ def test_a_killed_import_resumes_after_its_last_batch(fleet, instance_b, tmp_pat
     bundle = export(fleet, tmp_path / "t", "--chunk-size", "64KB")
     owner = fleet["customer"].parent.parent.slug
     env = {**os.environ, **instance_b.env, "BUNDLE_BATCH_ROWS": "1"}
-    args = [sys.executable, "manage.py", "import_bundle", str(bundle), "--apply", "--map-org", f"{owner}=b-owner"]
-    first = subprocess.Popen(args, env=env, cwd=django_settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    args = [
+        sys.executable,
+        "manage.py",
+        "import_bundle",
+        str(bundle),
+        "--apply",
+        "--map-org",
+        f"{owner}=b-owner",
+    ]
+    first = subprocess.Popen(
+        args, env=env, cwd=django_settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 60
     mark = None
     while time.monotonic() < deadline and first.poll() is None:
-        rows = instance_b.sql("SELECT checkpoint FROM migrations_app_bundleimport ORDER BY id DESC LIMIT 1")
+        rows = instance_b.sql(
+            "SELECT checkpoint FROM migrations_app_bundleimport ORDER BY id DESC LIMIT 1"
+        )
         if rows and rows[0][0] and rows[0][0].get("kind") == "systems" and rows[0][0]["rows"] >= 20:
             first.send_signal(signal.SIGKILL)
             mark = rows[0][0]

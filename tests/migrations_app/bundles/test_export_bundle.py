@@ -38,9 +38,13 @@ def test_it_writes_every_file_with_its_size_and_sha256_and_signs_the_manifest(fl
     assert manifest["schema"]["migrations_app"] and manifest["cutover_version"]
     export = BundleExport.objects.get()
     assert export.sequence == manifest["sequence"] == 1
-    assert export.manifest_sha256 == hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
+    assert (
+        export.manifest_sha256 == hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
+    )
     # Blobs by content, each once.
-    assert sorted(b["sha256"] for b in manifest["blobs"]) == sorted(hashlib.sha256(b).hexdigest() for b in BLOBS)
+    assert sorted(b["sha256"] for b in manifest["blobs"]) == sorted(
+        hashlib.sha256(b).hexdigest() for b in BLOBS
+    )
     for blob in BLOBS:
         sha = hashlib.sha256(blob).hexdigest()
         assert (out / "blobs" / "sha256" / sha[:2] / sha[2:]).read_bytes() == blob
@@ -62,7 +66,12 @@ def test_credential_digests_travel_only_when_asked_and_never_the_key(fleet, tmp_
     plain, secret = tmp_path / "plain", tmp_path / "secret"
     call_command("export_bundle", "--output", str(plain), "--organization", fleet["customer"].slug)
     call_command(
-        "export_bundle", "--output", str(secret), "--organization", fleet["customer"].slug, "--credentials"
+        "export_bundle",
+        "--output",
+        str(secret),
+        "--organization",
+        fleet["customer"].slug,
+        "--credentials",
     )
     system = fleet["mappings"][0].system
     assert system.secret_digest not in (plain / "data/systems.jsonl").read_text()
@@ -76,9 +85,10 @@ def test_credential_digests_travel_only_when_asked_and_never_the_key(fleet, tmp_
 def test_a_tenant_admin_exports_its_subtree_only_and_never_credentials(fleet, tmp_path, bob):
     from tests.factories import UserFactory
 
+    own = fleet["customer"].slug
     admin = UserFactory(email="adm@example.com", organization=fleet["customer"], roles=["admin"])
     call_command(
-        "export_bundle", "--output", str(tmp_path / "own"), "--organization", fleet["customer"].slug,
+        "export_bundle", "--output", str(tmp_path / "own"), "--organization", own,
         "--actor", admin.email,
     )  # fmt: skip
     with pytest.raises(CommandError, match="own organization's subtree"):
@@ -88,7 +98,7 @@ def test_a_tenant_admin_exports_its_subtree_only_and_never_credentials(fleet, tm
         )  # fmt: skip
     with pytest.raises(CommandError, match="credential digests"):
         call_command(
-            "export_bundle", "--output", str(tmp_path / "y"), "--organization", fleet["customer"].slug,
+            "export_bundle", "--output", str(tmp_path / "y"), "--organization", own,
             "--credentials", "--actor", admin.email,
         )  # fmt: skip
     with pytest.raises(CommandError, match="may not run import_bundle"):
@@ -100,6 +110,13 @@ def test_row_sections_can_be_zstd_compressed(fleet, tmp_path):
     import zstandard
 
     out = tmp_path / "z"
-    call_command("export_bundle", "--output", str(out), "--organization", fleet["customer"].slug, "--compress")
+    call_command(
+        "export_bundle",
+        "--output",
+        str(out),
+        "--organization",
+        fleet["customer"].slug,
+        "--compress",
+    )
     raw = (out / "data/systems.jsonl.zst").read_bytes()
     assert len(zstandard.ZstdDecompressor().stream_reader(raw).read().splitlines()) == 3

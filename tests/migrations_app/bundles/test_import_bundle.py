@@ -27,8 +27,17 @@ def map_args(fleet):
 
 def b_rows(b):
     return {
-        "systems": sorted(b.sql("SELECT system_key, name, secret_digest, deleted_at IS NOT NULL FROM fleet_app_system")),
-        "mappings": sorted(b.sql("SELECT legacy_system_id, legacy_token_digest, rotation_count FROM proxy_mappings")),
+        "systems": sorted(
+            b.sql(
+                "SELECT system_key, name, secret_digest, deleted_at IS NOT NULL"
+                " FROM fleet_app_system"
+            )
+        ),
+        "mappings": sorted(
+            b.sql(
+                "SELECT legacy_system_id, legacy_token_digest, rotation_count FROM proxy_mappings"
+            )
+        ),
         "orgs": sorted(r[0] for r in b.sql("SELECT slug FROM fleet_app_organization")),
         "backups": sorted(b.sql("SELECT id::text, sha256 FROM backups_app_clusterbackup")),
     }
@@ -53,12 +62,16 @@ def a_rows(fleet):
         ),
         "backups": sorted(
             (str(i), s)
-            for i, s in ClusterBackup.objects.filter(organization__path__startswith=tree).values_list("id", "sha256")
+            for i, s in ClusterBackup.objects.filter(
+                organization__path__startswith=tree
+            ).values_list("id", "sha256")
         ),
     }
 
 
-def test_plan_writes_nothing_then_apply_makes_b_equal_a_for_the_selection(fleet, instance_b, tmp_path):
+def test_plan_writes_nothing_then_apply_makes_b_equal_a_for_the_selection(
+    fleet, instance_b, tmp_path
+):
     bundle = export(fleet, tmp_path / "full")
     before = b_rows(instance_b)
     plan = instance_b.manage("import_bundle", str(bundle), *map_args(fleet))
@@ -68,12 +81,21 @@ def test_plan_writes_nothing_then_apply_makes_b_equal_a_for_the_selection(fleet,
     rows, ours = b_rows(instance_b), a_rows(fleet)
     assert [(k, n, d, False) for k, n, d, _x in ours["systems"]] == rows["systems"]
     assert ours["mappings"] == rows["mappings"] and ours["backups"] == rows["backups"]
-    assert set(rows["orgs"]) == {"b-owner", fleet["customer"].parent.slug, fleet["customer"].slug, fleet["shop"].slug}
+    assert set(rows["orgs"]) == {
+        "b-owner",
+        fleet["customer"].parent.slug,
+        fleet["customer"].slug,
+        fleet["shop"].slug,
+    }
     # The blobs, by content.
     assert sorted(instance_b.blobs().values()) == sorted(s for _i, s in ours["backups"])
     # Nothing outside the selection arrived.
-    assert not instance_b.sql("SELECT 1 FROM proxy_mappings WHERE legacy_system_id = 'legacy-outside'")
-    assert not instance_b.sql("SELECT 1 FROM fleet_app_organization WHERE slug = %s", fleet["other"].slug)
+    assert not instance_b.sql(
+        "SELECT 1 FROM proxy_mappings WHERE legacy_system_id = 'legacy-outside'"
+    )
+    assert not instance_b.sql(
+        "SELECT 1 FROM fleet_app_organization WHERE slug = %s", fleet["other"].slug
+    )
     # The same bundle again: nothing to write.
     blobs = instance_b.blobs()
     again = instance_b.manage("import_bundle", str(bundle), "--apply", *map_args(fleet))
@@ -88,7 +110,9 @@ def test_an_incremental_carries_exactly_the_changes(fleet, instance_b, tmp_path)
     full = export(fleet, tmp_path / "full")
     instance_b.manage("import_bundle", str(full), "--apply", *map_args(fleet))
     # Changes on A: a new system, a rotation, a deletion, a new backup.
-    new = make_mapping(fleet["shop"], legacy_system_id="legacy-new", legacy_token="tok-new-xxxxxxxxxx")
+    new = make_mapping(
+        fleet["shop"], legacy_system_id="legacy-new", legacy_token="tok-new-xxxxxxxxxx"
+    )
     rotated = fleet["mappings"][1]
     LegacyMapping.objects.filter(pk=rotated.pk).update(rotation_count=1)
     services.system_secret_reissue(actor=None, system=rotated.system)

@@ -55,8 +55,14 @@ def test_control_the_same_target_takes_a_good_bundle(fleet, trusted_self, tmp_pa
     before = snapshot(settings)
     call_command("import_bundle", str(bundle), "--apply")
     after = snapshot(settings)
-    assert after["rows"]["migrations_app.LegacyMapping"] == before["rows"]["migrations_app.LegacyMapping"] + 1
-    assert after["rows"]["backups_app.ClusterBackup"] == before["rows"]["backups_app.ClusterBackup"] + 1
+    assert (
+        after["rows"]["migrations_app.LegacyMapping"]
+        == before["rows"]["migrations_app.LegacyMapping"] + 1
+    )
+    assert (
+        after["rows"]["backups_app.ClusterBackup"]
+        == before["rows"]["backups_app.ClusterBackup"] + 1
+    )
     assert len(after["blobs"]) == len(before["blobs"]) + 1
 
 
