@@ -457,3 +457,24 @@ ZFS_SSH_KEY_PATH = env.str("ZFS_SSH_KEY_PATH", default="")
 # Storage hosts (by name) the workers run on: their commands run locally, as the worker's
 # own user, without SSH. No other host is ever local.
 ZFS_LOCAL_HOSTS = frozenset(env.list("ZFS_LOCAL_HOSTS", default=[]))
+
+# --- Bundles (moving a selection of the data to another instance) ------------------------
+# Where exports are written by default (<root>/<selection>/<date>-<sequence>/), how many
+# are kept per selection, and the file holding this instance's Ed25519 signing key (made
+# on first use; its public half is what other instances trust).
+BUNDLE_EXPORT_ROOT = Path(env.str("BUNDLE_EXPORT_ROOT", default=str(BASE_DIR / "var" / "bundles")))
+BUNDLE_EXPORT_KEEP = env.int("BUNDLE_EXPORT_KEEP", default=10)
+BUNDLE_SIGNING_KEY_FILE = Path(
+    env.str("BUNDLE_SIGNING_KEY_FILE", default=str(BASE_DIR / "var" / "bundle-signing.key"))
+)
+BUNDLE_UPLOAD_ROOT = Path(
+    env.str("BUNDLE_UPLOAD_ROOT", default=str(BASE_DIR / "var" / "bundle-uploads"))
+)
+# Rows per batch of an import (one transaction and one checkpoint each).
+BUNDLE_BATCH_ROWS = env.int("BUNDLE_BATCH_ROWS", default=1000)
+# Bytes an import leaves free beyond the blobs it places.
+BUNDLE_DISK_RESERVE_BYTES = env.int("BUNDLE_DISK_RESERVE_BYTES", default=64 * 1024**2)
+# The blob store bundles read and write (a callable returning it), and what runs once an
+# import wrote rows (the cutover's day counters are rebuilt from the mappings).
+BUNDLE_BLOB_STORE = "backups_app.storage.get_store"
+BUNDLE_AFTER_APPLY = ["migrations_app.cutover.services.cutover_counters_rebuild"]

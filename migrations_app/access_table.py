@@ -1,6 +1,6 @@
 """The cutover's and the accounts' rows of the permission table (see fleet_app/access.py)."""
 
-from fleet_app.access import PUBLIC, ROOT, SUPERUSER_ONLY, TENANT, rule
+from fleet_app.access import PLATFORM, PUBLIC, ROOT, SUPERUSER_ONLY, TENANT, rule
 
 ALL_VIEW = {"superuser": "v", "operator": "v", "admin": "v", "support": "v", "reader": "v"}
 # The cutover's figures are fleet-wide: a tenant persona reads them only at the root.
@@ -67,7 +67,44 @@ RULES = [
     rule("model", "migrations_app.legacyaccount", SUPERUSER_ONLY, superuser="v"),
     rule("model", "migrations_app.legacyrole", SUPERUSER_ONLY, superuser="v"),
     rule("model", "migrations_app.quotarun", SUPERUSER_ONLY, superuser="va"),
+    rule(
+        "model",
+        "migrations_app.bundleexport",
+        TENANT,
+        org="created_by__organization",
+        note="(a tenant admin exports its own subtree only)",
+        superuser="va",
+        operator="va",
+        admin="va",
+    ),
+    rule("model", "migrations_app.bundleselection", PLATFORM, superuser="vacd", operator="v"),
+    rule(
+        "model",
+        "migrations_app.bundleimport",
+        PLATFORM,
+        note="(never a tenant)",
+        superuser="va",
+        operator="va",
+    ),
+    rule("model", "migrations_app.bundlerowstate", SUPERUSER_ONLY, superuser="v"),
+    rule("model", "migrations_app.trustedbundlekey", SUPERUSER_ONLY, superuser="vad"),
     # --- Admin actions ----------------------------------------------------------------------
+    rule(
+        "action",
+        "migrations_app.bundleexport.credentials",
+        SUPERUSER_ONLY,
+        note="(carry credential digests in a bundle)",
+        superuser="r",
+    ),
+    rule(
+        "action",
+        "migrations_app.bundleexport.download",
+        TENANT,
+        superuser="r",
+        operator="r",
+        admin="r",
+    ),
+    rule("action", "migrations_app.bundleimport.approve", PLATFORM, superuser="r", operator="r"),
     rule(
         "action",
         "migrations_app.legacymapping.reopen",
@@ -149,4 +186,15 @@ RULES = [
     rule("command", "dedupe_users", SUPERUSER_ONLY, superuser="r"),
     rule("command", "quotas", SUPERUSER_ONLY, superuser="r"),
     rule("command", "seed_demo_cutover", SUPERUSER_ONLY, superuser="r"),
+    rule(
+        "command",
+        "export_bundle",
+        TENANT,
+        note="(a tenant admin: its own subtree)",
+        superuser="r",
+        operator="r",
+        admin="r",
+    ),
+    rule("command", "import_bundle", PLATFORM, superuser="r", operator="r"),
+    rule("command", "bundle_keys", SUPERUSER_ONLY, superuser="r"),
 ]

@@ -15,6 +15,13 @@ from .accounts.models import (
     LegacyRole,
     QuotaRun,
 )
+from .bundles.models import (
+    BundleExport,
+    BundleImport,
+    BundleRowState,
+    BundleSelection,
+    TrustedBundleKey,
+)
 from .cutover.models import (
     CutoverDay,
     FingerprintAnomaly,
@@ -25,6 +32,11 @@ from .cutover.models import (
 )
 
 __all__ = [
+    "BundleExport",
+    "BundleImport",
+    "BundleRowState",
+    "BundleSelection",
+    "TrustedBundleKey",
     "CutoverDay",
     "DedupeCheckpoint",
     "DedupeJournal",

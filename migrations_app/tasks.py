@@ -1,6 +1,7 @@
 """The app's Celery tasks, one module per capability; Celery autodiscovers this module only."""
 
 from .accounts.tasks import dedupe_run_execute, quota_run_execute
+from .bundles.tasks import bundle_export_execute, bundle_import_execute
 from .cutover.tasks import (
     mapping_import_run_execute,
     mapping_uploads_expire,
@@ -8,6 +9,8 @@ from .cutover.tasks import (
 )
 
 __all__ = [
+    "bundle_export_execute",
+    "bundle_import_execute",
     "dedupe_run_execute",
     "mapping_import_run_execute",
     "mapping_uploads_expire",

@@ -1,0 +1,250 @@
+"""Admin for bundles: start an export and download it as one file; upload a bundle, read
+its plan and approve it; saved selections; the trusted keys.
+
+An export or an import is a run row worked by a Celery worker; these pages only start
+runs and read rows. A bundle downloads as one tar file streamed from the export folder
+(``format.bundle_file_stream``): nothing is packed on disk first.
+"""
+
+import uuid
+from pathlib import Path
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponseRedirect, StreamingHttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+
+from fleet_app.admin import FleetModelAdmin, ReadOnlyModelAdmin, form_action, pretty_json
+
+from . import importing, services
+from .format import bundle_file_stream
+from .kinds import BY_NAME
+from .models import BundleExport, BundleImport, BundleRowState, BundleSelection, TrustedBundleKey
+
+
+class ExportForm(forms.Form):
+    organizations = forms.CharField(
+        required=False, help_text="Organization slugs, separated by spaces or commas."
+    )
+    selection = forms.ModelChoiceField(BundleSelection.objects.all(), required=False)
+    kinds = forms.MultipleChoiceField(
+        choices=[(name, name) for name in BY_NAME], required=False, help_text="None: all."
+    )
+    since = forms.CharField(required=False, help_text="Export id or date: incremental.")
+    format = forms.ChoiceField(choices=[("tar", "tar"), ("dir", "dir")])
+    chunk_size = forms.CharField(required=False, help_text="e.g. 4GB (tar only).")
+    compress = forms.BooleanField(required=False, help_text="zstd the row sections.")
+
+
+def _render(admin_obj, request, form, title, submit, error=""):
+    context = {
+        **admin_obj.admin_site.each_context(request),
+        "title": title,
+        "opts": admin_obj.opts,
+        "form": form,
+        "submit": submit,
+        "error": error,
+    }
+    return TemplateResponse(request, "admin/migrations_app/bundle_form.html", context)
+
+
+def _progress(obj) -> str:
+    return format_html("{} · {} / {}", obj.phase or obj.state, obj.done, obj.total or "?")
+
+
+@admin.register(BundleExport)
+class BundleExportAdmin(ReadOnlyModelAdmin):
+    list_display = (
+        "sequence", "state", "organizations", "incremental", "rows", "bytes", "created_at"
+    )  # fmt: skip
+    readonly_fields = ("manifest_sha256", "scope_json", "output", "rows", "bytes", "error", "log")
+    fields = readonly_fields
+    actions = ["download", "credentials"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self._table(request, "a")
+
+    @admin.display(description="Organizations")
+    def organizations(self, obj: BundleExport) -> str:
+        return ", ".join(obj.scope.get("organizations", []))
+
+    @admin.display(description="Incremental", boolean=True)
+    def incremental(self, obj: BundleExport) -> bool:
+        return obj.base_id is not None
+
+    @admin.display(description="Selection")
+    def scope_json(self, obj: BundleExport) -> str:
+        return pretty_json({k: v for k, v in obj.scope.items() if k != "have"})
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = ExportForm(request.POST or None)
+        error = ""
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                run = services.bundle_export_create(
+                    actor=request.user,
+                    organizations=data["organizations"].replace(",", " ").split(),
+                    selection=data["selection"].name if data["selection"] else None,
+                    kinds=list(data["kinds"]),
+                    since=data["since"] or None,
+                    fmt=data["format"],
+                    chunk_size=services.size_parse(data["chunk_size"]),
+                    compress=data["compress"],
+                    enqueue=True,
+                )
+            except services.BundleRefused as refusal:
+                error = str(refusal)
+            else:
+                self.message_user(request, f"Export {run.sequence} started.", messages.SUCCESS)
+                return HttpResponseRedirect(
+                    reverse("admin:migrations_app_bundleexport_change", args=[run.pk])
+                )
+        return _render(self, request, form, "Export a bundle", "Start the export", error)
+
+    @form_action(description="Download the bundle as one file")
+    def download(self, request, queryset):
+        run = queryset.filter(state="succeeded").first()
+        if run is None or not run.output or not Path(run.output).is_dir():
+            self.message_user(request, "This export has no bundle to download.", messages.ERROR)
+            return None
+        from fleet_app import services as fleet
+
+        fleet.audit_record(
+            actor=request.user,
+            action="bundle.download",
+            obj=run,
+            after={"manifest_sha256": run.manifest_sha256},
+        )
+        response = StreamingHttpResponse(
+            bundle_file_stream(Path(run.output)), content_type="application/x-tar"
+        )
+        response["Content-Disposition"] = f'attachment; filename="bundle-{run.sequence}.tar"'
+        return response
+
+    @form_action(description="Export again, carrying credential digests")
+    def credentials(self, request, queryset):
+        for run in queryset:
+            try:
+                again = services.bundle_export_create(
+                    actor=request.user,
+                    organizations=run.scope["organizations"],
+                    kinds=run.scope["kinds"],
+                    fmt=run.format,
+                    chunk_size=run.chunk_size,
+                    compress=run.compress,
+                    credentials=True,
+                    inventories=run.scope.get("inventories", "latest"),
+                    enqueue=True,
+                )
+            except services.BundleRefused as refusal:
+                self.message_user(request, str(refusal), messages.ERROR)
+            else:
+                self.message_user(request, f"Export {again.sequence} started.", messages.SUCCESS)
+
+
+class UploadForm(forms.Form):
+    bundle = forms.FileField(help_text="A bundle as one .tar file (what an export downloads).")
+    map_org = forms.CharField(required=False, help_text="SOURCE=TARGET pairs, one per line.")
+    on_conflict = forms.ChoiceField(choices=[(p, p) for p in importing.CONFLICT_POLICIES])
+
+
+@admin.register(BundleImport)
+class BundleImportAdmin(ReadOnlyModelAdmin):
+    list_display = ("pk", "state", "bundle_id", "signer", "sequence", "progress", "applied_at")
+    readonly_fields = ("state", "error", "bundle_id", "signer", "sequence", "manifest_sha256",
+                       "plan_summary", "approved_at", "applied_at", "written")  # fmt: skip
+    fields = readonly_fields
+    actions = ["approve"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self._table(request, "a")
+
+    @admin.display(description="Progress")
+    def progress(self, obj: BundleImport) -> str:
+        return _progress(obj)
+
+    @admin.display(description="Plan")
+    def plan_summary(self, obj: BundleImport) -> str:
+        return pretty_json(obj.plan)
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = UploadForm(request.POST or None, request.FILES or None)
+        error = ""
+        if request.method == "POST" and form.is_valid():
+            folder = Path(settings.BUNDLE_UPLOAD_ROOT)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{uuid.uuid4().hex}.tar"
+            with open(path, "wb") as handle:
+                for piece in form.cleaned_data["bundle"].chunks():
+                    handle.write(piece)
+            try:
+                run = importing.bundle_import_create(
+                    actor=request.user,
+                    path=str(path),
+                    org_map=importing.org_map_parse(form.cleaned_data["map_org"].split()),
+                    on_conflict=form.cleaned_data["on_conflict"],
+                    enqueue=True,
+                )
+            except services.BundleRefused as refusal:
+                path.unlink(missing_ok=True)
+                error = str(refusal)
+            else:
+                self.message_user(
+                    request, "Bundle uploaded: its plan is being made.", messages.SUCCESS
+                )
+                return HttpResponseRedirect(
+                    reverse("admin:migrations_app_bundleimport_change", args=[run.pk])
+                )
+        return _render(self, request, form, "Upload a bundle", "Upload and plan", error)
+
+    @form_action(description="Approve the plan and apply it")
+    def approve(self, request, queryset):
+        for run in queryset:
+            try:
+                importing.bundle_import_approve(actor=request.user, run=run)
+            except services.BundleRefused as refusal:
+                self.message_user(request, str(refusal), messages.ERROR)
+            else:
+                self.message_user(request, f"Import {run.pk} approved.", messages.SUCCESS)
+
+
+@admin.register(BundleSelection)
+class BundleSelectionAdmin(FleetModelAdmin):
+    list_display = ("name", "organizations", "kinds", "inventories", "credentials")
+
+
+@admin.register(BundleRowState)
+class BundleRowStateAdmin(ReadOnlyModelAdmin):
+    list_display = ("signer", "kind", "key", "digest")
+    search_fields = ("=key",)
+
+
+class TrustForm(forms.ModelForm):
+    class Meta:
+        model = TrustedBundleKey
+        fields = ("name", "public_key")
+
+
+@admin.register(TrustedBundleKey)
+class TrustedBundleKeyAdmin(FleetModelAdmin):
+    list_display = ("key_id", "name", "created_at")
+    form = TrustForm
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        try:
+            ident = services.trusted_key_add(actor=request.user, text=obj.public_key, name=obj.name)
+        except services.BundleRefused as refusal:
+            raise PermissionDenied(str(refusal)) from refusal
+        obj.pk = TrustedBundleKey.objects.get(key_id=ident).pk
