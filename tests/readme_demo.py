@@ -63,6 +63,14 @@ def main() -> None:
         "readme-legacy-1,token-one-0123456789,readme-one\n"
         "readme-legacy-2,token-two-0123456789,readme-two\n"
     )
+    # Another instance's public bundle key, as its ``bundle_keys --public`` prints it.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    peer_key = scratch / "peer.pub"
+    peer_key.write_text(
+        Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw).hex()
+    )
     accounts = scratch / "accounts.json"
     accounts.write_text(
         json.dumps(
@@ -93,6 +101,8 @@ def main() -> None:
             "email": staff.email,
             "backup_run": str(latest.pk if latest else 0),
             "closed_url": "http://127.0.0.1:9",
+            "peer_key": str(peer_key),
+            "bundle_dir": str(scratch / "bundle"),
             "cluster_backup": str(uploaded.pk if uploaded else 0),
             "system_key": next(
                 iter(

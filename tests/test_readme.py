@@ -71,6 +71,14 @@ COMMANDS: dict[str, list[list[str]]] = {
     "restore 42 --target database=cutover_copy --apply": [
         ["restore", "{backup_run}", "--target", "database=cutover_copy", "--apply"]
     ],
+    "bundle_keys --public": [["bundle_keys", "--public"]],
+    "bundle_keys --trust FILE": [["bundle_keys", "--trust", "{peer_key}", "--name", "peer"]],
+    "export_bundle --output PATH [--organization SLUG …] [--selection NAME]": [
+        ["export_bundle", "--output", "{bundle_dir}", "--organization", "{org}"]
+    ],
+    "import_bundle PATH [--apply] [--map-org SRC=DST …] [--map-file FILE]": [
+        ["import_bundle", "{bundle_dir}"]
+    ],
     "storage_sweep": [["storage_sweep"]],
     "storage_sweep --apply": [["storage_sweep", "--apply"]],
     "createsuperuser": [["createsuperuser", "--noinput", "--email", "readme.admin@example.org"]],
@@ -85,6 +93,7 @@ REFUSALS_EXPECTED = {
     "simulate_fleet": "nothing listens at the URL",
     "restore": "the SQLite demo's adapter restores into an alias, not a database",
     "zfs_check": "exit 1/2 is WARN/CRIT by design",
+    "import_bundle": "the demo's own bundle is signed by a key it does not list as trusted",
 }
 EXCLUDED_COMMANDS: dict[str, str] = {
     # Named in prose by its bare name; its full form above is run.
@@ -202,6 +211,9 @@ def test_the_readme_commands_and_paths_work_in_the_demo(tmp_path):
         MEDIA_ROOT=str(tmp_path / "media"),
         BACKUP_WORK_DIR=str(tmp_path / "work"),
         RUN_DIR=str(tmp_path / "run"),
+        BUNDLE_EXPORT_ROOT=str(tmp_path / "bundles"),
+        BUNDLE_UPLOAD_ROOT=str(tmp_path / "bundle-uploads"),
+        BUNDLE_SIGNING_KEY_FILE=str(tmp_path / "bundle-signing.key"),
         DJANGO_SUPERUSER_PASSWORD="readme-Password-4821",
         DJANGO_SETTINGS_MODULE="controlplane.settings",
     )

@@ -9,7 +9,8 @@ from typing import Any
 
 from django.apps import apps
 from django.contrib.contenttypes.models import ContentType
-from django.db.models import Model
+from django.db import connection
+from django.db.models import Model, OuterRef, Subquery
 
 from fleet_app.models import AuditEntry, Inventory, Quota
 
@@ -184,8 +185,14 @@ class Inventories(Kind):
     def source(self, scope):
         rows = Inventory.objects.filter(system__organization_id__in=scope.organization_ids)
         if scope.inventories != "full":
-            # The newest of each system (DISTINCT ON walks fleet_inv_sys_recv_idx).
-            rows = rows.order_by("system_id", "-received_at").distinct("system_id")
+            if connection.features.can_distinct_on_fields:
+                # The newest of each system (DISTINCT ON walks fleet_inv_sys_recv_idx).
+                rows = rows.order_by("system_id", "-received_at").distinct("system_id")
+            else:  # SQLite, the embedded default: the same rows by a correlated subquery.
+                newest = Inventory.objects.filter(system_id=OuterRef("system_id"))
+                rows = rows.filter(
+                    pk=Subquery(newest.order_by("-received_at", "-pk").values("pk")[:1])
+                ).order_by("system_id")
         else:
             rows = rows.order_by("id")
         yield from self._rows(rows)
