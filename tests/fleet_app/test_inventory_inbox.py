@@ -82,7 +82,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 def _sender(broker: str) -> Celery:
     """A Celery app of this test's own: the shared app's connections are never touched."""
-    return Celery("inbox-test", broker=broker)
+    return Celery("inbox-test", broker=broker, set_as_current=False)
 
 
 def _accept(systems, rounds: int, modules: int = 8) -> list[tuple[int, int]]:
