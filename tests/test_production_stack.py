@@ -203,9 +203,15 @@ def test_the_production_stack_serves_ingests_backs_up_and_drills(stack):
         )  # fmt: skip
         assert uploaded.status_code == 201, uploaded.text
 
-        shown = http.get(f"/api/systems/{system.pk}/", headers=staff_api)
-        assert shown.status_code == 200, shown.text
-        row = shown.json()
+        # The inventory waits in the inbox until the worker's drain records it.
+        deadline = time.monotonic() + 60
+        while True:
+            shown = http.get(f"/api/systems/{system.pk}/", headers=staff_api)
+            assert shown.status_code == 200, shown.text
+            row = shown.json()
+            if row["last_inventory_at"] is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert row["last_heartbeat_at"] is not None and row["last_inventory_at"] is not None
         backups = http.get("/api/backups/cluster-backups/", headers=staff_api).json()["results"]
         assert [(b["filename"], b["size"]) for b in backups] == [

@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 from celery import Celery
@@ -92,7 +93,7 @@ def _accept(systems, rounds: int, modules: int = 8) -> list[tuple[int, int]]:
         for system in systems:
             payload = ns8_inventory(seed=n, modules=modules)
             payload["uuid"] = f"seq-{n:04d}"
-            body = services.orjson.dumps(payload)
+            body = orjson.dumps(payload)
             services.inventory_accept(system=system, body=body)
             sent.append((system.pk, n))
     return sent

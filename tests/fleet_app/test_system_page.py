@@ -17,6 +17,7 @@ def named(client, system, auth_header, inventory_payload):
         **auth_header,
     )
     assert response.status_code == 202
+    services.inventory_inbox_drain()
     system.refresh_from_db()
     return system
 
@@ -80,5 +81,6 @@ def test_a_name_staff_gave_survives_inventories(client, named, alice):
     )
 
     assert response.status_code == 202
+    services.inventory_inbox_drain()
     named.refresh_from_db()
     assert (named.name, named.ui_name) == ("Head office", "renamed on the cluster")
