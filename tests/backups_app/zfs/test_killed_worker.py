@@ -28,7 +28,7 @@ def _worker_pid(queue: str) -> int:
 
 def test_a_killed_worker_leaves_the_job_re_runnable(zfs_rows, celery_worker_process, settings):
     rows, lab = zfs_rows, zfs_rows.lab
-    lab.snapshot(rows.source.name, "big", data=64 * 1024 * 1024)  # several seconds to send
+    lab.snapshot(rows.source.name, "big", data=128 * 1024 * 1024)  # seconds to send
     run = services.replication_run_start(job=rows.job, enqueue=False)
     tasks.replication_run_execute.apply_async(args=[run.pk], queue=celery_worker_process)
 
@@ -37,7 +37,7 @@ def test_a_killed_worker_leaves_the_job_re_runnable(zfs_rows, celery_worker_proc
     while ReplicationRun.objects.get(pk=run.pk).phase != "sending":
         assert time.monotonic() < deadline, "the worker never started sending"
         time.sleep(0.02)
-    time.sleep(0.3)  # the listing is done and the stream flows (it takes seconds)
+    time.sleep(0.1)  # the listing is done and the stream flows (it takes seconds)
     os.kill(pid, signal.SIGKILL)
     time.sleep(1.0)
     for left in Path("/tmp").glob(f"cz-{pid}-*"):  # noqa: S108 - the dead worker's folder
