@@ -6,7 +6,6 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
-from django.core.exceptions import PermissionDenied
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import filesizeformat
 
@@ -66,11 +65,6 @@ class RestoreForm(forms.Form):
         return _target_parse(self.cleaned_data.get("target") or "")
 
 
-def _may_run(request) -> None:
-    if not access.allowed(request.user, "dashboard", "backup-restore", "r"):
-        raise PermissionDenied("dashboard backup-restore")
-
-
 @dashboard("backup-restore", write="r")
 def restore_page(request):
     """Pick a backup and a target; the plan is computed (a dry run) and shown next."""
@@ -78,7 +72,6 @@ def restore_page(request):
     form = RestoreForm(request.POST or None, initial=initial)
     status = 200
     if request.method == "POST":
-        _may_run(request)
         if form.is_valid():
             backup = selectors.backups_restorable().filter(pk=form.cleaned_data["backup"]).first()
             try:
@@ -136,7 +129,6 @@ def restore_run_page(request, run_id: int):
     )
     error, status = "", 200
     if request.method == "POST":
-        _may_run(request)
         try:
             started = restore.restore_plan_confirm(actor=request.user, plan=run)
         except FleetError as failure:

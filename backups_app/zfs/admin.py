@@ -309,6 +309,26 @@ def _fix_lines(fix: str):
     return lines
 
 
+def _fix_action(fix: str, *, verb: str, description: str):
+    """The admin action that approves one divergence fix, asking first (what each selected
+    report's fix will run is listed on the confirmation page)."""
+
+    @admin.action(permissions=["approve"], description=description)
+    @confirm_first(
+        verb=verb,
+        consequence=_FIX_CONSEQUENCE,
+        affected=_offering(fix),
+        skipped_why="not open, or this fix is not offered for them",
+        name=_report_name,
+        details=_fix_lines(fix),
+    )
+    def approve(self, request, queryset):
+        self._approve(request, queryset, fix)
+
+    approve.__name__ = f"approve_{fix}"
+    return approve
+
+
 @admin.register(DivergenceReport)
 class DivergenceReportAdmin(ReadOnlyModelAdmin):
     list_display = ("id", "job", "source_dataset", "kind", "status", "reason", "created_at")
@@ -369,101 +389,47 @@ class DivergenceReportAdmin(ReadOnlyModelAdmin):
             except FleetError as exc:
                 self.message_user(request, f"Report {report.pk}: {exc.message}", messages.ERROR)
 
-    @admin.action(
-        permissions=["approve"],
+    approve_rollback = _fix_action(
+        "rollback",
+        verb="Roll back the target of",
         description="Approve: roll the target back to the last common snapshot",
     )
-    @confirm_first(
-        verb="Roll back the target of",
-        consequence=_FIX_CONSEQUENCE,
-        affected=_offering("rollback"),
-        skipped_why="not open, or this fix is not offered for them",
-        name=_report_name,
-        details=_fix_lines("rollback"),
-    )
-    def approve_rollback(self, request, queryset):
-        self._approve(request, queryset, "rollback")
 
-    @admin.action(
-        permissions=["approve"], description="Approve: rename the target aside and resend in full"
-    )
-    @confirm_first(
+    approve_rename_aside = _fix_action(
+        "rename_aside",
         verb="Rename aside and resend for",
-        consequence=_FIX_CONSEQUENCE,
-        affected=_offering("rename_aside"),
-        skipped_why="not open, or this fix is not offered for them",
-        name=_report_name,
-        details=_fix_lines("rename_aside"),
+        description="Approve: rename the target aside and resend in full",
     )
-    def approve_rename_aside(self, request, queryset):
-        self._approve(request, queryset, "rename_aside")
 
-    @admin.action(permissions=["approve"], description="Approve: follow the source to its new name")
-    @confirm_first(
+    approve_retarget = _fix_action(
+        "retarget",
         verb="Retarget",
-        consequence=_FIX_CONSEQUENCE,
-        affected=_offering("retarget"),
-        skipped_why="not open, or this fix is not offered for them",
-        name=_report_name,
-        details=_fix_lines("retarget"),
+        description="Approve: follow the source to its new name",
     )
-    def approve_retarget(self, request, queryset):
-        self._approve(request, queryset, "retarget")
 
-    @admin.action(
-        permissions=["approve"], description="Approve: move the moved target back (this dataset)"
-    )
-    @confirm_first(
+    approve_rename_back = _fix_action(
+        "rename_back",
         verb="Move back the target of",
-        consequence=_FIX_CONSEQUENCE,
-        affected=_offering("rename_back"),
-        skipped_why="not open, or this fix is not offered for them",
-        name=_report_name,
-        details=_fix_lines("rename_back"),
+        description="Approve: move the moved target back (this dataset)",
     )
-    def approve_rename_back(self, request, queryset):
-        self._approve(request, queryset, "rename_back")
 
-    @admin.action(
-        permissions=["approve"], description="Approve: send this dataset in full to its target"
-    )
-    @confirm_first(
+    approve_resend_full = _fix_action(
+        "resend_full",
         verb="Resend in full for",
-        consequence=_FIX_CONSEQUENCE,
-        affected=_offering("resend_full"),
-        skipped_why="not open, or this fix is not offered for them",
-        name=_report_name,
-        details=_fix_lines("resend_full"),
+        description="Approve: send this dataset in full to its target",
     )
-    def approve_resend_full(self, request, queryset):
-        self._approve(request, queryset, "resend_full")
 
-    @admin.action(permissions=["approve"], description="Approve: go on from the rolled-back target")
-    @confirm_first(
+    approve_resume_from_common = _fix_action(
+        "resume_from_common",
         verb="Resume from the common snapshot for",
-        consequence=_FIX_CONSEQUENCE,
-        affected=_offering("resume_from_common"),
-        skipped_why="not open, or this fix is not offered for them",
-        name=_report_name,
-        details=_fix_lines("resume_from_common"),
+        description="Approve: go on from the rolled-back target",
     )
-    def approve_resume_from_common(self, request, queryset):
-        self._approve(request, queryset, "resume_from_common")
 
-    @admin.action(
-        permissions=["approve"],
+    approve_children_then_parent = _fix_action(
+        "children_then_parent",
+        verb="Send the parent alone, then rename, for",
         description="Approve: send the parent alone, move its children under it, then rename",
     )
-    @confirm_first(
-        verb="Send the parent alone, then rename, for",
-        consequence=_FIX_CONSEQUENCE,
-        affected=_offering("children_then_parent"),
-        skipped_why="not open, or this fix is not offered for them",
-        name=_report_name,
-        details=_fix_lines("children_then_parent"),
-    )
-    def approve_children_then_parent(self, request, queryset):
-        self._approve(request, queryset, "children_then_parent")
 
     @admin.action(permissions=["approve"], description="Dismiss (change nothing)")
     def dismiss(self, request, queryset):
