@@ -2,6 +2,7 @@
 and systems of two organizations, healthchecks-style."""
 
 import base64
+import os
 
 import pytest
 
@@ -9,6 +10,13 @@ from fleet_app import services
 from fleet_app.demo import ns8_inventory
 from fleet_app.models import Organization
 from tests.factories import OrganizationFactory, UserFactory, make_system
+
+# Tests that run PostgreSQL-only machinery (its SQL, a second database, pg_dump): on a bare
+# developer machine (SQLite) they skip; under CI, which always has PostgreSQL, they run.
+needs_postgresql = pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith("postgres") and not os.environ.get("CI"),
+    reason="needs DATABASE_URL pointing at PostgreSQL",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -24,7 +24,10 @@ from knox.models import AuthToken
 
 from backups_app.service_backups import schedules, services
 from fleet_app.demo import ns8_inventory
+from tests.conftest import needs_postgresql
 from tests.factories import OrganizationFactory, UserFactory, make_system
+
+pytestmark = needs_postgresql
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"

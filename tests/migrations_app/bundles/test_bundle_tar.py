@@ -13,11 +13,12 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 
 from migrations_app.bundles.format import bundle_file_stream
+from tests.conftest import needs_postgresql
 from tests.factories import bulk_mappings
 
 from .conftest import manifest_of, snapshot
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [needs_postgresql, pytest.mark.django_db(transaction=True)]
 
 
 def export(fleet, out, *extra):

@@ -8,9 +8,10 @@ import pytest
 from django.core.management import call_command
 
 from fleet_app import services
+from tests.conftest import needs_postgresql
 from tests.factories import ClusterBackupFactory, make_mapping
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [needs_postgresql, pytest.mark.django_db(transaction=True)]
 
 
 def export(fleet, out, *extra):
