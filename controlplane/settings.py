@@ -158,9 +158,11 @@ LOGIN_URL = "admin:login"
 # the database: lockouts show in the admin and outlive a cache flush. Reset with
 # `manage.py axes_reset` (or axes_reset_username / axes_reset_ip).
 INSTALLED_APPS += ["axes"]
-# First, the refusal of sign-ins while every hashing slot is taken (it must cost nothing);
+# First, the collect API's refusals under saturation (fleet_app/api/busy.py), then the
+# refusal of sign-ins while every hashing slot is taken (it must cost nothing);
 # last, as axes asks, axes' own, which turns a lockout flagged on the request into a page.
 MIDDLEWARE = [
+    "fleet_app.api.busy.CollectBusyMiddleware",
     "fleet_app.signin.SignInBusyMiddleware",
     *MIDDLEWARE,
     "axes.middleware.AxesMiddleware",
@@ -271,6 +273,11 @@ COLLECT_HOT_SYSTEMS = env.int("COLLECT_HOT_SYSTEMS", default=200_000)
 # the heartbeats already on their way in its process (0: never wait). A heartbeat alone
 # never waits.
 COLLECT_HEARTBEAT_FLUSH_MS = env.float("COLLECT_HEARTBEAT_FLUSH_MS", default=3.0)
+# The collect API under saturation (fleet_app/api/busy.py): a request the proxy stamped
+# (X-Request-Start) that waited longer than this before a thread took it is answered 503
+# at once (0: never shed); a 503 says to retry after this many seconds, jittered up to twice.
+COLLECT_QUEUE_LIMIT_MS = env.int("COLLECT_QUEUE_LIMIT_MS", default=5000)
+COLLECT_RETRY_AFTER_SECONDS = env.int("COLLECT_RETRY_AFTER_SECONDS", default=10)
 COLLECT_INVENTORY_MAX_BYTES = env.int("COLLECT_INVENTORY_MAX_BYTES", default=10 * 1024 * 1024)
 # The inventory inbox (fleet_app.services.inventory_inbox_drain): rows per batch (one
 # transaction each), how often a web process sends the drain task at most while

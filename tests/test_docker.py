@@ -69,6 +69,8 @@ def test_a_tls_proxy_is_the_only_published_port():
     caddyfile = (DOCKER / "Caddyfile").read_text()
     assert "{$CUTOVER_HOST} {" in caddyfile
     assert "reverse_proxy web:8000" in caddyfile
+    # The stamp a collect request's queueing is measured from (fleet_app/api/busy.py).
+    assert 'header_up X-Request-Start "t={time.now.unix_ms}"' in caddyfile
 
 
 def test_data_volumes_are_prepared_for_the_app_user():
