@@ -35,18 +35,26 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from common import (
     ROOT,
+    SERVER_ENV,
     database_drop,
     database_recreate,
     run,
     scratch_parser,
     step,
 )
+from ingest_fleet import FIRST_NUMBER, auth_file, broker_flush, fleet_grow
+from ingest_phases import (
+    drain_rate,
+    heartbeat_sustained,
+    heartbeat_wave,
+    inventory_visibility,
+)
+from ingest_report import Result, report, report_fleet
 from server import (
     BARE,
     BIN,
@@ -69,45 +77,37 @@ FLOOR_UPDATE = "/bench/floor/update"
 FLOOR_STORE = "/bench/floor/store"
 
 
-@dataclass
-class Result:
-    """One measured load: what ran, how fast, how slow, and what went wrong."""
-
-    endpoint: str
-    load: str
-    rate: float
-    p50_ms: float
-    p99_ms: float
-    errors: str = ""
-    ratio: float | None = None
-    target: str = ""
-    # CPU per request of the gunicorn workers and of the PostgreSQL backends serving them:
-    # steadier than req/s when something else shares the machine.
-    web_cpu_ms: float | None = None
-    db_cpu_ms: float | None = None
-
-
 def main() -> None:
     options = parse_args()
-    for tool in ("wrk", "hey"):
+    for tool in ("wrk", "hey", "redis-cli"):
         if shutil.which(tool) is None:
-            sys.exit(f"{tool} is not installed: apt-get install -y wrk hey")
+            sys.exit(f"{tool} is not installed: apt-get install -y wrk hey redis-tools")
     database_url = f"{options.server.rstrip('/')}/{options.database}"
     started = time.monotonic()
     print(
         f"ingest benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
-        f"{machine_busy():.0f}% busy before start (anything else running skews req/s)"
+        f"{machine_busy():.0f}% busy before start, load average {load_average()} "
+        "(anything else running skews req/s)"
     )
 
     database_recreate(options.server, options.database)
     gunicorn = None
+    results: list[Result] = []
+    extra: dict = {}
     try:
         os.environ["DATABASE_URL"] = database_url
         os.environ["DEBUG"] = "0"
+        # The server's keys here too: the seed digests credentials under the key the
+        # server checks them with.
+        os.environ.update(SERVER_ENV)
+        # A real broker: the inbox drain runs in a worker process, never in the web one.
+        os.environ["REDIS_URL"] = options.redis
+        os.environ["REDIS_CACHE_DB"] = str(int(options.redis.rsplit("/", 1)[1]) + 1)
+        broker_flush(options.redis)
         step("migrate", lambda: run([BIN / "python", "manage.py", "migrate", "--noinput"]))
         with tempfile.TemporaryDirectory(prefix="cutover-bench-") as tmp:
             workdir = Path(tmp)
-            auth_file, body_file, sample = step(
+            auth_path, body_file, sample = step(
                 f"seed {options.systems} systems", lambda: seed(options.systems, workdir)
             )
             port = free_port()
@@ -118,7 +118,23 @@ def main() -> None:
             )
             wait_ready(base, gunicorn, workdir / "gunicorn.log")
             probe = CpuProbe(gunicorn.pid, options.server, options.database)
-            results = measure(options, base, auth_file, body_file, sample, probe)
+            results = measure(options, base, auth_path, body_file, sample, probe)
+            if options.only in (None, "throughput"):
+                broker_flush(options.redis)  # the nudges sent so far are not the drain's
+                extra["drain"] = step("drain the inbox, one worker", lambda: drain_rate(workdir))
+                extra["visibility"] = step(
+                    f"inventories at {options.inventory_rate}/s with one worker draining",
+                    lambda: inventory_visibility(
+                        base,
+                        auth_path,
+                        body_file,
+                        UPTIME_PLACEHOLDER,
+                        workdir,
+                        rate=options.inventory_rate,
+                    ),
+                )
+            if options.large:
+                extra.update(at_scale(options, base, body_file, probe, workdir, results))
             gunicorn_stop(gunicorn)
             gunicorn = None
     finally:
@@ -127,7 +143,64 @@ def main() -> None:
         if not options.keep:
             database_drop(options.server, options.database)
     report(results, options)
-    print(f"\ntotal run time {time.monotonic() - started:.0f} s")
+    report_fleet(extra, options)
+    print(f"\nload average at the end {load_average()}")
+    print(f"total run time {time.monotonic() - started:.0f} s")
+
+
+def load_average() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def at_scale(options, base: str, body_file: Path, probe: CpuProbe, workdir: Path, results):
+    """Grow the fleet to ``--large`` systems, then the same throughput loads over systems
+    the web processes have not seen, the sustained rate and the wave."""
+    added = step(f"grow the fleet to {options.large:,} systems", lambda: fleet_grow(options.large))
+    from django.db import connections
+
+    connections.close_all()
+    # Three disjoint sets of the added systems: the throughput loads' rotation, the
+    # sustained load's (each system once) and the wave's.
+    sustained = options.sustained_rate * options.sustained_seconds
+    spread = min(100_000, options.large // 10)
+    if spread + sustained + options.wave > added:
+        sys.exit(
+            f"--large {options.large:,} adds {added:,} systems: too few for a rotation of "
+            f"{spread:,}, {sustained:,} sustained and a wave of {options.wave:,}"
+        )
+    rotation = auth_file(workdir / "large.txt", range(FIRST_NUMBER, FIRST_NUMBER + spread))
+    small = {r.endpoint: r for r in results}
+    scaled = throughput(
+        options,
+        base,
+        rotation,
+        body_file,
+        probe,
+        loads=("bare", "heartbeat", "floor update", "inventory", "floor store"),
+        suffix=f" @{options.large // 1000:,}k",
+    )
+    for result in scaled:
+        peer = small.get(result.endpoint.rsplit(" @", 1)[0])
+        result.target = f"{result.rate / peer.rate:.2f}× of 1k" if peer and peer.rate else ""
+    results.extend(scaled)
+    extra = {"added": added}
+    if options.only in (None, "fleet"):
+        extra["sustained"] = heartbeat_sustained(
+            base,
+            workdir,
+            first=FIRST_NUMBER + spread,
+            rate=options.sustained_rate,
+            seconds=options.sustained_seconds,
+        )
+        extra["wave"] = heartbeat_wave(
+            base,
+            workdir,
+            first=FIRST_NUMBER + spread + sustained,
+            systems=options.wave,
+            connections=options.wave_connections,
+            retry_after=options.retry_after,
+        )
+    return extra
 
 
 def parse_args() -> argparse.Namespace:
@@ -146,7 +219,29 @@ def parse_args() -> argparse.Namespace:
         help="hey processes (one system each) sharing the fixed rate.",
     )
     parser.add_argument(
-        "--only", choices=["throughput", "fixed-rate"], help="Run one half of the benchmark."
+        "--only",
+        choices=["throughput", "fixed-rate", "fleet"],
+        help="Run one part: throughput (and the drain), the fixed rate, or the fleet loads.",
+    )
+    parser.add_argument(
+        "--large",
+        type=int,
+        default=1_000_000,
+        help="Grow the fleet to this many systems for the scale loads (0: skip them).",
+    )
+    parser.add_argument("--inventory-rate", type=int, default=200, help="Inventories/s offered.")
+    parser.add_argument("--sustained-rate", type=int, default=1667, help="Heartbeats/s offered.")
+    parser.add_argument("--sustained-seconds", type=int, default=60)
+    parser.add_argument("--wave", type=int, default=100_000, help="Systems in the wave.")
+    parser.add_argument("--wave-connections", type=int, default=1000)
+    parser.add_argument(
+        "--retry-after",
+        type=int,
+        default=10,
+        help="Seconds the wave waits before re-sending what was refused (the server's least).",
+    )
+    parser.add_argument(
+        "--redis", default="redis://127.0.0.1:6379/6", help="Broker (its database is flushed)."
     )
     return parser.parse_args()
 
@@ -287,42 +382,60 @@ def wrk(base: str, path: str, seconds: int, options, *script_args: Path | str) -
     return run(command, timeout=seconds + 30).stdout
 
 
+# name: (label, path, with a body, target, the name of its floor)
+LOADS = {
+    "bare": ("GET /healthz (bare)", BARE, None, "", None),
+    "heartbeat": ("POST heartbeat", HEARTBEAT, False, "≥ 0.50× bare", "floor update"),
+    "floor update": ("  floor: one UPDATE", FLOOR_UPDATE, False, "", None),
+    "inventory": ("POST inventory (50 KB)", INVENTORY, True, "≥ 0.80× floor", "floor store"),
+    "floor store": ("  floor: store 50 KB", FLOOR_STORE, True, "", None),
+}
+
+
 def throughput(
-    options, base: str, auth_file: Path, body_file: Path, probe: CpuProbe
+    options,
+    base: str,
+    auth_file: Path,
+    body_file: Path,
+    probe: CpuProbe,
+    *,
+    loads: tuple[str, ...] = tuple(LOADS),
+    suffix: str = "",
 ) -> list[Result]:
-    loads = [
-        ("GET /healthz (bare)", BARE, (), ""),
-        ("POST heartbeat", HEARTBEAT, (auth_file,), "≥ 0.50× bare"),
-        ("  floor: one UPDATE", FLOOR_UPDATE, (auth_file,), ""),
-        (
-            "POST inventory (50 KB)",
-            INVENTORY,
-            (auth_file, body_file, UPTIME_PLACEHOLDER),
-            "≥ 0.25× bare",
-        ),
-        ("  floor: store 50 KB", FLOOR_STORE, (auth_file, body_file, UPTIME_PLACEHOLDER), ""),
-    ]
     label = f"wrk -t2 -c{options.connections} {options.duration}s"
-    results = []
-    for endpoint, path, script_args, target in loads:
+    results: dict[str, Result] = {}
+    for name in loads:
+        endpoint, path, with_body, target, _ = LOADS[name]
+        script_args: tuple = ()
+        if with_body is not None:
+            script_args = (auth_file, body_file, UPTIME_PLACEHOLDER) if with_body else (auth_file,)
         if options.warmup:
             wrk(base, path, options.warmup, options, *script_args)
         before = probe.snapshot()
         output = step(
-            f"{label} {endpoint}",
+            f"{label} {endpoint}{suffix}",
             lambda p=path, a=script_args: wrk(base, p, options.duration, options, *a),
         )
         requests, rate, p50, p99, errors = parse_wrk(output)
         web, db = probe.per_request(before, probe.snapshot(), requests)
-        results.append(
-            Result(
-                endpoint, label, rate, p50, p99, errors, target=target, web_cpu_ms=web, db_cpu_ms=db
-            )
+        results[name] = Result(
+            endpoint + suffix,
+            label,
+            rate,
+            p50,
+            p99,
+            errors,
+            target=target,
+            web_cpu_ms=web,
+            db_cpu_ms=db,
         )
-    bare = results[0].rate
-    for result in results:
+    bare = results["bare"].rate if "bare" in results else 0
+    for name, result in results.items():
         result.ratio = result.rate / bare if bare else None
-    return results
+        floor = results.get(LOADS[name][4] or "")
+        if floor is not None and floor.rate:
+            result.floor_ratio = result.rate / floor.rate
+    return list(results.values())
 
 
 def hey_fixed_rate(
@@ -428,42 +541,6 @@ def measure(
 
 
 # --- report -------------------------------------------------------------------------------
-
-
-def verdict(result: Result, rate: int) -> str:
-    if result.target.startswith("≥") and result.ratio is not None:
-        wanted = float(re.search(r"[\d.]+", result.target).group())
-        return "met" if result.ratio >= wanted else "MISSED"
-    if result.target.startswith("p99"):
-        return "met" if result.p99_ms < 50 and result.rate >= 0.95 * rate else "MISSED"
-    return ""
-
-
-def report(results: list[Result], options) -> None:
-    print(
-        f"\ngunicorn -w {options.workers} --threads {options.threads} (gthread), "
-        f"{options.systems} systems, PostgreSQL on loopback, {os.cpu_count()} CPUs shared "
-        "by server, database and load generator\n"
-    )
-    header = (
-        f"{'endpoint':<31} {'load':<22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'vs bare':>8}  {'target':<14} {'':<6} {'web CPU':>8} {'db CPU':>7}  errors"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        ratio = f"{r.ratio:.2f}×" if r.ratio is not None else ""
-        web = f"{r.web_cpu_ms:.2f}" if r.web_cpu_ms is not None else ""
-        db = f"{r.db_cpu_ms:.2f}" if r.db_cpu_ms is not None else ""
-        print(
-            f"{r.endpoint:<31} {r.load:<22} {r.rate:>8.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} "
-            f"{ratio:>8}  {r.target:<14} {verdict(r, options.rate):<6} {web:>8} {db:>7}  "
-            f"{r.errors}"
-        )
-    print(
-        "\nweb CPU / db CPU: milliseconds of CPU per request used by the gunicorn workers "
-        "and by\nthe PostgreSQL backends serving them (the db figure is a floor: see CpuProbe)."
-    )
 
 
 if __name__ == "__main__":

