@@ -15,7 +15,13 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from .. import credentials, services
-from ..errors import FleetError, InvalidInput, PayloadTooLarge, TooManyRequests
+from ..errors import (
+    FleetError,
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TooManyRequests,
+)
 from ..models import System
 
 
@@ -30,8 +36,8 @@ def envelope(status: int, message: str, data=None, **headers: str) -> JsonRespon
 def error_response(error: FleetError) -> JsonResponse:
     if error.status == 401:
         return envelope(401, error.message, WWW_Authenticate='Basic realm="collect"')
-    if isinstance(error, TooManyRequests):
-        return envelope(429, error.message, Retry_After=str(error.retry_after))
+    if isinstance(error, TooManyRequests | ServiceUnavailable):
+        return envelope(error.status, error.message, Retry_After=str(error.retry_after))
     return envelope(error.status, error.message)
 
 
