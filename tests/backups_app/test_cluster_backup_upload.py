@@ -313,3 +313,41 @@ def test_an_unreachable_bucket_answers_503(client, system, settings):
     response = post_backup(client, system, b"abc")
     assert response.status_code == 503
     assert ClusterBackup.objects.count() == 0
+
+
+class _DatabaseDropsMidUpload(io.BytesIO):
+    """A request body whose first read has the server end the request's database session,
+    as a restart or a failover does while the bytes stream."""
+
+    def read(self, size=-1):
+        if self.tell() == 0:
+            import psycopg
+            from django.db import connection
+
+            pid = connection.connection.info.backend_pid
+            params = connection.settings_dict
+            with psycopg.connect(
+                host=params["HOST"] or "127.0.0.1",
+                port=params["PORT"] or 5432,
+                user=params["USER"],
+                dbname="postgres",
+                autocommit=True,
+            ) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        return super().read(size)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_dropped_mid_upload_answers_503_and_leaves_nothing(
+    client, system, local_store, needs_postgresql
+):
+    from django.db import connection
+
+    body = _DatabaseDropsMidUpload(payload(10_000))
+    response = post_backup(client, system, b"x", CONTENT_LENGTH="10000", **{"wsgi.input": body})
+    assert response.status_code == 503
+    assert response.json()["message"] == "The database is unavailable; try again later."
+    assert response["Retry-After"] == "10"
+    connection.close()  # the session the server ended; the next query opens a new one
+    assert_nothing_stored(local_store)
+    assert post_backup(client, system, payload(1000)).status_code == 201
