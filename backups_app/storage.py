@@ -103,8 +103,11 @@ class _LocalWriter(BlobWriter):
         self.key = key
         self.final = store.path(key)
         self.temp = store.root / ".tmp" / f"{uuid.uuid4().hex}.part"
-        self.temp.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = self.temp.open("xb")
+        try:
+            self.handle = self.temp.open("xb")
+        except FileNotFoundError:  # the store's first write: no folder yet
+            self.temp.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = self.temp.open("xb")
         self.fsync = store.fsync
         self.done = False
 
@@ -116,8 +119,11 @@ class _LocalWriter(BlobWriter):
         if self.fsync:
             os.fsync(self.handle.fileno())
         self.handle.close()
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.temp, self.final)
+        try:
+            os.replace(self.temp, self.final)
+        except FileNotFoundError:  # the first object under this folder
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.temp, self.final)
         self.done = True
 
     def abort(self) -> None:
@@ -136,10 +142,15 @@ class LocalStore(BlobStore):
     def __init__(self, root: Path, *, fsync: bool = True):
         self.root = Path(root)
         self.fsync = fsync
+        self._resolved: Path | None = None
 
     def path(self, key: str) -> Path:
+        # The root is resolved once (each resolve is a system call per path part, paid by
+        # every upload); the key's own path is still resolved every time.
+        if self._resolved is None:
+            self._resolved = self.root.resolve()
         path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root.resolve()) or key.startswith(".tmp"):
+        if not path.is_relative_to(self._resolved) or key.startswith(".tmp"):
             raise StorageError(f"Key {key!r} is outside the store.")
         return path
 

@@ -199,6 +199,8 @@ def main() -> None:
     try:
         os.environ["DATABASE_URL"] = database_url
         os.environ["DEBUG"] = "0"
+        # The system is registered here and checked by the server: one digest key.
+        os.environ.update(SERVER_ENV)
         step("migrate", lambda: run([BIN / "python", "manage.py", "migrate", "--noinput"]))
         key, secret = step("register a system", seed_system)
         auth = "Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode()

@@ -11,10 +11,18 @@ the best ratio the real endpoint could reach on this machine:
 - ``POST /bench/floor/store``: the inventory's unavoidable part: read the ~50 KB body and
   store it as it came, in one INSERT and its commit; no authentication, no JSON parsing,
   no history, no diff.
+- ``POST /bench/floor/backup``: a cluster backup's unavoidable part: read the body in
+  the upload's chunks, hash it, write it to a file under ``BACKUP_LOCAL_ROOT`` and fsync
+  it; no authentication, no quota, no row. The file is removed once synced, so a wave
+  of floors does not fill the disk (the unlink is not timed apart: it is cheap).
 """
 
+import hashlib
 import itertools
+import os
+import uuid
 
+from django.conf import settings
 from django.http import HttpResponse
 from django.urls import path
 from django.utils import timezone
@@ -58,8 +66,35 @@ def floor_store(request):
     return HttpResponse(b"ok", status=202, content_type="text/plain")
 
 
+@csrf_exempt
+def floor_backup(request):
+    size = int(request.META.get("CONTENT_LENGTH") or 0)
+    chunk = settings.CLUSTER_BACKUP_CHUNK_BYTES
+    folder = settings.BACKUP_LOCAL_ROOT / "floor"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / uuid.uuid4().hex
+    digest, received = hashlib.sha256(), 0
+    with target.open("xb") as handle:
+        while received < size:
+            data = request.read(min(chunk, size - received))
+            if not data:
+                break
+            received += len(data)
+            digest.update(data)
+            handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    target.unlink()
+    return HttpResponse(
+        f'{{"code": 201, "data": {{"size": {received}, "sha256": "{digest.hexdigest()}"}}}}',
+        status=201,
+        content_type="application/json",
+    )
+
+
 urlpatterns = [
     path("bench/floor/update", floor_update),
     path("bench/floor/store", floor_store),
+    path("bench/floor/backup", floor_backup),
     *product_urlpatterns,
 ]

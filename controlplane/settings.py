@@ -407,6 +407,11 @@ CLUSTER_BACKUP_MAX_BYTES = env.int("CLUSTER_BACKUP_MAX_BYTES", default=2 * 1024*
 CLUSTER_BACKUP_CHUNK_BYTES = env.int("CLUSTER_BACKUP_CHUNK_BYTES", default=1024 * 1024)
 CLUSTER_BACKUP_RATE_COUNT = env.int("CLUSTER_BACKUP_RATE_COUNT", default=6)
 CLUSTER_BACKUP_RATE_WINDOW_SECONDS = env.int("CLUSTER_BACKUP_RATE_WINDOW_SECONDS", default=3600)
+# Uploads streaming at once per web process (0: unbounded); one more is refused at once
+# with 503 and a Retry-After of BUSY_RETRY to 2 × BUSY_RETRY seconds. Below the process's
+# threads (WEB_THREADS, 4), so a thread is left to answer the rest while uploads fsync.
+CLUSTER_BACKUP_UPLOAD_SLOTS = env.int("CLUSTER_BACKUP_UPLOAD_SLOTS", default=3)
+CLUSTER_BACKUP_BUSY_RETRY_SECONDS = env.int("CLUSTER_BACKUP_BUSY_RETRY_SECONDS", default=10)
 # Retention per system: at most this many backups and this many bytes (newest kept).
 CLUSTER_BACKUP_KEEP_COUNT = env.int("CLUSTER_BACKUP_KEEP_COUNT", default=10)
 CLUSTER_BACKUP_KEEP_BYTES = env.int("CLUSTER_BACKUP_KEEP_BYTES", default=500 * 1024**2)

@@ -35,3 +35,13 @@ class TooManyRequests(FleetError):
     def __init__(self, message: str, *, retry_after: int):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ServiceUnavailable(FleetError):
+    """The server is saturated or a service it needs is down: the client retries later."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -11,6 +11,7 @@ Phases follow Velero's: ``pending → running → succeeded | partially_failed |
 import datetime as dt
 import logging
 import math
+import threading
 import time
 
 from celery import Task
@@ -202,6 +203,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# Celery's autodiscovery runs once: a second thread asking while the first is still
+# importing would find it done and the task not registered yet (a 500 after the commit).
+_tasks_import = threading.Lock()
+
+
 def _task(name: str):
     """The registered task called ``name``, importing every app's task modules once if it
     is not known yet (a web process has not needed them before)."""
@@ -209,8 +215,9 @@ def _task(name: str):
 
     task = current_app.tasks.get(name)
     if task is None:
-        current_app.loader.import_default_modules()
-        task = current_app.tasks.get(name)
+        with _tasks_import:
+            current_app.loader.import_default_modules()
+            task = current_app.tasks.get(name)
     if task is None:
         raise LookupError(f"No task is registered as {name!r}.")
     return task

@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from fleet_app import runs as fleet_runs
 from fleet_app import services as fleet
-from fleet_app.errors import InvalidInput, PayloadTooLarge, TooManyRequests
+from fleet_app.errors import InvalidInput, PayloadTooLarge, ServiceUnavailable, TooManyRequests
 from fleet_app.models import Organization, Quota, System, User
 
 from ..errors import BackupCorrupt, LengthRequired, NotFound, StorageUnavailable
@@ -101,6 +101,27 @@ def content_length_parse(raw: str | None) -> int:
 # --- Quota -----------------------------------------------------------------------------------
 
 
+def _quota_table() -> str:
+    return Quota._meta.db_table
+
+
+def quota_usage(organization_id: int) -> tuple[int, int]:
+    """(stored usage, effective limit) of an organization's backup storage."""
+    # One short statement: read before every upload's body, at the fleet's nightly rate.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'SELECT usage, "limit" FROM {_quota_table()} '  # noqa: S608
+            "WHERE organization_id = %s AND resource = %s",
+            [organization_id, Quota.Resource.BACKUP_BYTES],
+        )
+        row = cursor.fetchone()
+    default = settings.FLEET_QUOTA_DEFAULTS[Quota.Resource.BACKUP_BYTES]
+    if row is None:
+        return 0, default
+    usage, limit = row
+    return usage, default if limit is None else limit
+
+
 def _quota_locked(organization_id: int) -> Quota:
     """The organization's backup_bytes quota row, created with the default limit, locked."""
     Quota.objects.get_or_create(
@@ -111,14 +132,27 @@ def _quota_locked(organization_id: int) -> Quota:
     )
 
 
-def quota_usage(organization_id: int) -> tuple[int, int]:
-    """(stored usage, effective limit) of an organization's backup storage."""
-    quota = Quota.objects.filter(
-        organization_id=organization_id, resource=Quota.Resource.BACKUP_BYTES
-    ).first()
-    if quota is None:
-        return 0, settings.FLEET_QUOTA_DEFAULTS[Quota.Resource.BACKUP_BYTES]
-    return quota.usage, quota.effective_limit
+def _quota_take(organization_id: int, size: int) -> bool:
+    """Add ``size`` to the organization's usage if it fits under the limit; whether it did.
+
+    One conditional UPDATE: it takes the quota row's lock until the transaction ends, so
+    the organization's uploads commit one after the other and two cannot both fit in the
+    last free bytes. No row (the organization's first backup): none is taken.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {_quota_table()} SET usage = usage + %s, updated_at = %s "  # noqa: S608
+            'WHERE organization_id = %s AND resource = %s AND usage + %s <= COALESCE("limit", %s)',
+            [
+                size,
+                timezone.now(),
+                organization_id,
+                Quota.Resource.BACKUP_BYTES,
+                size,
+                settings.FLEET_QUOTA_DEFAULTS[Quota.Resource.BACKUP_BYTES],
+            ],
+        )
+        return cursor.rowcount == 1
 
 
 def _quota_refuse(used: int, limit: int, size: int) -> None:
@@ -155,8 +189,8 @@ class Upload:
 def cluster_backup_receive(*, system: System, upload: Upload) -> ClusterBackup:
     """Store one backup a system sends, or raise with the status to answer.
 
-    Order: rate (429), Content-Length (411/400), media type (400), size cap (413),
-    quota (413), then the body.
+    Order: rate (429), Content-Length (411/400), media type (400), size cap (413), a
+    free upload slot of this process (503 with Retry-After), quota (413), then the body.
     """
     wait = throttle.upload_allow(system_key=system.system_key)
     if wait:
@@ -173,6 +207,39 @@ def cluster_backup_receive(*, system: System, upload: Upload) -> ClusterBackup:
     cap = settings.CLUSTER_BACKUP_MAX_BYTES
     if size > cap:
         raise PayloadTooLarge(f"The backup is larger than the {cap}-byte limit.")
+    release = throttle.upload_slot_take()
+    if release is None:
+        _drain(upload, size)
+        raise ServiceUnavailable(
+            "The server is busy storing other backups; try again later.",
+            retry_after=throttle.busy_retry_after(),
+        )
+    try:
+        backup = _receive(system=system, upload=upload, size=size)
+    finally:
+        release()
+    # Retention runs off the request path: the nightly wave of uploads pays only for its
+    # own row (the embedded default prunes in-process once the row is committed).
+    fleet_runs.task_nudge(PRUNE_TASK, every=settings.CLUSTER_BACKUP_PRUNE_NUDGE_SECONDS)
+    return backup
+
+
+# A refused body up to this size is read and dropped, so the client reads the refusal
+# instead of a reset connection (closing a socket with unread bytes resets it).
+DRAIN_MAX_BYTES = 8 * 1024 * 1024
+
+
+def _drain(upload: Upload, size: int) -> None:
+    left = size if size <= DRAIN_MAX_BYTES else 0
+    chunk_size = settings.CLUSTER_BACKUP_CHUNK_BYTES
+    try:
+        while left > 0 and (chunk := upload.read(min(chunk_size, left))):
+            left -= len(chunk)
+    except OSError:
+        pass  # the client went away: the refusal is all there is to say anyway
+
+
+def _receive(*, system: System, upload: Upload, size: int) -> ClusterBackup:
     used, limit = quota_usage(system.organization_id)
     _quota_refuse(used, limit, size)
 
@@ -183,7 +250,11 @@ def cluster_backup_receive(*, system: System, upload: Upload) -> ClusterBackup:
         writer = get_store().writer(key)
     except Exception as error:
         raise StorageUnavailable(f"The backup storage is unavailable: {error}") from error
-    sink = _Sink(writer)
+    # A body of a few chunks is hashed and written as it is read: a thread to overlap
+    # the two would cost more than it saves.
+    sink: _Sink | _InlineSink = (
+        _InlineSink(writer) if size <= _Sink.INLINE_CHUNKS * chunk_size else _Sink(writer)
+    )
     received = 0
     try:
         while received < size:
@@ -202,7 +273,7 @@ def cluster_backup_receive(*, system: System, upload: Upload) -> ClusterBackup:
             writer.commit()
         except Exception as error:
             raise StorageUnavailable(f"The backup could not be stored: {error}") from error
-        backup = _cluster_backup_commit(
+        return _cluster_backup_commit(
             system=system,
             backup_id=backup_id,
             key=key,
@@ -218,10 +289,27 @@ def cluster_backup_receive(*, system: System, upload: Upload) -> ClusterBackup:
         except Exception:
             logger.exception("could not remove the partial backup object %s", key)
         raise
-    # Retention runs off the request path: the nightly wave of uploads pays only for its
-    # own row (the embedded default prunes in-process once the row is committed).
-    fleet_runs.task_nudge(PRUNE_TASK, every=settings.CLUSTER_BACKUP_PRUNE_NUDGE_SECONDS)
-    return backup
+
+
+class _InlineSink:
+    """Hashes and stores each chunk in the request thread, as it is read."""
+
+    def __init__(self, writer):
+        self.writer = writer
+        self.digest = hashlib.sha256()
+
+    def put(self, chunk: bytes) -> None:
+        self.digest.update(chunk)
+        try:
+            self.writer.write(chunk)
+        except Exception as error:
+            raise StorageUnavailable(f"The backup could not be stored: {error}") from error
+
+    def finish(self) -> str:
+        return self.digest.hexdigest()
+
+    def stop(self) -> None:
+        return None
 
 
 class _Sink(threading.Thread):
@@ -233,6 +321,8 @@ class _Sink(threading.Thread):
     """
 
     DEPTH = 2
+    # Bodies of at most this many chunks take _InlineSink instead.
+    INLINE_CHUNKS = 4
 
     def __init__(self, writer):
         super().__init__(name="cluster-backup-sink", daemon=True)
@@ -286,10 +376,14 @@ def _cluster_backup_commit(
     mimetype: str,
 ) -> ClusterBackup:
     with transaction.atomic():
-        # The quota row lock serializes the organization's commits: two uploads cannot
-        # both fit in the last free bytes.
-        quota = _quota_locked(system.organization_id)
-        _quota_refuse(quota.usage, quota.effective_limit, size)
+        if not _quota_take(system.organization_id, size):
+            # No quota row yet, or no room: under the row's lock (made with the default
+            # limit if missing), check again; still no room is a 413.
+            quota = _quota_locked(system.organization_id)
+            _quota_refuse(quota.usage, quota.effective_limit, size)
+            Quota.objects.filter(pk=quota.pk).update(
+                usage=F("usage") + size, updated_at=timezone.now()
+            )
         backup = ClusterBackup.objects.create(
             id=backup_id,
             system_id=system.pk,
@@ -300,7 +394,6 @@ def _cluster_backup_commit(
             sha256=sha256,
             storage_key=key,
         )
-        Quota.objects.filter(pk=quota.pk).update(usage=F("usage") + size, updated_at=timezone.now())
     return backup
 
 

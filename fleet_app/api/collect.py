@@ -7,16 +7,29 @@ the product and is kept to one indexed lookup, one UPDATE and a tiny response.
 """
 
 import json
+import logging
 from collections.abc import Callable
 from functools import wraps
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from .. import credentials, services
-from ..errors import FleetError, InvalidInput, PayloadTooLarge, TooManyRequests
+from ..errors import (
+    FleetError,
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TooManyRequests,
+)
 from ..models import System
+
+logger = logging.getLogger(__name__)
+
+# What a client is told to wait when the database refused or dropped its request.
+DATABASE_RETRY_AFTER = 10
 
 
 def envelope(status: int, message: str, data=None, **headers: str) -> JsonResponse:
@@ -30,8 +43,8 @@ def envelope(status: int, message: str, data=None, **headers: str) -> JsonRespon
 def error_response(error: FleetError) -> JsonResponse:
     if error.status == 401:
         return envelope(401, error.message, WWW_Authenticate='Basic realm="collect"')
-    if isinstance(error, TooManyRequests):
-        return envelope(429, error.message, Retry_After=str(error.retry_after))
+    if isinstance(error, TooManyRequests | ServiceUnavailable):
+        return envelope(error.status, error.message, Retry_After=str(error.retry_after))
     return envelope(error.status, error.message)
 
 
@@ -47,7 +60,8 @@ def method_not_allowed(*methods: str) -> JsonResponse:
 
 
 def collect_endpoint(*methods: str, lenient: bool = False) -> Callable:
-    """Authenticate the system, allow only ``methods``, turn domain errors into envelopes.
+    """Authenticate the system, allow only ``methods``, turn domain errors into envelopes
+    (and a database that refuses or drops the request into 503 with ``Retry-After``).
 
     ``lenient``: a suspended or unregistered system with valid credentials is let through
     (``/info`` tells it what it is)."""
@@ -66,6 +80,15 @@ def collect_endpoint(*methods: str, lenient: bool = False) -> Callable:
                 return view(request, system, *args, **kwargs)
             except FleetError as error:
                 return error_response(error)
+            except (OperationalError, InterfaceError):
+                # Too many clients, a restart, a failover: the services roll back what they
+                # began (an upload removes its object), so the client's retry starts clean.
+                logger.warning("database unavailable for %s", request.path, exc_info=True)
+                return envelope(
+                    503,
+                    "The database is unavailable; try again later.",
+                    Retry_After=str(DATABASE_RETRY_AFTER),
+                )
 
         return wrapper
 

@@ -239,13 +239,37 @@ def test_an_unregistered_or_suspended_system_cannot_upload(client, customer, sto
 
 
 def test_the_upload_path_runs_a_bounded_number_of_queries(
-    client, system, django_assert_max_num_queries
+    client, system, django_assert_num_queries
 ):
     post_backup(client, system, b"warm")  # the quota row exists from now on
-    # auth (1); quota read (1); commit: savepoint, quota get, release, lock, insert,
-    # usage update (6) — plus the transaction bookkeeping. Retention is a task.
-    with django_assert_max_num_queries(10):
+    # auth (1); quota read before the body (1); commit: savepoint, the quota's conditional
+    # UPDATE (takes its lock), the row's INSERT, release (4). Retention is a task.
+    with django_assert_num_queries(6):
         assert post_backup(client, system, b"abc").status_code == 201
+
+
+def test_it_answers_503_with_retry_after_when_every_upload_slot_is_taken(
+    client, system, store, settings
+):
+    """A saturated process refuses at once rather than keep the client waiting; the body
+    is read and dropped, nothing is stored, and a slot coming free takes the next one."""
+    from backups_app.cluster_backups import throttle
+
+    settings.CLUSTER_BACKUP_UPLOAD_SLOTS = 1
+    settings.CLUSTER_BACKUP_BUSY_RETRY_SECONDS = 7
+    release = throttle.upload_slot_take()  # another upload of this process streams
+    assert release is not None
+    body = io.BytesIO(payload(100_000))
+    response = post_backup(client, system, b"x", CONTENT_LENGTH="100000", **{"wsgi.input": body})
+    assert response.status_code == 503
+    assert response.json()["message"] == (
+        "The server is busy storing other backups; try again later."
+    )
+    assert 7 <= int(response["Retry-After"]) <= 14
+    assert body.tell() == 100_000
+    assert_nothing_stored(store)
+    release()
+    assert post_backup(client, system, payload(1000)).status_code == 201
 
 
 def test_nothing_is_audited_for_an_upload_but_a_prune_is(client, system, settings):
@@ -289,3 +313,41 @@ def test_an_unreachable_bucket_answers_503(client, system, settings):
     response = post_backup(client, system, b"abc")
     assert response.status_code == 503
     assert ClusterBackup.objects.count() == 0
+
+
+class _DatabaseDropsMidUpload(io.BytesIO):
+    """A request body whose first read has the server end the request's database session,
+    as a restart or a failover does while the bytes stream."""
+
+    def read(self, size=-1):
+        if self.tell() == 0:
+            import psycopg
+            from django.db import connection
+
+            pid = connection.connection.info.backend_pid
+            params = connection.settings_dict
+            with psycopg.connect(
+                host=params["HOST"] or "127.0.0.1",
+                port=params["PORT"] or 5432,
+                user=params["USER"],
+                dbname="postgres",
+                autocommit=True,
+            ) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        return super().read(size)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_dropped_mid_upload_answers_503_and_leaves_nothing(
+    client, system, local_store, needs_postgresql
+):
+    from django.db import connection
+
+    body = _DatabaseDropsMidUpload(payload(10_000))
+    response = post_backup(client, system, b"x", CONTENT_LENGTH="10000", **{"wsgi.input": body})
+    assert response.status_code == 503
+    assert response.json()["message"] == "The database is unavailable; try again later."
+    assert response["Retry-After"] == "10"
+    connection.close()  # the session the server ended; the next query opens a new one
+    assert_nothing_stored(local_store)
+    assert post_backup(client, system, payload(1000)).status_code == 201

@@ -101,3 +101,47 @@ def test_a_finished_run_delivered_again_does_nothing(celery_eager, db):
     work.apply(args=(run.pk,))
     work.apply(args=(run.pk,))
     assert CALLS == ["ok"]
+
+
+FIRST_LOOKUP = """
+import os, sys, threading
+sys.path.insert(0, os.getcwd())
+os.environ["DJANGO_SETTINGS_MODULE"] = "controlplane.settings"
+import django
+django.setup()
+from fleet_app import runs
+start, missed = threading.Barrier(8), []
+
+def look_up():
+    start.wait()
+    try:
+        runs._task("backups_app.cluster_backups.tasks.cluster_backups_prune_recent")
+    except LookupError:
+        missed.append(1)
+
+threads = [threading.Thread(target=look_up) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(len(missed))
+"""
+
+
+def test_threads_looking_up_a_task_first_all_find_it():
+    """A fresh web process whose threads send a task together (the first uploads after a
+    start): each finds it registered, none answers 500 after its commit. A new
+    interpreter, so the task modules are not imported yet."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_LOOKUP],
+        cwd=Path(__file__).resolve().parents[2],
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "0", done.stderr[-2000:]
