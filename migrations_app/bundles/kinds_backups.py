@@ -471,7 +471,7 @@ class ReplicationJobs(Kind):
         found.update({row["key"]: row for row in self._jobs(jobs)})
         # A job here under another name pulls the same pair (one job per pair): the bundle's
         # job is in conflict with it, shown so, never a second job.
-        bundled = {r["key"]: (r["source"], r["target"]) for r in rows if r["type"] == "job"}
+        bundled = {r["key"]: (r["source"], r["target"]) for r in rows if r.get("type") == "job"}
         for key, (source, target_) in bundled.items():
             if key in found:
                 continue

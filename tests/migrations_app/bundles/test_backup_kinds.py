@@ -11,7 +11,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django_celery_beat.models import IntervalSchedule
 
-from backups_app.service_backups.models import BackupRun
+from backups_app.service_backups.models import BackupRun, Service
 from backups_app.service_backups.schedules import backup_schedule_create
 from backups_app.storage import get_store
 from backups_app.zfs.models import ReplicationJob
@@ -66,7 +66,12 @@ def platform(bundle_settings):
         name="nas1-data", source=source, target=target, every_minutes=30, enabled=True
     )
     DatasetFactory(host=source.host, name="tank/unreplicated")  # no job needs it
-    return {"service": service, "schedule": schedule, "runs": runs, "job": job}
+    old = ReplicationJobFactory(
+        name="nas1-old",
+        source=DatasetFactory(host=source.host, name="tank/old"),
+        target=DatasetFactory(host=target.host, name="backup/old"),
+    )
+    return {"service": service, "schedule": schedule, "runs": runs, "job": job, "old": old}
 
 
 def sections(path):
@@ -87,7 +92,9 @@ def test_a_platform_export_carries_the_infrastructure_and_no_secret(platform, tm
     assert len([k for k in keys if k.startswith("run:")]) == 2  # the failed one stays
     assert [r["key"] for r in rows["replication_jobs"]] == [
         "host:nas1", "host:vault", "policy:hourly-48",
-        "dataset:nas1|tank/data", "dataset:vault|backup/data", "job:nas1-data",
+        "dataset:nas1|tank/data", "dataset:nas1|tank/old",
+        "dataset:vault|backup/data", "dataset:vault|backup/old",
+        "job:nas1-data", "job:nas1-old",
     ]  # fmt: skip
     text = "".join(p.read_text() for p in (out / "data").iterdir())
     assert "tok-do-not-travel" not in text and "unreplicated" not in text
@@ -159,7 +166,7 @@ def test_b_gets_them_switched_off_and_a_second_import_writes_nothing(
     call_command("export_bundle", "--output", str(bundle), *KINDS)
     plan = instance_b.manage("import_bundle", str(bundle))
     assert "service_backups: 4 create" in plan.stdout
-    assert "replication_jobs: 6 create" in plan.stdout
+    assert "replication_jobs: 9 create" in plan.stdout
     assert not instance_b.count("backups_app_service")
     instance_b.manage("import_bundle", str(bundle), "--apply")
     state = b_state(instance_b)
@@ -167,7 +174,7 @@ def test_b_gets_them_switched_off_and_a_second_import_writes_nothing(
     # The schedule and the job arrive disabled, the dataset without its policy: B never
     # backs up, snapshots or pulls what A does until B's staff say so.
     assert state["schedules"] == [(7, False, False, 1, "days")]
-    assert state["jobs"] == [("nas1-data", 30, False)]
+    assert sorted(state["jobs"]) == [("nas1-data", 30, False), ("nas1-old", 60, False)]
     assert ("nas1", "tank/data", None) in state["datasets"]
     assert state["policies"] == [("hourly-48", 48)]
     nas1 = platform["job"].source.host
@@ -195,12 +202,19 @@ def test_an_incremental_carries_exactly_the_changes_and_leaves_b_switches_alone(
     instance_b.manage("import_bundle", str(full), "--apply")
     # B's staff take the job over: that is B's own decision from now on.
     instance_b.sql("UPDATE backups_app_replicationjob SET enabled = true RETURNING id")
+    # A service changed on both sides since: a conflict, left as B has it by default.
+    instance_b.sql("UPDATE backups_app_service SET enabled = false RETURNING id")
+    Service.objects.filter(pk=platform["service"].pk).update(config={"path": "/srv/moved"})
     # On A: a new backup, one pruned, the job runs more often, a second job.
     new = finished_backup(platform["service"], b"archive three " * 200, "services/files/9.tar.gz")
     BackupRun.objects.filter(pk=platform["runs"][1].pk).update(
         pruned_at=platform["runs"][1].created_at
     )
     ReplicationJob.objects.filter(pk=platform["job"].pk).update(every_minutes=15, enabled=False)
+    old = platform["old"]
+    old.delete()
+    old.source.delete()
+    old.target.delete()
     ReplicationJobFactory(
         name="nas1-more",
         source=DatasetFactory(host=platform["job"].source.host, name="tank/more"),
@@ -210,13 +224,20 @@ def test_an_incremental_carries_exactly_the_changes_and_leaves_b_switches_alone(
     inc = tmp_path / "inc"
     call_command("export_bundle", "--output", str(inc), *KINDS, "--since", since)
     carried = {s["kind"]: s["rows"] for s in manifest_of(inc)["sections"]}
-    # A new run; the changed job, two new datasets and the new job; one tombstone.
-    assert carried["service_backups"] == 1 and carried["replication_jobs"] == 4
-    assert carried["tombstones"] == 1
+    # The service and a new run; the changed job, two new datasets and the new job;
+    # tombstones of the pruned run, the old job and its two datasets.
+    assert carried["service_backups"] == 2 and carried["replication_jobs"] == 4
+    assert carried["tombstones"] == 4
     assert [b["sha256"] for b in manifest_of(inc)["blobs"]] == [new.sha256]
+    plan = instance_b.manage("import_bundle", str(inc))
+    assert "service_backups: 1 create, 1 delete, 1 conflict" in plan.stdout
+    assert "replication_jobs: 3 create, 3 delete, 1 update" in plan.stdout
+    assert "conflict: service:files" in plan.stdout
     instance_b.manage("import_bundle", str(inc), "--apply")
     state = b_state(instance_b)
+    assert state["services"] == [("files", "directory", '{"path": "/srv/files"}', False)]
     assert sorted(r[0] for r in state["runs"]) == sorted([platform["runs"][0].sha256, new.sha256])
     assert sorted(state["jobs"]) == [("nas1-data", 15, True), ("nas1-more", 60, False)]
+    assert not [d for d in state["datasets"] if d[1].endswith("/old")]
     again = instance_b.manage("import_bundle", str(inc), "--apply")
     assert "applied: 0 rows" in again.stdout and b_state(instance_b) == state
