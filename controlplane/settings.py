@@ -489,4 +489,6 @@ BUNDLE_DISK_RESERVE_BYTES = env.int("BUNDLE_DISK_RESERVE_BYTES", default=64 * 10
 # The blob store bundles read and write (a callable returning it), and what runs once an
 # import wrote rows (the cutover's day counters are rebuilt from the mappings).
 BUNDLE_BLOB_STORE = "backups_app.storage.get_store"
+# The backups' own writer of a schedule's beat entry: imported schedules get theirs from it.
+BUNDLE_SCHEDULE_SYNC = "backups_app.service_backups.schedules.backup_schedule_periodic_task_sync"
 BUNDLE_AFTER_APPLY = ["migrations_app.cutover.services.cutover_counters_rebuild"]

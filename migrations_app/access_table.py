@@ -98,6 +98,13 @@ RULES = [
     ),
     rule(
         "action",
+        "migrations_app.bundleexport.platform",
+        SUPERUSER_ONLY,
+        note="(carry the platform's service backups and replication jobs in a bundle)",
+        superuser="r",
+    ),
+    rule(
+        "action",
         "migrations_app.bundleexport.download",
         TENANT,
         superuser="r",

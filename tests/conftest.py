@@ -19,6 +19,20 @@ needs_postgresql = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory):
+    """On SQLite the test database is a file, as the embedded default's is (WAL, a busy
+    timeout): Django's in-memory test database shares one cache between threads, where a
+    second writer fails at once with "database table is locked" whatever the timeout, so
+    a test of concurrent requests would fail there and never on the real thing."""
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    if db["ENGINE"] == "django.db.backends.sqlite3" and not db.get("TEST", {}).get("NAME"):
+        folder = tmp_path_factory.mktemp("sqlite")
+        db.setdefault("TEST", {})["NAME"] = str(folder / "test.sqlite3")
+
+
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     """Staff passwords use Django's slow hasher in production; tests need not pay for it."""
@@ -198,9 +212,13 @@ def rows_containing(text: str) -> list[str]:
     found = []
     with connection.cursor() as cursor:
         for table in connection.introspection.table_names():
+            # Column by column, each cast to text: the same on PostgreSQL and SQLite (a
+            # whole-row cast is PostgreSQL's only, and quotes what it renders).
+            columns = connection.introspection.get_table_description(cursor, table)
+            where = " OR ".join(f"CAST({quote(c.name)} AS TEXT) LIKE %s" for c in columns)
             cursor.execute(
-                f"SELECT count(*) FROM {quote(table)} t WHERE t::text LIKE %s",  # noqa: S608
-                [f"%{text}%"],
+                f"SELECT count(*) FROM {quote(table)} WHERE {where}",  # noqa: S608
+                [f"%{text}%"] * len(columns),
             )
             if cursor.fetchone()[0]:
                 found.append(table)

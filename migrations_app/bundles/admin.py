@@ -25,6 +25,8 @@ from .format import bundle_file_stream
 from .kinds import BY_NAME
 from .models import BundleExport, BundleImport, BundleRowState, BundleSelection, TrustedBundleKey
 
+PLATFORM_KINDS = [name for name, kind in BY_NAME.items() if kind.platform]
+
 
 class ExportForm(forms.Form):
     organizations = forms.CharField(
@@ -32,7 +34,9 @@ class ExportForm(forms.Form):
     )
     selection = forms.ModelChoiceField(BundleSelection.objects.all(), required=False)
     kinds = forms.MultipleChoiceField(
-        choices=[(name, name) for name in BY_NAME], required=False, help_text="None: all."
+        choices=[(name, name) for name in BY_NAME],
+        required=False,
+        help_text="None: all but the platform's (service backups, replication jobs).",
     )
     since = forms.CharField(required=False, help_text="Export id or date: incremental.")
     format = forms.ChoiceField(choices=[("tar", "tar"), ("dir", "dir")])
@@ -63,7 +67,7 @@ class BundleExportAdmin(ReadOnlyModelAdmin):
     )  # fmt: skip
     readonly_fields = ("manifest_sha256", "scope_json", "output", "rows", "bytes", "error", "log")
     fields = readonly_fields
-    actions = ["download", "credentials"]
+    actions = ["download", "credentials", "platform"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return self._table(request, "a")
@@ -140,6 +144,26 @@ class BundleExportAdmin(ReadOnlyModelAdmin):
                     chunk_size=run.chunk_size,
                     compress=run.compress,
                     credentials=True,
+                    inventories=run.scope.get("inventories", "latest"),
+                    enqueue=True,
+                )
+            except services.BundleRefused as refusal:
+                self.message_user(request, str(refusal), messages.ERROR)
+            else:
+                self.message_user(request, f"Export {again.sequence} started.", messages.SUCCESS)
+
+    @form_action(description="Export again, with the platform's service backups and ZFS jobs")
+    def platform(self, request, queryset):
+        for run in queryset:
+            try:
+                again = services.bundle_export_create(
+                    actor=request.user,
+                    organizations=run.scope["organizations"],
+                    kinds=[*run.scope["kinds"], *PLATFORM_KINDS],
+                    fmt=run.format,
+                    chunk_size=run.chunk_size,
+                    compress=run.compress,
+                    credentials=run.scope.get("credentials", False),
                     inventories=run.scope.get("inventories", "latest"),
                     enqueue=True,
                 )

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from django.apps import apps
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -31,7 +30,7 @@ from fleet_app.runs import run_enqueue, run_finish, run_progress
 
 from . import keys, selectors
 from .format import BundleError, BundleSource, blob_path
-from .kinds import BY_NAME, KINDS, Target
+from .kinds import BY_NAME, KINDS, Kind, Target
 from .models import BundleImport, BundleRowState
 from .services import (
     BundleRefused,
@@ -323,21 +322,27 @@ def _free_bytes() -> int:
     return shutil.disk_usage(root).free
 
 
-def _backup_rows(source: BundleSource) -> Iterator[dict[str, Any]]:
+def _blob_targets(source: BundleSource) -> Iterator[tuple[str, str, int]]:
+    """(storage key here, sha256, size) of every object the bundle's rows own."""
     for section in source.manifest.get("sections", []):
-        if section["kind"] == "cluster_backups":
-            yield from source.section_rows(section)
+        kind = BY_NAME.get(section["kind"])
+        if kind is None or type(kind).blob_target is Kind.blob_target:
+            continue
+        for row in source.section_rows(section):
+            found = kind.blob_target(row)
+            if found is not None:
+                yield found
 
 
 def _blobs_needed(source: BundleSource) -> dict[str, tuple[str, int]]:
     """Objects to place: storage key → (sha256, size), for backups the target lacks."""
     store = None
     need: dict[str, tuple[str, int]] = {}
-    for row in _backup_rows(source):
+    for storage_key, sha256, size in _blob_targets(source):
         store = store or _blob_store()
-        if store.size(row["storage_key"]) == row["size"]:
+        if store.size(storage_key) == size:
             continue
-        need[row["storage_key"]] = (row["sha256"], row["size"])
+        need[storage_key] = (sha256, size)
     return need
 
 
@@ -354,10 +359,10 @@ def _place_blobs(source: BundleSource, run: BundleImport) -> int:
         if sha256 in in_bundle:
             pieces = source.pieces(source.entry(blob_path(sha256)))
         else:
-            local = _model_backup().objects.filter(sha256=sha256, corrupt_at__isnull=True).first()
+            local = next(filter(None, (kind.blob_local(sha256) for kind in KINDS)), None)
             if local is None:
                 raise BundleRefused(f"blob {sha256} is neither in the bundle nor on this instance.")
-            pieces = store.read(local.storage_key)
+            pieces = store.read(local)
         writer = store.writer(storage_key)
         digest = hashlib.sha256()
         try:
@@ -373,10 +378,6 @@ def _place_blobs(source: BundleSource, run: BundleImport) -> int:
         placed += 1
         run_progress(run, phase="blobs")
     return placed
-
-
-def _model_backup():
-    return apps.get_model("backups_app", "ClusterBackup")
 
 
 def bundle_import_work(*, run: BundleImport, on_progress: Callable | None = None) -> str:

@@ -272,6 +272,16 @@ class ClusterBackups(Kind):
     def map_row(self, row, target):
         return {**row, "organization": target.org(row["organization"])}
 
+    def blob(self, row):
+        return row["sha256"], row["size"], row["storage_key"]
+
+    def blob_target(self, row):
+        return row["storage_key"], row["sha256"], row["size"]
+
+    def blob_local(self, sha256):
+        found = self._manager().filter(sha256=sha256, corrupt_at__isnull=True).first()
+        return found.storage_key if found is not None else None
+
     def existing(self, keys, target, rows):
         ids = [uuid.UUID(key) for key in keys]
         return {row["key"]: row for row in self._rows(self._manager().filter(id__in=ids))}

@@ -48,6 +48,9 @@ class Scope:
     organization_ids: list[int]
     credentials: bool = False
     inventories: str = "latest"
+    # The platform's own infrastructure (service backups, replication jobs): only in an
+    # export the platform itself makes, never in a tenant's subtree.
+    platform: bool = False
 
 
 @dataclass
@@ -107,6 +110,9 @@ class Kind:
     # Kinds written only once (history): a changed row is never updated, none deleted.
     append_only = False
     credential_fields: tuple[str, ...] = ()
+    # Rows of no organization (the platform's infrastructure): they go only in a platform
+    # export (``Scope.platform``), whatever organizations are selected.
+    platform = False
 
     def source(self, scope: Scope) -> Iterator[dict[str, Any]]:
         raise NotImplementedError
@@ -125,6 +131,18 @@ class Kind:
 
     def delete(self, keys: list[str], target: Target) -> int:
         return 0
+
+    def blob(self, row: dict[str, Any]) -> tuple[str, int, str] | None:
+        """The object a row owns here, to carry: (sha256, size, storage key here)."""
+        return None
+
+    def blob_target(self, row: dict[str, Any]) -> tuple[str, str, int] | None:
+        """Where a row's object lands on the target: (storage key there, sha256, size)."""
+        return None
+
+    def blob_local(self, sha256: str) -> str | None:
+        """The storage key of an object here with this content, if a row of this kind has one."""
+        return None
 
     def digest(self, row: dict[str, Any]) -> str:
         return row_digest(row, self.volatile)

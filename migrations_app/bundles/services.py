@@ -42,6 +42,10 @@ from .format import BundleWriter
 from .kinds import BY_NAME, CREDENTIAL_KINDS, KINDS, Scope
 from .models import BundleExport, BundleSelection
 
+# The table's row for carrying the platform's infrastructure (service backups, replication
+# jobs) in an export.
+PLATFORM_EXPORT = ("action", "migrations_app.bundleexport.platform")
+
 
 class BundleRefused(ValueError):
     """A request or a bundle refused with one sentence; nothing was written."""
@@ -172,12 +176,21 @@ def bundle_export_create(
         kinds = kinds or list(saved.kinds)
         credentials = credentials or saved.credentials
         inventories = saved.inventories
-    if not organizations:
-        raise BundleRefused("Name the organizations to export (or a saved selection).")
-    kinds = kinds or [kind.name for kind in KINDS]
+    # Every kind by default, but the platform's infrastructure only when named: a
+    # subtree export never carries it unasked.
+    kinds = kinds or [kind.name for kind in KINDS if not kind.platform]
     _kinds_check(kinds)
+    platform = [k for k in kinds if BY_NAME[k].platform]
+    if platform and actor is not None and not access.allowed(actor, *PLATFORM_EXPORT, "r"):
+        raise BundleRefused(
+            f"{actor.email} may not export {' or '.join(platform)}: "
+            "they are the platform's infrastructure, exported only by a superuser."
+        )
+    if not organizations and len(platform) < len(kinds):
+        raise BundleRefused("Name the organizations to export (or a saved selection).")
     if fmt not in ("dir", "tar"):
         raise BundleRefused(f"Unknown format {fmt!r}: dir or tar.")
+    organizations = organizations or []
     try:
         orgs = selectors.organizations_of(organizations)
     except LookupError as error:
@@ -200,6 +213,9 @@ def bundle_export_create(
         "credentials": bool(credentials and set(kinds) & set(CREDENTIAL_KINDS)),
         "inventories": inventories,
     }
+    if platform:
+        # Only when set: the scope keys of subtree exports stay what they were.
+        scope["platform"] = True
     key = _scope_key(scope)
     base = _since_base(since, key) if since else None
     with transaction.atomic():
@@ -269,7 +285,11 @@ def _blob_store():
 
 
 def _default_output(run: BundleExport) -> Path:
-    name = run.selection.name if run.selection else "-".join(run.scope["organizations"])[:80]
+    name = (
+        run.selection.name
+        if run.selection
+        else "-".join(run.scope["organizations"])[:80] or "platform"
+    )
     return _export_root() / name / f"{run.created_at:%Y%m%d-%H%M%S}-{run.sequence}"
 
 
@@ -278,7 +298,12 @@ def bundle_export_work(*, run: BundleExport, on_progress: Callable | None = None
     organization_ids = list(
         selectors.organizations_of(scope_data["organizations"]).values_list("id", flat=True)
     )
-    scope = Scope(organization_ids, scope_data["credentials"], scope_data["inventories"])
+    scope = Scope(
+        organization_ids,
+        scope_data["credentials"],
+        scope_data["inventories"],
+        platform=bool(scope_data.get("platform")),
+    )
     base_state = _state_load(run.base.state_path) if run.base else {}
     have = set(scope_data.get("have", []))
     out = Path(run.output) if run.output else _default_output(run)
@@ -299,8 +324,9 @@ def bundle_export_work(*, run: BundleExport, on_progress: Callable | None = None
                     seen[row["key"]] = digest
                     if before.get(row["key"]) == digest:
                         continue
-                    if kind.name == "cluster_backups" and row["sha256"] not in have:
-                        blobs.setdefault(row["sha256"], (row["size"], row["storage_key"]))
+                    blob = kind.blob(row)
+                    if blob is not None and blob[0] not in have:
+                        blobs.setdefault(blob[0], (blob[1], blob[2]))
                     yield row
 
             counts[name] = writer.add_section(name, rows())

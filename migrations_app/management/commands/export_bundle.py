@@ -3,7 +3,9 @@
 ``--organization`` (repeatable) names the subtrees, or ``--selection`` a saved selection;
 ``--kind`` (repeatable) narrows what goes. ``--since`` makes it incremental: since an
 export id of the same selection, or since a date (the last export made on or before it).
-``--credentials`` carries credential digests and needs its own permission.
+``--credentials`` carries credential digests and needs its own permission. The platform's
+infrastructure (``--kind service_backups``, ``--kind replication_jobs``) goes only when named,
+and only from the platform or a superuser; it needs no organization.
 """
 
 from django.core.management.base import CommandError
