@@ -19,7 +19,7 @@ import pytest
 
 from fleet_app import services
 from fleet_app.demo import ns8_inventory
-from fleet_app.models import Quota, System
+from fleet_app.models import Membership, Quota, System
 from migrations_app.bundles import services as bundles
 from migrations_app.models import BundleExport, LegacyMapping
 from tests.conftest import needs_postgresql
@@ -73,7 +73,9 @@ def seed(a: Instance) -> dict[str, Any]:
         actor=None, name="Gamma Corp", kind="customer", parent=owner
     )
     admin = UserFactory(email="Ops@Northwind.example", organization=reseller, roles=["admin"])
-    UserFactory(email="reader@alpha.example", organization=alpha, roles=["reader"])
+    reader = UserFactory(email="reader@alpha.example", organization=alpha, roles=["reader"])
+    Membership.objects.create(user=admin, organization=alpha, role="owner")
+    Membership.objects.create(user=reader, organization=beta, role="member")
     UserFactory(email="admin@gamma.example", organization=gamma, roles=["admin"])
 
     legacy = {f"NW-{n}": f"nw-token-{n}-{'x' * 16}" for n in range(5)}
