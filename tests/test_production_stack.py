@@ -7,10 +7,6 @@ through the public endpoints. A missing production setting stops the start, name
 
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,126 +14,30 @@ import httpx
 import pytest
 from celery import Celery
 from django.conf import settings
-from django.db import connection
 from django_celery_beat.models import IntervalSchedule
 from knox.models import AuthToken
 
 from backups_app.service_backups import schedules, services
 from fleet_app.demo import ns8_inventory
 from tests.conftest import needs_postgresql
+from tests.e2e.instances import (
+    A_KEY,
+    HOST,
+    Processes,
+    entrypoint,
+    free_port,
+    needs_services,
+    production_env,
+)
 from tests.factories import OrganizationFactory, UserFactory, make_system
 
 pytestmark = needs_postgresql
 
-ROOT = Path(__file__).resolve().parent.parent
-ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
-HOST = "cutover.test"
-A_KEY = "k3y-for-tests-only-" + "Qw9x2" * 10
-# What a process of the image must not inherit from the test's environment.
-INHERITED = {
-    "DEBUG",
-    "SECRET_KEY",
-    "CREDENTIAL_DIGEST_KEY",
-    "ALLOWED_HOSTS",
-    "DJANGO_SETTINGS_MODULE",
-}
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def needs_services():
-    if connection.vendor != "postgresql" or not settings.REDIS_URL:
-        message = "the production stack needs DATABASE_URL (PostgreSQL) and REDIS_URL"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-
-
-def production_env(tmp_path: Path, port: int, **overrides: str) -> dict[str, str]:
-    """The environment compose gives every app container, pointed at loopback."""
-    db = connection.settings_dict
-    env = {name: value for name, value in os.environ.items() if name not in INHERITED}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        PYTHON=sys.executable,
-        APP_USER="",  # already the unprivileged caller: nothing to drop
-        SECRET_KEY=A_KEY,
-        CREDENTIAL_DIGEST_KEY=A_KEY + "-credentials",
-        ALLOWED_HOSTS=HOST,
-        PUBLIC_BASE_URL=f"https://{HOST}",
-        CSRF_TRUSTED_ORIGINS=f"https://{HOST}",
-        TRUSTED_PROXY_COUNT="1",
-        DATABASE_URL=(
-            f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-        ),
-        REDIS_URL=settings.REDIS_URL,
-        CONN_MAX_AGE="0",
-        MEDIA_ROOT=str(tmp_path / "media"),
-        BACKUP_WORK_DIR=str(tmp_path / "work"),
-        RUN_DIR=str(tmp_path / "run"),
-        BACKUP_PG_BIN_DIR=settings.BACKUP_PG_BIN_DIR,
-        WEB_BIND=f"127.0.0.1:{port}",
-        WEB_PORT=str(port),
-        WEB_WORKERS="1",
-        WEB_THREADS="4",
-        WEB_WORKER_TMP_DIR=str(tmp_path),
-        WORKER_CONCURRENCY="1",
-    )
-    env.update(overrides)
-    return env
-
-
-def entrypoint(*args: str, env: dict[str, str], timeout: float = 60):
-    return subprocess.run(
-        [str(ENTRYPOINT), *args], env=env, cwd=ROOT, capture_output=True, text=True,
-        timeout=timeout,
-    )  # fmt: skip
-
-
-class Stack:
+class Stack(Processes):
     def __init__(self, tmp_path: Path):
         self.port = free_port()
-        self.env = production_env(tmp_path, self.port)
-        self.logs = tmp_path
-        self.processes: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str, *args: str) -> None:
-        log = (self.logs / f"{name}.log").open("w")
-        self.processes[name] = subprocess.Popen(
-            [str(ENTRYPOINT), name, *args], env=self.env, cwd=ROOT, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-
-    def stop(self, name: str) -> None:
-        process = self.processes.pop(name)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-    def log(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text() if path.exists() else ""
-
-    def wait(self, what: str, predicate, timeout: float = 60.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name, process in self.processes.items():
-                if process.poll() is not None:
-                    pytest.fail(f"{name} exited ({process.returncode}):\n{self.log(name)}")
-            found = predicate()
-            if found:
-                return found
-            time.sleep(0.25)
-        logs = "\n".join(f"--- {name}\n{self.log(name)[-3000:]}" for name in self.processes)
-        pytest.fail(f"timed out waiting for {what}\n{logs}")
+        super().__init__(production_env(tmp_path, self.port), tmp_path)
 
 
 @pytest.fixture
@@ -151,8 +51,7 @@ def stack(transactional_db, tmp_path, settings):
     try:
         yield stack
     finally:
-        for name in list(stack.processes):
-            stack.stop(name)
+        stack.stop_all()
 
 
 def test_the_production_stack_serves_ingests_backs_up_and_drills(stack):

@@ -14,9 +14,11 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponseRedirect, StreamingHttpResponse
+from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from fleet_app.admin import FleetModelAdmin, ReadOnlyModelAdmin, form_action, pretty_json
 
@@ -57,7 +59,84 @@ def _render(admin_obj, request, form, title, submit, error=""):
 
 
 def _progress(obj) -> str:
+    if obj.finished_at and obj.started_at:
+        seconds = (obj.finished_at - obj.started_at).total_seconds()
+        return format_html("finished in {} s", f"{seconds:.1f}")
     return format_html("{} · {} / {}", obj.phase or obj.state, obj.done, obj.total or "?")
+
+
+VERDICTS = ("create", "update", "delete", "conflict", "unchanged", "mapped")
+# Kinds whose keys are hashes: an example would tell staff nothing.
+OPAQUE_KEYS = {"audit"}
+
+
+def _examples(kind: str, found: dict[str, list[str]]) -> str:
+    if kind in OPAQUE_KEYS:
+        return ""
+    return format_html_join(
+        mark_safe("<br>"),  # noqa: S308 - a constant
+        "{}: {}",
+        (
+            (verdict, format_html_join(" ", "<code>{}</code>", ((key,) for key in keys)))
+            for verdict, keys in found.items()
+            if keys
+        ),
+    )
+
+
+def _plan_table(plan: dict) -> str:
+    """The plan as staff read it before approving: per kind, what each verdict counts, with
+    examples of what changes; then the blobs to place against the free disk."""
+    if not plan:
+        return "Not planned yet: the worker verifies the bundle first."
+    if plan.get("refused"):
+        return format_html('<p class="errornote">Refused: {}</p>', plan["refused"])
+    examples = plan.get("examples", {})
+    kinds = plan.get("kinds", {})
+    # In the order they are applied (the plan's JSON keeps no order).
+    order = [name for name in BY_NAME if name in kinds] + sorted(set(kinds) - set(BY_NAME))
+    rows = format_html_join(
+        "",
+        '<tr data-kind="{}"><th scope="row">{}</th>{}<td class="examples">{}</td></tr>',
+        (
+            (
+                kind,
+                kind.replace("_", " "),
+                format_html_join(
+                    "",
+                    '<td class="{}{}">{}</td>',
+                    (
+                        (v, "" if kinds[kind].get(v) else " zero", kinds[kind].get(v, 0))
+                        for v in VERDICTS
+                    ),
+                ),
+                _examples(kind, examples.get(kind, {})),
+            )
+            for kind in order
+        ),
+    )
+    head = format_html_join("", '<th scope="col">{}</th>', ((v,) for v in VERDICTS))
+    blobs = plan.get("blobs", {})
+    secrets = plan.get("needs_fresh_secrets") or []
+    return format_html(
+        '<table id="bundle-plan"><thead><tr><th scope="col">kind</th>{}'
+        '<th scope="col">examples</th></tr></thead><tbody>{}</tbody></table>'
+        '<p id="bundle-plan-blobs">Blobs: {} to place of {} in the bundle; {} needed, {} free.'
+        "</p>{}",
+        head,
+        rows,
+        blobs.get("to_place", 0),
+        blobs.get("in_bundle", 0),
+        filesizeformat(blobs.get("bytes_needed", 0)),
+        filesizeformat(blobs.get("bytes_free", 0)),
+        format_html(
+            '<p id="bundle-plan-secrets">{} systems need fresh secrets: {}</p>',
+            len(secrets),
+            ", ".join(secrets[:20]),
+        )
+        if secrets
+        else "",
+    )
 
 
 @admin.register(BundleExport)
@@ -65,9 +144,18 @@ class BundleExportAdmin(ReadOnlyModelAdmin):
     list_display = (
         "sequence", "state", "organizations", "incremental", "rows", "bytes", "created_at"
     )  # fmt: skip
-    readonly_fields = ("manifest_sha256", "scope_json", "output", "rows", "bytes", "error", "log")
+    readonly_fields = ("state", "progress", "manifest_sha256", "scope_json", "output", "rows",
+                       "size", "error", "log")  # fmt: skip
     fields = readonly_fields
     actions = ["download", "credentials", "platform"]
+
+    @admin.display(description="Progress")
+    def progress(self, obj: BundleExport) -> str:
+        return _progress(obj)
+
+    @admin.display(description="Size")
+    def size(self, obj: BundleExport) -> str:
+        return f"{filesizeformat(obj.bytes)} ({obj.bytes} bytes)"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return self._table(request, "a")
@@ -175,15 +263,22 @@ class BundleExportAdmin(ReadOnlyModelAdmin):
 
 class UploadForm(forms.Form):
     bundle = forms.FileField(help_text="A bundle as one .tar file (what an export downloads).")
-    map_org = forms.CharField(required=False, help_text="SOURCE=TARGET pairs, one per line.")
+    map_org = forms.CharField(
+        label="Map organizations",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 40}),
+        help_text="BUNDLE=HERE slug pairs, separated by spaces or lines: the bundle's "
+        "organization BUNDLE is this instance's HERE (e.g. its top organization's parent).",
+    )
     on_conflict = forms.ChoiceField(choices=[(p, p) for p in importing.CONFLICT_POLICIES])
 
 
 @admin.register(BundleImport)
 class BundleImportAdmin(ReadOnlyModelAdmin):
     list_display = ("pk", "state", "bundle_id", "signer", "sequence", "progress", "applied_at")
-    readonly_fields = ("state", "error", "bundle_id", "signer", "sequence", "manifest_sha256",
-                       "plan_summary", "approved_at", "applied_at", "written")  # fmt: skip
+    readonly_fields = ("stage", "state", "progress", "error", "bundle_id", "signer", "sequence",
+                       "manifest_sha256", "plan_summary", "approved_at", "applied_at",
+                       "written")  # fmt: skip
     fields = readonly_fields
     actions = ["approve"]
 
@@ -194,9 +289,22 @@ class BundleImportAdmin(ReadOnlyModelAdmin):
     def progress(self, obj: BundleImport) -> str:
         return _progress(obj)
 
+    @admin.display(description="Stage")
+    def stage(self, obj: BundleImport) -> str:
+        """Where the import stands, in the words of what staff do next."""
+        if obj.plan.get("refused"):
+            return "Refused: nothing was written."
+        if obj.applied_at:
+            return "Applied."
+        if obj.approved_at:
+            return "Approved: being applied by a worker."
+        if obj.plan and obj.state == "succeeded":
+            return "Planned, nothing written yet: read the plan, then approve it (Action)."
+        return "Being verified and planned by a worker."
+
     @admin.display(description="Plan")
     def plan_summary(self, obj: BundleImport) -> str:
-        return pretty_json(obj.plan)
+        return _plan_table(obj.plan)
 
     def add_view(self, request, form_url="", extra_context=None):
         if not self.has_add_permission(request):

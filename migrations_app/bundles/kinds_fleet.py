@@ -11,7 +11,7 @@ from django.contrib.auth.models import Group
 from django.db.models import QuerySet
 from django.db.models.functions import Lower
 
-from fleet_app.models import Membership, Organization, System, User
+from fleet_app.models import Membership, Organization, System, User, canonical_email_key
 
 from .rows import Kind, _batched, _values, stamp, unstamp
 
@@ -153,6 +153,8 @@ class Users(Kind):
             [
                 User(
                     email=row["email"],
+                    # bulk_create skips save(), which keeps this derived column.
+                    email_key=canonical_email_key(row["email"]),
                     full_name=row["full_name"],
                     organization_id=target.org_id(row["organization"]),
                     is_staff=row["is_staff"],
@@ -169,6 +171,7 @@ class Users(Kind):
         for row in updates:
             fields = {
                 "email": row["email"],
+                "email_key": canonical_email_key(row["email"]),
                 "full_name": row["full_name"],
                 "organization_id": target.org_id(row["organization"]),
                 "is_staff": row["is_staff"],

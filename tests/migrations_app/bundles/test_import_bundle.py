@@ -144,3 +144,18 @@ def test_an_incremental_carries_exactly_the_changes(fleet, instance_b, tmp_path)
     old = instance_b.manage("import_bundle", str(full), *map_args(fleet), check=False)
     assert old.returncode and "sequence 1 is older than 2" in old.stderr
     assert b_rows(instance_b) == rows
+
+
+def test_users_arrive_with_their_e_mail_keys(fleet, instance_b, tmp_path):
+    from tests.factories import UserFactory
+
+    # Two accounts: a key left empty by a bulk write would collide on the unique index.
+    UserFactory(email="Second.Reader@Example.com", organization=fleet["shop"], roles=["reader"])
+    bundle = export(fleet, tmp_path / "bundle")
+
+    instance_b.manage("import_bundle", str(bundle), "--apply", *map_args(fleet))
+
+    assert sorted(instance_b.sql("SELECT email, email_key FROM fleet_app_user")) == [
+        ("Reader@Example.com", "reader@example.com"),
+        ("Second.Reader@Example.com", "second.reader@example.com"),
+    ]
