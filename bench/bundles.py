@@ -15,8 +15,8 @@ in the same run:
    ``manage.py import_bundle`` of the tar bundle (the plan), then ``--apply``; then checks
    that B holds the rows and the blob bytes.
 
-Every command runs in a child process: its peak RSS is the child's ``ru_maxrss``, its
-growth is over a child that loaded Django and the bundle commands and did nothing
+Every command runs in a child process: its peak RSS is the child's VmHWM, its growth is
+over a child that loaded Django and the bundle commands and did nothing
 (``bundle_keys --public``). Prints the table with the ratios next to the goals (export ≤
 1.25× tar + pg_dump, import ≥ 20,000 rows/s and ≤ 2× the export, growth ≤ 128 MiB) and the
 load average before and after. It never passes or fails. ``--profile DIR`` runs the
@@ -160,28 +160,53 @@ def manage(env: dict[str, str], *args) -> str:
     return done.stdout
 
 
+# Run in the child: manage.py under cProfile when asked, then its own VmHWM (the peak RSS of
+# this process image). ``ru_maxrss`` would not do: Linux carries it over fork and exec, so
+# a child reports the benchmark's own peak when that is higher.
+CHILD = """
+import os, runpy, sys
+sys.argv = sys.argv[1:]
+profile = os.environ.get("BENCH_PROFILE")
+profiler = None
+if profile:
+    import cProfile
+    profiler = cProfile.Profile()
+    profiler.enable()
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(profile)
+    with open("/proc/self/status") as status, open(os.environ["BENCH_HWM"], "w") as out:
+        out.write(next(line for line in status if line.startswith("VmHWM")).split()[1])
+"""
+
+
 def measured(env: dict[str, str], label: str, *args, profile: str | None = None) -> dict:
     """Run ``manage.py *args`` in a child; its seconds, peak RSS (KiB) and output."""
-    command = [str(BIN / "python")]
+    extra = {}
     if profile:
         Path(profile).mkdir(parents=True, exist_ok=True)
-        command += ["-m", "cProfile", "-o", str(Path(profile) / f"{label}.prof")]
-    command += ["manage.py", *map(str, args)]
+        extra["BENCH_PROFILE"] = str(Path(profile) / f"{label.replace(' ', '_')}.prof")
     print(f"  {label} …", end="", flush=True)
-    with tempfile.TemporaryFile() as out:
+    with tempfile.TemporaryFile() as out, tempfile.NamedTemporaryFile() as hwm:
         began = time.monotonic()
-        child = subprocess.Popen(
-            command, cwd=ROOT, env={**os.environ, **public(env)}, stdout=out, stderr=out
+        done = subprocess.run(
+            [str(BIN / "python"), "-c", CHILD, "manage.py", *map(str, args)],
+            cwd=ROOT,
+            env={**os.environ, **public(env), **extra, "BENCH_HWM": hwm.name},
+            stdout=out,
+            stderr=out,
         )
-        _, status, usage = os.wait4(child.pid, 0)
         elapsed = time.monotonic() - began
-        child.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read().decode(errors="replace")
-    if child.returncode:
+        peak = int(Path(hwm.name).read_text() or 0)
+    if done.returncode:
         sys.exit(f"\nmanage.py {args[0]} failed:\n{text[-3000:]}")
-    print(f" {elapsed:.1f} s, peak RSS {usage.ru_maxrss / 1024:.0f} MiB", flush=True)
-    return {"seconds": elapsed, "peak_kib": usage.ru_maxrss, "output": text}
+    print(f" {elapsed:.1f} s, peak RSS {peak / 1024:.0f} MiB", flush=True)
+    return {"seconds": elapsed, "peak_kib": peak, "output": text}
 
 
 # --- seeding A ---------------------------------------------------------------------------------
