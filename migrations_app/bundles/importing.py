@@ -11,6 +11,7 @@ its checkpoint (kind and rows done) on the run row, so a killed import resumes a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import shutil
 import uuid
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -29,9 +31,10 @@ from fleet_app.models import Organization, User
 from fleet_app.runs import run_enqueue, run_finish, run_progress
 
 from . import keys, selectors
-from .format import BundleError, BundleSource, blob_path
+from .format import Background, BundleError, BundleSource, blob_path
 from .kinds import BY_NAME, KINDS, Kind, Target
 from .models import BundleImport, BundleRowState
+from .rows import any_of, binary_execute
 from .services import (
     BundleRefused,
     _blob_store,
@@ -41,6 +44,8 @@ from .services import (
 )
 
 EXAMPLES = 5
+# The kinds whose rows point at blobs: none of their rows is written before every blob is.
+BLOB_KINDS = ("cluster_backups",)
 CONFLICT_POLICIES = ("skip", "source", "fail")
 
 # --- Imports ---------------------------------------------------------------------------------
@@ -201,8 +206,9 @@ def _batches(source: BundleSource, section: dict[str, Any]) -> Iterator[list[dic
         yield batch
 
 
-def _classify(kind, batch, target: Target, signer: str, policy: str):
-    """Split one batch into (creates, updates, counts, examples) against the target."""
+def _classify(kind, batch, target: Target, signer: str, policy: str, *, states: bool = False):
+    """Split one batch into (creates, updates, row states, counts, examples) against the
+    target; the row states (key, digest) to record only when ``states`` (an apply)."""
     rows = []
     for original in batch:
         row = kind.map_row(original, target)
@@ -212,20 +218,27 @@ def _classify(kind, batch, target: Target, signer: str, policy: str):
         rows.append(row)
     keys_ = [row["key"] for row in rows]
     existing = kind.existing(keys_, target, rows)
-    recorded = dict(
-        BundleRowState.objects.filter(signer=signer, kind=kind.name, key__in=keys_).values_list(
-            "key", "digest"
+    # Only a row the target holds can have changed here since the last import.
+    present = [key for key in keys_ if key in existing]
+    recorded = (
+        dict(
+            BundleRowState.objects.filter(signer=signer, kind=kind.name)
+            .filter(any_of("key", present))
+            .values_list("key", "digest")
         )
+        if present
+        else {}
     )
-    creates, updates, states = [], [], []
+    creates, updates, written = [], [], []
     counts = {"create": 0, "update": 0, "unchanged": 0, "conflict": 0, "mapped": 0}
     examples: dict[str, list[str]] = {}
     for row in rows:
         if row.pop("_mapped", False):
             counts["mapped"] += 1
             continue
-        digest = kind.digest(row)
         ours = existing.get(row["key"])
+        # A plan of rows the target lacks needs no digest of them.
+        digest = kind.digest(row) if ours is not None or states else ""
         if ours is None:
             verdict = "create"
         else:
@@ -243,11 +256,34 @@ def _classify(kind, batch, target: Target, signer: str, policy: str):
             creates.append(row)
         elif verdict == "update" or (verdict == "conflict" and policy == "source"):
             updates.append(row)
-        if verdict in ("create", "update") or (verdict == "conflict" and policy == "source"):
-            states.append(
-                BundleRowState(signer=signer, kind=kind.name, key=row["key"], digest=digest)
-            )
-    return creates, updates, states, counts, examples
+        if states and (
+            verdict in ("create", "update") or (verdict == "conflict" and policy == "source")
+        ):
+            written.append((row["key"], digest))
+    return creates, updates, written, counts, examples
+
+
+def _states_save(signer: str, kind: str, states: list[tuple[str, str]]) -> None:
+    """Record the digest each row was written with (one upsert of two arrays on
+    PostgreSQL)."""
+    if not states:
+        return
+    if connection.vendor != "postgresql":
+        BundleRowState.objects.bulk_create(
+            [BundleRowState(signer=signer, kind=kind, key=k, digest=d) for k, d in states],
+            update_conflicts=True,
+            unique_fields=["signer", "kind", "key"],
+            update_fields=["digest"],
+        )
+        return
+    table = connection.ops.quote_name(BundleRowState._meta.db_table)
+    binary_execute(
+        f"INSERT INTO {table} (signer, kind, key, digest) "  # noqa: S608 - model table, values bound
+        "SELECT %s::varchar, %s::varchar, k, d "
+        "FROM unnest(%s::varchar[], %s::varchar[]) AS s (k, d) "
+        "ON CONFLICT (signer, kind, key) DO UPDATE SET digest = EXCLUDED.digest",
+        [signer, kind, [k for k, _d in states], [d for _k, d in states]],
+    )
 
 
 def _plan(source: BundleSource, target: Target, signer: str, policy: str) -> dict[str, Any]:
@@ -346,38 +382,41 @@ def _blobs_needed(source: BundleSource) -> dict[str, tuple[str, int]]:
     return need
 
 
-def _place_blobs(source: BundleSource, run: BundleImport) -> int:
-    """Each missing object from the bundle (or from an object here with the same sha256),
-    written under a temporary name and moved into place once its sha256 is checked."""
+def _blob_jobs(source: BundleSource) -> list[tuple[str, str, Callable[[], Iterator[bytes]]]]:
+    """Each missing object: (storage key, sha256, its pieces), from the bundle or from an
+    object here with the same sha256."""
     need = _blobs_needed(source)
-    if not need:
-        return 0
-    store = _blob_store()
+    store = _blob_store() if need else None
     in_bundle = {b["sha256"] for b in source.manifest.get("blobs", [])}
-    placed = 0
+    jobs = []
     for storage_key, (sha256, _size) in sorted(need.items()):
         if sha256 in in_bundle:
-            pieces = source.pieces(source.entry(blob_path(sha256)))
-        else:
-            local = next(filter(None, (kind.blob_local(sha256) for kind in KINDS)), None)
-            if local is None:
-                raise BundleRefused(f"blob {sha256} is neither in the bundle nor on this instance.")
-            pieces = store.read(local)
-        writer = store.writer(storage_key)
-        digest = hashlib.sha256()
-        try:
-            for piece in pieces:
-                digest.update(piece)
-                writer.write(piece)
-            if digest.hexdigest() != sha256:
-                raise BundleRefused(f"blob {sha256} does not match its sha256.")
-            writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
-        placed += 1
-        run_progress(run, phase="blobs")
-    return placed
+            entry = source.entry(blob_path(sha256))
+            jobs.append((storage_key, sha256, functools.partial(source.pieces, entry)))
+            continue
+        local = next(filter(None, (kind.blob_local(sha256) for kind in KINDS)), None)
+        if local is None:
+            raise BundleRefused(f"blob {sha256} is neither in the bundle nor on this instance.")
+        jobs.append((storage_key, sha256, functools.partial(store.read, local)))
+    return jobs
+
+
+def _blob_place(job: tuple[str, str, Callable[[], Iterator[bytes]]]) -> None:
+    """One object, written under a temporary name and moved into place once its sha256 is
+    checked (on the placing thread: no database here)."""
+    storage_key, sha256, pieces = job
+    writer = _blob_store().writer(storage_key)
+    digest = hashlib.sha256()
+    try:
+        for piece in pieces():
+            digest.update(piece)
+            writer.write(piece)
+        if digest.hexdigest() != sha256:
+            raise BundleRefused(f"blob {sha256} does not match its sha256.")
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def bundle_import_work(*, run: BundleImport, on_progress: Callable | None = None) -> str:
@@ -450,12 +489,37 @@ def _apply(
     run: BundleImport, source: BundleSource, target: Target, signer: str, policy: str
 ) -> int:
     checkpoint = _resume_point(run)
-    written = 0
     run_progress(run, phase="placing blobs")
-    written += _place_blobs(source, run)
+    jobs = _blob_jobs(source)
+    written = len(jobs)
+    # The blobs are placed on a thread while the rows that need none are written; the
+    # first row that points at a blob waits for all of them.
+    placer = Background(jobs, _blob_place)
+    placer.start()
+    try:
+        written += _apply_rows(run, source, target, signer, policy, checkpoint, placer)
+        placer.finish()
+    except BaseException:
+        placer.stop()
+        raise
+    return written
+
+
+def _apply_rows(
+    run: BundleImport,
+    source: BundleSource,
+    target: Target,
+    signer: str,
+    policy: str,
+    checkpoint: dict[str, Any],
+    placer: Background,
+) -> int:
+    written = 0
     order = [section["kind"] for section in _sections(source)]
     for section in _sections(source):
         kind = BY_NAME[section["kind"]]
+        if kind.name in BLOB_KINDS:
+            placer.finish(on_wait=lambda: run_progress(run, phase="placing blobs"))
         done_kind = checkpoint.get("kind")
         if done_kind in order and order.index(done_kind) > order.index(kind.name):
             continue
@@ -468,22 +532,21 @@ def _apply(
                 continue
             if offset - len(batch) < skip:
                 batch = batch[skip - (offset - len(batch)) :]
-            creates, updates, states, _counts, _ex = _classify(kind, batch, target, signer, policy)
+            creates, updates, states, _counts, _ex = _classify(
+                kind, batch, target, signer, policy, states=True
+            )
             with transaction.atomic():
                 if creates or updates:
                     kind.write(creates, updates, target)
-                    BundleRowState.objects.bulk_create(
-                        states,
-                        update_conflicts=True,
-                        unique_fields=["signer", "kind", "key"],
-                        update_fields=["digest"],
-                    )
-                mark = {"kind": kind.name, "rows": offset}
+                    _states_save(signer, kind.name, states)
+                # The checkpoint and the progress in one UPDATE, committed with the batch.
                 BundleImport.objects.filter(pk=run.pk).update(
-                    checkpoint=mark, updated_at=timezone.now()
+                    checkpoint={"kind": kind.name, "rows": offset},
+                    updated_at=timezone.now(),
+                    done=F("done") + len(batch),
+                    phase=f"rows: {kind.name}",
                 )
             written += len(creates) + len(updates)
-            run_progress(run, done=len(batch), phase=f"rows: {kind.name}")
     stones: dict[str, list[str]] = {}
     for stone in _tombstones(source):
         stones.setdefault(stone["kind"], []).append(stone["key"])

@@ -13,7 +13,16 @@ from django.db.models.functions import Lower
 
 from fleet_app.models import Membership, Organization, System, User, canonical_email_key
 
-from .rows import Kind, _batched, _values, stamp, unstamp
+from .rows import (
+    Kind,
+    _batched,
+    _plain_values,
+    _values,
+    any_of,
+    bulk_insert,
+    stamp,
+    unstamp,
+)
 
 BATCH = 1000
 
@@ -238,7 +247,7 @@ class Systems(Kind):
 
     def _rows(self, queryset):
         fields = ("system_key", "organization__slug", *SYSTEM_FIELDS, *SYSTEM_STAMPS)
-        for r in _values(queryset, *fields, "secret_public", "secret_digest"):
+        for r in _plain_values(queryset, *fields, "secret_public", "secret_digest"):
             row = {"key": r["system_key"], "organization": r["organization__slug"]}
             row.update({f: r[f] for f in SYSTEM_FIELDS})
             row.update({f: stamp(r[f]) for f in SYSTEM_STAMPS})
@@ -256,7 +265,7 @@ class Systems(Kind):
 
     def existing(self, keys, target, rows):
         found = {}
-        for row in self._rows(System.objects.filter(system_key__in=keys)):
+        for row in self._rows(System.objects.filter(any_of("system_key", keys))):
             found[row["key"]] = self.strip(row, target.credentials and not target.fresh_secrets)
         return found
 
@@ -280,9 +289,11 @@ class Systems(Kind):
                 fields["secret_digest"] = ""
                 fields["secret_confirmed_at"] = None
                 target.needs_secrets.append(row["key"])
-            made.append(System(system_key=row["key"], **fields))
-        for system in System.objects.bulk_create(made):
-            target.systems[system.system_key] = system.pk
+            # An address the bundle left blank is no address (as the model stores it).
+            fields["ipv4_address"] = fields["ipv4_address"] or None
+            fields["ipv6_address"] = fields["ipv6_address"] or None
+            made.append({"system_key": row["key"], **fields})
+        target.systems.update(bulk_insert(System, made, returning=("system_key", "id")))
         if not updates:
             return
         existing = {

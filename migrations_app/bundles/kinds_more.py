@@ -14,7 +14,7 @@ from django.db.models import Model, OuterRef, Subquery
 
 from fleet_app.models import AuditEntry, Inventory, Quota
 
-from .rows import Kind, _values, stamp, unstamp
+from .rows import Kind, _plain_values, _values, any_of, bulk_insert, stamp, unstamp
 
 # --- Legacy mappings and fingerprint anomalies ----------------------------------------------
 
@@ -44,7 +44,7 @@ class Mappings(Kind):
 
     def _rows(self, queryset):
         fields = ("legacy_system_id", "system__system_key", "rotation_count", "legacy_token_digest")
-        for r in _values(queryset, *fields, *MAPPING_STAMPS):
+        for r in _plain_values(queryset, *fields, *MAPPING_STAMPS):
             row = {
                 "key": r["legacy_system_id"],
                 "system": r["system__system_key"],
@@ -64,7 +64,7 @@ class Mappings(Kind):
 
     def existing(self, keys, target, rows):
         model = _model("migrations_app.LegacyMapping")
-        rows = model._default_manager.filter(legacy_system_id__in=keys)
+        rows = model._default_manager.filter(any_of("legacy_system_id", keys))
         return {
             row["key"]: self.strip(row, target.credentials and not target.fresh_secrets)
             for row in self._rows(rows)
@@ -82,11 +82,13 @@ class Mappings(Kind):
                 data["legacy_token_digest"] = row["legacy_token_digest"]
             return data
 
-        manager.bulk_create(
+        target.systems_find(row["system"] for row in creates + updates)
+        bulk_insert(
+            model,
             [
-                model(legacy_system_id=row["key"], **{"legacy_token_digest": "", **fields(row)})
+                {"legacy_system_id": row["key"], "legacy_token_digest": "", **fields(row)}
                 for row in creates
-            ]
+            ],
         )
         for row in updates:
             manager.filter(legacy_system_id=row["key"]).update(**fields(row))
@@ -249,7 +251,7 @@ class ClusterBackups(Kind):
             "storage_key",
             "uploaded_at",
         )
-        for r in _values(queryset.filter(corrupt_at__isnull=True), *fields):
+        for r in _plain_values(queryset.filter(corrupt_at__isnull=True), *fields):
             yield {
                 "key": str(r["id"]),
                 "system": r["system__system_key"],
@@ -284,25 +286,27 @@ class ClusterBackups(Kind):
 
     def existing(self, keys, target, rows):
         ids = [uuid.UUID(key) for key in keys]
-        return {row["key"]: row for row in self._rows(self._manager().filter(id__in=ids))}
+        return {row["key"]: row for row in self._rows(self._manager().filter(any_of("id", ids)))}
 
     def write(self, creates, updates, target):
         model = _model("backups_app.ClusterBackup")
-        self._manager().bulk_create(
+        target.systems_find(row["system"] for row in creates)
+        bulk_insert(
+            model,
             [
-                model(
-                    id=uuid.UUID(row["key"]),
-                    system_id=target.system_id(row["system"]),
-                    organization_id=target.org_id(row["organization"]),
-                    filename=row["filename"],
-                    mimetype=row["mimetype"],
-                    size=row["size"],
-                    sha256=row["sha256"],
-                    storage_key=row["storage_key"],
-                    uploaded_at=unstamp(row["uploaded_at"]),
-                )
+                {
+                    "id": uuid.UUID(row["key"]),
+                    "system_id": target.system_id(row["system"]),
+                    "organization_id": target.org_id(row["organization"]),
+                    "filename": row["filename"],
+                    "mimetype": row["mimetype"],
+                    "size": row["size"],
+                    "sha256": row["sha256"],
+                    "storage_key": row["storage_key"],
+                    "uploaded_at": unstamp(row["uploaded_at"]),
+                }
                 for row in creates
-            ]
+            ],
         )
         for row in updates:
             self._manager().filter(id=uuid.UUID(row["key"])).update(

@@ -38,7 +38,7 @@ from fleet_app.models import User
 from fleet_app.runs import run_enqueue, run_finish, run_progress
 
 from . import keys, selectors
-from .format import BundleWriter
+from .format import Background, BundleWriter
 from .kinds import BY_NAME, CREDENTIAL_KINDS, KINDS, Scope
 from .models import BundleExport, BundleSelection
 
@@ -312,8 +312,11 @@ def bundle_export_work(*, run: BundleExport, on_progress: Callable | None = None
     tombstones: list[dict[str, str]] = []
     blobs: dict[str, tuple[int, str]] = {}
     counts: dict[str, int] = {}
+    copier: Background | None = None
+    # Cluster backups first: their blobs are copied in while the other rows are read.
+    kinds = sorted(scope_data["kinds"], key=lambda name: name != "cluster_backups")
     try:
-        for name in scope_data["kinds"]:
+        for name in kinds:
             kind = BY_NAME[name]
             seen = state.setdefault(name, {})
             before = base_state.get(name, {})
@@ -333,11 +336,18 @@ def bundle_export_work(*, run: BundleExport, on_progress: Callable | None = None
             run_progress(run, done=counts[name], phase=f"rows: {name}")
             if before and not kind.append_only:
                 tombstones.extend({"kind": name, "key": key} for key in before.keys() - seen.keys())
+            if name == "cluster_backups" and blobs:
+                store = _blob_store()
+                copier = Background(
+                    sorted(blobs.items()),
+                    lambda item, store=store: writer.add_blob(
+                        sha256=item[0], size=item[1][0], pieces=store.read(item[1][1])
+                    ),
+                )
+                copier.start()
         writer.add_section("tombstones", tombstones)
-        store = _blob_store() if blobs else None
-        for sha256, (size, storage_key) in sorted(blobs.items()):
-            writer.add_blob(sha256=sha256, size=size, pieces=store.read(storage_key))
-            run_progress(run, phase="blobs")
+        if copier is not None:
+            copier.finish(on_wait=lambda: run_progress(run, phase="blobs"))
         manifest = {
             "bundle_id": str(run.bundle_id),
             "sequence": run.sequence,
@@ -356,6 +366,8 @@ def bundle_export_work(*, run: BundleExport, on_progress: Callable | None = None
         }
         _data, manifest_sha256 = writer.finish(manifest, keys.sign)
     except Exception:
+        if copier is not None:
+            copier.stop()
         writer.abort()
         raise
     state_path = _state_save(run, state)
