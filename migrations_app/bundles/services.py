@@ -41,6 +41,8 @@ from . import keys, selectors
 from .format import BundleWriter
 from .kinds import BY_NAME, CREDENTIAL_KINDS, KINDS, Scope
 from .models import BundleExport, BundleSelection
+from .stream_source import FORMAT as STREAM_FORMAT
+from .stream_source import BlobPieces, StreamWriter
 
 
 class BundleRefused(ValueError):
@@ -176,7 +178,7 @@ def bundle_export_create(
         raise BundleRefused("Name the organizations to export (or a saved selection).")
     kinds = kinds or [kind.name for kind in KINDS]
     _kinds_check(kinds)
-    if fmt not in ("dir", "tar"):
+    if fmt not in ("dir", "tar", STREAM_FORMAT):
         raise BundleRefused(f"Unknown format {fmt!r}: dir or tar.")
     try:
         orgs = selectors.organizations_of(organizations)
@@ -282,10 +284,15 @@ def bundle_export_work(*, run: BundleExport, on_progress: Callable | None = None
     base_state = _state_load(run.base.state_path) if run.base else {}
     have = set(scope_data.get("have", []))
     out = Path(run.output) if run.output else _default_output(run)
-    writer = BundleWriter(out, fmt=run.format, chunk_size=run.chunk_size, compress=run.compress)
+    writer: BundleWriter | StreamWriter
+    if run.format == STREAM_FORMAT:
+        writer = StreamWriter(out, chunk_size=run.chunk_size, compress=run.compress)
+    else:
+        writer = BundleWriter(out, fmt=run.format, chunk_size=run.chunk_size, compress=run.compress)
     state: dict[str, dict[str, str]] = {}
     tombstones: list[dict[str, str]] = []
     blobs: dict[str, tuple[int, str]] = {}
+    held: dict[str, int] = {}
     counts: dict[str, int] = {}
     try:
         for name in scope_data["kinds"]:
@@ -301,6 +308,8 @@ def bundle_export_work(*, run: BundleExport, on_progress: Callable | None = None
                         continue
                     if kind.name == "cluster_backups" and row["sha256"] not in have:
                         blobs.setdefault(row["sha256"], (row["size"], row["storage_key"]))
+                    elif kind.name == "cluster_backups":
+                        held[row["sha256"]] = row["size"]
                     yield row
 
             counts[name] = writer.add_section(name, rows())
@@ -310,7 +319,7 @@ def bundle_export_work(*, run: BundleExport, on_progress: Callable | None = None
         writer.add_section("tombstones", tombstones)
         store = _blob_store() if blobs else None
         for sha256, (size, storage_key) in sorted(blobs.items()):
-            writer.add_blob(sha256=sha256, size=size, pieces=store.read(storage_key))
+            writer.add_blob(sha256=sha256, size=size, pieces=BlobPieces(store, storage_key))
             run_progress(run, phase="blobs")
         manifest = {
             "bundle_id": str(run.bundle_id),
@@ -327,6 +336,9 @@ def bundle_export_work(*, run: BundleExport, on_progress: Callable | None = None
             "credentials": scope_data["credentials"],
             "blobs": [{"sha256": s, "size": size} for s, (size, _k) in sorted(blobs.items())],
             "omitted_blobs": len(have),
+            # Blobs of the selection the destination said it holds: not in the bundle, and
+            # the import checks they are there before it writes anything.
+            "held_blobs": [{"sha256": s, "size": n} for s, n in sorted(held.items())],
         }
         _data, manifest_sha256 = writer.finish(manifest, keys.sign)
     except Exception:
