@@ -16,10 +16,16 @@ from pathlib import Path
 from django.http import StreamingHttpResponse
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException, NotFound, PermissionDenied, ValidationError
+from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
 from fleet_app import access
@@ -51,7 +57,8 @@ class StreamCreateSerializer(serializers.Serializer):
         child=serializers.SlugField(max_length=255),
         required=False,
         max_length=1000,
-        help_text="Slugs of the organizations whose subtrees go (or a saved selection).",
+        help_text="Slugs of the organizations whose subtrees go (neither these nor a "
+        "selection: all the caller reaches).",
     )
     selection = serializers.SlugField(
         required=False, max_length=64, help_text="A saved selection's name."
@@ -73,7 +80,7 @@ class StreamCreateSerializer(serializers.Serializer):
     have = serializers.ListField(
         child=serializers.RegexField(SHA256),
         required=False,
-        max_length=10_000_000,
+        max_length=1_000_000,
         help_text="sha256 of the blobs the puller already holds: they are not sent.",
     )
 
@@ -109,7 +116,15 @@ def _manifest_of(run: BundleExport):
     return data, json.loads(data), signature
 
 
-MANIFEST_RESPONSE = serializers.DictField()
+MANIFEST_RESPONSE = inline_serializer(
+    name="BundleStreamManifest",
+    fields={
+        "manifest": serializers.CharField(help_text="The manifest's exact text (signed)."),
+        "signature": serializers.DictField(
+            child=serializers.CharField(), help_text="signer (key id) and signature (hex)."
+        ),
+    },
+)
 
 
 class BundleStreamViewSet(
@@ -119,6 +134,9 @@ class BundleStreamViewSet(
 
     serializer_class = StreamSerializer
     pagination_class = NewestFirst
+    # JSON only: a pull's list of held blobs is long, and a form would hit Django's cap on
+    # the number of fields (an HTML 400) long before the list's own limit.
+    parser_classes = [JSONParser]
 
     def get_queryset(self):
         return selectors.stream_exports_visible_to(self.request.user)
@@ -149,7 +167,16 @@ class BundleStreamViewSet(
             if missing:
                 raise NotFound(f"No organization you reach has the slug {missing[0]!r}.")
         elif not data.get("selection"):
-            raise ValidationError({"organizations": ["Name the organizations, or a selection."]})
+            # Neither named: everything the caller reaches (a standby's whole copy).
+            organizations = list(
+                fleet_selectors.organizations_visible_to(user)
+                .filter(parent__isnull=True)
+                .values_list("slug", flat=True)
+                if access.is_platform(user)
+                else [user.organization.slug]
+            )
+            if not organizations:
+                raise NotFound("There is no organization to export.")
         if data.get("selection") and not access.is_platform(user):
             # Saved selections are the platform's (the table): a tenant names its orgs.
             raise NotFound(f"No saved selection you reach is called {data['selection']!r}.")

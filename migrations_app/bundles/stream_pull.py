@@ -102,8 +102,6 @@ def bundle_pull_create(
     token = token.strip()
     if not token or not token.isascii() or any(c.isspace() for c in token):
         raise BundleRefused("The token file holds no API token (one line, what the source issued).")
-    if not organizations and not selection:
-        raise BundleRefused("Name the organizations to pull (or a saved selection on the source).")
     if since and not since.isdigit() and parse_date(since) is None:
         raise BundleRefused(f"{since!r} is neither an export id on the source nor a date.")
     request = {
