@@ -229,3 +229,29 @@ def test_bad_transfers_and_bad_tokens_are_refused_with_the_target_unchanged(
         "--organization", "x", check=False,
     )  # fmt: skip
     refused(plain, "give an https:// address")
+
+
+def test_the_admin_pull_form_starts_a_pull_that_is_fetched_and_planned(
+    fleet, source, trusted_self, admin_client
+):
+    """The admin's "pull from another instance" (here A pulls its own selection back: the
+    plan finds every row unchanged); the run is a worker's (in-process without a broker)."""
+    from migrations_app.models import BundleImport
+
+    page = "/admin/migrations_app/bundleimport/pull/"
+    assert admin_client.get(page).status_code == 200
+    token = source["token"].read_text().strip()
+    refused = admin_client.post(page, {"url": "http://example.com", "token": token,
+                                       "on_conflict": "skip"})  # fmt: skip
+    assert b"give an https:// address" in refused.content
+    assert not BundleImport.objects.exists()
+    started = admin_client.post(page, {
+        "url": source["url"], "token": token, "organizations": fleet["customer"].parent.slug,
+        "on_conflict": "skip",
+    })  # fmt: skip
+    assert started.status_code == 302
+    run = BundleImport.objects.get()
+    assert run.state == "succeeded" and run.remote_url == source["url"], run.error
+    assert run.remote_token == "" and run.bytes_fetched == run.bytes_total > 0
+    assert run.plan["kinds"]["systems"]["unchanged"] == 3 and not run.applied_at
+    assert token not in str(BundleImport.objects.values().get())
