@@ -25,6 +25,7 @@ from . import importing, services, stream_pull
 from .format import bundle_file_stream
 from .kinds import BY_NAME
 from .models import BundleExport, BundleImport, BundleRowState, BundleSelection, TrustedBundleKey
+from .stream_source import FORMAT, stream_file
 
 
 class ExportForm(forms.Form):
@@ -124,9 +125,10 @@ class BundleExportAdmin(ReadOnlyModelAdmin):
             obj=run,
             after={"manifest_sha256": run.manifest_sha256},
         )
-        response = StreamingHttpResponse(
-            bundle_file_stream(Path(run.output)), content_type="application/x-tar"
-        )
+        folder = Path(run.output)
+        # A streamed export keeps no chunks: they are produced again, as for a pull.
+        stream = stream_file(folder) if run.format == FORMAT else bundle_file_stream(folder)
+        response = StreamingHttpResponse(stream, content_type="application/x-tar")
         response["Content-Disposition"] = f'attachment; filename="bundle-{run.sequence}.tar"'
         return response
 

@@ -20,6 +20,8 @@ the sha256 the signed manifest gives it; the destination checks that as it arriv
 
 from __future__ import annotations
 
+import bisect
+import functools
 import hashlib
 import json
 import shutil
@@ -234,41 +236,77 @@ def _member_pieces(
     yield _padding(size)
 
 
+class _Layout:
+    """A streamed export's manifest read once: chunk bounds and members in stream order."""
+
+    def __init__(self, folder: Path):
+        data, _signature = stream_manifest(folder)
+        manifest = json.loads(data)
+        self.chunk_starts = [0]
+        for chunk in manifest["chunks"]:
+            self.chunk_starts.append(self.chunk_starts[-1] + int(chunk["size"]))
+        self.files = sorted(manifest["files"], key=lambda i: int(i["offset"]))
+        # Where each member (header, data, padding) ends: a chunk's first member by bisection.
+        self.ends = [
+            int(i["offset"]) + int(i["size"]) + (-int(i["size"]) % BLOCK) for i in self.files
+        ]
+        path = folder / BLOB_KEYS
+        self.keys: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+
+
+@functools.lru_cache(maxsize=16)
+def _layout(folder: Path, stamp: float) -> _Layout:
+    return _Layout(folder)
+
+
+def _layout_of(folder: Path) -> _Layout:
+    """Cached per export (a pull asks for its chunks one after the other); the manifest's
+    mtime is in the key, so a folder written anew is read anew."""
+    try:
+        stamp = (folder / MANIFEST).stat().st_mtime
+    except OSError as error:
+        raise StreamGone(
+            "This export's files are gone (retention): ask for a new export."
+        ) from error
+    return _layout(folder, stamp)
+
+
 def chunk_size_of(folder: Path, index: int) -> int:
-    _data, manifest = _manifest(folder)
-    chunks = manifest["chunks"]
-    if not 0 <= index < len(chunks):
-        raise IndexError(f"This export has {len(chunks)} chunks: index {index} is not one.")
-    return int(chunks[index]["size"])
-
-
-def _manifest(folder: Path) -> tuple[bytes, dict[str, Any]]:
-    data, _signature = stream_manifest(folder)
-    return data, json.loads(data)
+    starts = _layout_of(folder).chunk_starts
+    if not 0 <= index < len(starts) - 1:
+        raise IndexError(f"This export has {len(starts) - 1} chunks: index {index} is not one.")
+    return starts[index + 1] - starts[index]
 
 
 def chunk_pieces(folder: Path, index: int, start: int = 0) -> Iterator[bytes]:
     """Chunk ``index`` of a streamed export from byte ``start`` of the chunk: the members
     that overlap it, clipped to it. The same bytes every time (see the module's note)."""
-    _data, manifest = _manifest(folder)
-    chunks = manifest["chunks"]
-    begin = sum(int(c["size"]) for c in chunks[:index]) + start
-    end = sum(int(c["size"]) for c in chunks[: index + 1])
-    keys = json.loads((folder / BLOB_KEYS).read_text()) if (folder / BLOB_KEYS).exists() else {}
-    store = import_string(settings.BUNDLE_BLOB_STORE)() if keys else None
-    for item in sorted(manifest["files"], key=lambda i: int(i["offset"])):
+    layout = _layout_of(folder)
+    begin = layout.chunk_starts[index] + start
+    end = layout.chunk_starts[index + 1]
+    store = import_string(settings.BUNDLE_BLOB_STORE)() if layout.keys else None
+    for item in layout.files[bisect.bisect_right(layout.ends, begin) :]:
         first = int(item["offset"]) - BLOCK
-        size = int(item["size"])
-        last = int(item["offset"]) + size + (-size % BLOCK)
-        if last <= begin:
-            continue
         if first >= end:
             break
         pos = first
-        for piece in _member_pieces(folder, item, keys, store):
+        for piece in _member_pieces(folder, item, layout.keys, store):
             low, high = max(begin - pos, 0), min(end - pos, len(piece))
             if low < high:
                 yield piece[low:high]
             pos += len(piece)
             if pos >= end:
                 return
+
+
+def stream_file(folder: Path) -> Iterator[bytes]:
+    """A streamed export as one tar file (what the admin's download gives): its chunks,
+    produced as for a pull, then the manifest and its signature."""
+    layout = _layout_of(folder)
+    for index in range(len(layout.chunk_starts) - 1):
+        yield from chunk_pieces(folder, index)
+    data, signature = stream_manifest(folder)
+    sig = json.dumps(signature).encode()
+    for name, body in ((MANIFEST, data), (SIGNATURE, sig)):
+        yield _header(name, len(body)) + body + _padding(len(body))
+    yield b"\0" * (2 * BLOCK)

@@ -255,3 +255,44 @@ def test_the_admin_pull_form_starts_a_pull_that_is_fetched_and_planned(
     assert run.remote_token == "" and run.bytes_fetched == run.bytes_total > 0
     assert run.plan["kinds"]["systems"]["unchanged"] == 3 and not run.applied_at
     assert token not in str(BundleImport.objects.values().get())
+
+
+def test_a_tenant_admin_token_reaches_its_own_subtree_only(
+    fleet, celery_eager, alice, charlie, trusted_self, tmp_path
+):
+    from rest_framework.test import APIClient
+
+    from migrations_app.bundles.stream_source import stream_file
+
+    api_client = APIClient()
+
+    def as_user(user):
+        token = AuthToken.objects.create(user=user)[1]
+        api_client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+
+    streams = "/api/bundles/streams/"
+    as_user(alice)  # an admin at the distributor, the selection's root
+    started = api_client.post(
+        streams, {"organizations": [fleet["customer"].parent.slug], "chunk_size": 4096}, "json"
+    )
+    assert started.status_code == 202, started.content
+    run = BundleExport.objects.get(pk=started.json()["id"])
+    assert run.state == "succeeded" and run.format == "stream"
+    assert api_client.get(f"{streams}{run.pk}/manifest/").status_code == 200
+    outside = api_client.post(streams, {"organizations": [fleet["other"].slug]}, "json")
+    assert outside.status_code == 404 and fleet["other"].slug in outside.json()["detail"]
+    # Nothing named: everything alice reaches, which is her own organization's subtree.
+    everything = api_client.post(streams, {}, "json")
+    assert everything.status_code == 202
+    assert BundleExport.objects.get(pk=everything.json()["id"]).scope["organizations"] == [
+        fleet["customer"].parent.slug
+    ]
+    as_user(charlie)  # an admin of another customer: alice's exports do not exist for him
+    for url in (f"{streams}{run.pk}/", f"{streams}{run.pk}/manifest/",
+                f"{streams}{run.pk}/chunk/?index=0"):  # fmt: skip
+        assert api_client.get(url).status_code == 404, url
+    assert api_client.get(streams).json()["results"] == []
+    # The streamed export as one file (the admin's download) is a bundle like any other.
+    one = tmp_path / "stream.tar"
+    one.write_bytes(b"".join(stream_file(Path(run.output))))
+    call_command("import_bundle", str(one))
