@@ -144,21 +144,26 @@ def bundle_pull_create(
 
 
 def _resumable(base: str, request: dict[str, Any]) -> BundleImport | None:
-    candidates = (
-        BundleImport.objects.filter(
-            remote_url=base,
-            remote_request=request,
-            remote_export__isnull=False,
-            applied_at__isnull=True,
-        )
+    """The last pull of this selection from this source, if it can be carried on: not
+    applied, its export on record, its folder still here; and either not fully fetched,
+    or fetched and planned (then ``--apply`` applies what it fetched)."""
+    earlier = (
+        BundleImport.objects.filter(remote_url=base, remote_request=request)
         .exclude(state="pending")
         .order_by("-pk")
+        .first()
     )
-    for earlier in candidates[:1]:
-        refused = (earlier.plan or {}).get("refused")
-        if earlier.fetched_at is None or (earlier.state == "succeeded" and not refused):
-            return earlier
-    return None
+    if (
+        earlier is None
+        or earlier.applied_at is not None
+        or earlier.remote_export is None
+        or not Path(earlier.path).is_dir()
+    ):
+        return None
+    if earlier.fetched_at is None:
+        return earlier
+    refused = (earlier.plan or {}).get("refused")
+    return earlier if earlier.state == "succeeded" and not refused else None
 
 
 def bundle_pull_work(*, run: BundleImport, on_progress=None) -> str:

@@ -296,3 +296,17 @@ def test_a_tenant_admin_token_reaches_its_own_subtree_only(
     one = tmp_path / "stream.tar"
     one.write_bytes(b"".join(stream_file(Path(run.output))))
     call_command("import_bundle", str(one))
+
+
+def test_a_planned_pull_is_applied_without_fetching_it_again(fleet, source, b, served):
+    before = state(b)
+    planned = pull(b, fleet, source)
+    assert planned.returncode == 0, planned.stderr
+    assert "systems: 3 create" in planned.stdout and "dry run" in planned.stdout
+    assert state(b) == before
+    fetched = served["bytes"]
+    assert fetched == last_manifest()["tar_size"]
+    applied = pull(b, fleet, source, "--apply")
+    assert applied.returncode == 0, applied.stderr
+    assert served["bytes"] == fetched and BundleExport.objects.count() == 1
+    assert b_rows(b)["backups"] == a_rows(fleet)["backups"]
