@@ -38,7 +38,7 @@ from django.utils.dateparse import parse_date
 
 from fleet_app.locks import LockHeld, named_lock
 from fleet_app.models import User
-from fleet_app.runs import run_claim, run_enqueue, run_finish, run_progress
+from fleet_app.runs import run_claim, run_enqueue, run_finish, run_log, run_progress
 from fleet_app.sealing import seal, unseal
 
 from . import importing, keys
@@ -229,12 +229,24 @@ def _fetch_into(run: BundleImport, folder: Path, token: str) -> None:
             BundleImport.objects.filter(pk=run.pk).update(
                 bytes_total=int(manifest.get("tar_size") or 0)
             )
-            for index, chunk in enumerate(chunks):
+            sent = sum(
                 _chunk(client, run, export_id, index, chunk, folder)
+                for index, chunk in enumerate(chunks)
+            )
+            total = sum(int(chunk["size"]) for chunk in chunks)
+            run_log(run, f"fetched {sent} bytes from the source; {total - sent} were here already")
+        except BundleRefused:
+            raise
         except httpx.HTTPError as error:
             raise BundleRefused(
                 f"The connection to {run.remote_url} broke ({type(error).__name__}): "
                 "run the same pull again to fetch what is still missing."
+            ) from error
+        except OSError as error:
+            raise BundleRefused(f"{folder}: {error.strerror or error}.") from error
+        except (ValueError, KeyError, TypeError) as error:
+            raise BundleRefused(
+                f"{run.remote_url} does not answer as a Cutover instance's staff API does."
             ) from error
 
 
@@ -342,7 +354,8 @@ def _chunk(
     index: int,
     chunk: dict[str, Any],
     folder: Path,
-) -> None:
+) -> int:
+    """Fetch one chunk unless it is here verified; returns the bytes that crossed the wire."""
     name, size = str(chunk["name"]), int(chunk["size"])
     if "/" in name or name.startswith("."):
         raise BundleRefused(f"manifest.json names a chunk {name!r} outside the bundle.")
@@ -351,7 +364,7 @@ def _chunk(
         # Renamed only once its sha256 matched: fetched and verified by an earlier run.
         run_progress(run, phase=f"fetched {name}")
         _fetched(run, size)
-        return
+        return 0
     part = folder / f"{name}.part"
     held = part.stat().st_size if part.exists() else 0
     if held >= size:
@@ -363,6 +376,7 @@ def _chunk(
             while piece := handle.read(COPY):
                 digest.update(piece)
     run_progress(run, phase=f"fetching {name}")
+    start = held
     headers = {"Range": f"bytes={held}-"} if held else {}
     with client.stream(
         "GET", f"{STREAMS}{export_id}/chunk/", params={"index": index}, headers=headers
@@ -371,7 +385,7 @@ def _chunk(
         mode = "ab"
         if held and response.status_code != 206:
             # The whole chunk came back, not the rest of it: start the file again.
-            digest, held, mode = hashlib.sha256(), 0, "wb"
+            digest, start, mode = hashlib.sha256(), 0, "wb"
         with open(part, mode) as handle:
             # As it arrives, flushed: a pull killed mid-chunk keeps what it had, and the
             # next one asks only for the rest.
@@ -388,6 +402,7 @@ def _chunk(
         )
     os.replace(part, final)
     _fetched(run, size)
+    return size - start
 
 
 def _fetched(run: BundleImport, size: int) -> None:

@@ -103,6 +103,7 @@ def test_a_pull_lands_what_a_file_import_of_the_same_selection_lands(
     done = pull(b, fleet, source, "--apply")
     assert done.returncode == 0, done.stderr
     assert "applied:" in done.stdout
+    assert source["token"].read_text().strip() not in done.stdout + done.stderr
     manifest = last_manifest()
     assert len(manifest["chunks"]) > 3 and served["bytes"] == manifest["tar_size"]
     # The source never wrote the tar: its export folder holds the manifest and the rows.
@@ -187,6 +188,10 @@ def test_a_pull_killed_mid_way_resumes_fetching_only_what_is_missing(
                             "bundle.tar.0003.part"]  # fmt: skip
     assert here["bundle.tar.0003.part"] == 1000
     assert state(b) == before
+    # The killed pull's row holds the token sealed, never in clear.
+    token = source["token"].read_text().strip()
+    [(sealed,)] = b.sql("SELECT remote_token FROM migrations_app_bundleimport")
+    assert sealed and token not in sealed
     first = served["bytes"]
     served.update(bytes=0, chunks=[])
     resumed = pull(b, fleet, source, "--apply")
