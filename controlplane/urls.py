@@ -51,6 +51,7 @@ urlpatterns = [
     path("", include("migrations_app.api.proxy_urls")),
     path("api/cutover/", include("migrations_app.api.urls")),
     path("api/backups/", include("backups_app.api.urls")),
+    path("api/bundles/", include("migrations_app.api.bundle_urls")),
     path("api/", include("fleet_app.api.urls")),
     path("api/schema/", StaffSchemaView.as_view(), name="api-schema"),
     path("api/docs/", StaffDocsView.as_view(url_name="api-schema"), name="api-docs"),

@@ -157,6 +157,35 @@ RULES = [
         admin="vc",
         support="vc",
     ),
+    # The export permission, as another instance pulls a bundle through the staff API.
+    rule(
+        "route",
+        "bundle-stream-list",
+        TENANT,
+        note="(POST: start an export to stream; a tenant admin: its own subtree)",
+        superuser="vc",
+        operator="vc",
+        admin="vc",
+    ),
+    rule("route", "bundle-stream-detail", TENANT, superuser="v", operator="v", admin="v"),
+    rule(
+        "route",
+        "bundle-stream-manifest",
+        TENANT,
+        note="(the signed manifest)",
+        superuser="v",
+        operator="v",
+        admin="v",
+    ),
+    rule(
+        "route",
+        "bundle-stream-chunk",
+        TENANT,
+        note="(one chunk, produced on demand)",
+        superuser="v",
+        operator="v",
+        admin="v",
+    ),
     # --- Dashboards -------------------------------------------------------------------------
     rule("dashboard", "cutover-dashboard", ROOT, title="Cutover dashboard", **ROOT_VIEW),
     rule(

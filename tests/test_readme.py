@@ -79,6 +79,19 @@ COMMANDS: dict[str, list[list[str]]] = {
     "import_bundle PATH [--apply] [--map-org SRC=DST …] [--map-file FILE]": [
         ["import_bundle", "{bundle_dir}"]
     ],
+    # Nothing serves at the URL in the scratch setup: refused in one sentence (the pull
+    # between two live servers is tests/migrations_app/bundles/test_streaming.py).
+    "import_bundle --from URL --token-file FILE [--organization SLUG …]": [
+        [
+            "import_bundle",
+            "--from",
+            "{closed_url}",
+            "--token-file",
+            "{peer_key}",
+            "--organization",
+            "{org}",
+        ]
+    ],  # fmt: skip
     "storage_sweep": [["storage_sweep"]],
     "storage_sweep --apply": [["storage_sweep", "--apply"]],
     "createsuperuser": [["createsuperuser", "--noinput", "--email", "readme.admin@example.org"]],
@@ -113,6 +126,7 @@ PATHS: dict[str, list[tuple[str, str, object, str]]] = {
     "/api/schema/": [("GET", "/api/schema/", None, "staff")],
     "/api/backups/cluster-backups/": [("GET", "/api/backups/cluster-backups/", None, "staff")],
     "/api/backups/services/overview/": [("GET", "/api/backups/services/overview/", None, "staff")],
+    "/api/bundles/streams/": [("GET", "/api/bundles/streams/", None, "staff")],
     "/dashboard/fleet/": [("GET", "/dashboard/fleet/", None, "staff")],
     "/dashboard/cutover/": [("GET", "/dashboard/cutover/", None, "staff")],
     "/dashboard/backups/": [("GET", "/dashboard/backups/", None, "staff")],

@@ -16,16 +16,18 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponseRedirect, StreamingHttpResponse
 from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
+from django.urls import path as url_path
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from fleet_app.admin import FleetModelAdmin, ReadOnlyModelAdmin, form_action, pretty_json
 
-from . import importing, services
+from . import importing, services, stream_pull
 from .format import bundle_file_stream
 from .kinds import BY_NAME
 from .models import BundleExport, BundleImport, BundleRowState, BundleSelection, TrustedBundleKey
+from .stream_source import FORMAT, stream_file
 
 PLATFORM_KINDS = [name for name, kind in BY_NAME.items() if kind.platform]
 
@@ -46,8 +48,9 @@ class ExportForm(forms.Form):
     compress = forms.BooleanField(required=False, help_text="zstd the row sections.")
 
 
-def _render(admin_obj, request, form, title, submit, error=""):
+def _render(admin_obj, request, form, title, submit, error="", link=None):
     context = {
+        "link": link,
         **admin_obj.admin_site.each_context(request),
         "title": title,
         "opts": admin_obj.opts,
@@ -214,9 +217,10 @@ class BundleExportAdmin(ReadOnlyModelAdmin):
             obj=run,
             after={"manifest_sha256": run.manifest_sha256},
         )
-        response = StreamingHttpResponse(
-            bundle_file_stream(Path(run.output)), content_type="application/x-tar"
-        )
+        folder = Path(run.output)
+        # A streamed export keeps no chunks: they are produced again, as for a pull.
+        stream = stream_file(folder) if run.format == FORMAT else bundle_file_stream(folder)
+        response = StreamingHttpResponse(stream, content_type="application/x-tar")
         response["Content-Disposition"] = f'attachment; filename="bundle-{run.sequence}.tar"'
         return response
 
@@ -273,12 +277,29 @@ class UploadForm(forms.Form):
     on_conflict = forms.ChoiceField(choices=[(p, p) for p in importing.CONFLICT_POLICIES])
 
 
+class PullForm(forms.Form):
+    url = forms.CharField(label="Source", help_text="The other instance's https:// address.")
+    token = forms.CharField(
+        widget=forms.PasswordInput, help_text="A staff API token of an account there."
+    )
+    organizations = forms.CharField(
+        required=False, help_text="Slugs there, separated by spaces (none: all it reaches)."
+    )
+    selection = forms.CharField(required=False, help_text="A saved selection there.")
+    kinds = forms.MultipleChoiceField(
+        choices=[(name, name) for name in BY_NAME], required=False, help_text="None: all."
+    )
+    since = forms.CharField(required=False, help_text="Its export id or a date: incremental.")
+    map_org = forms.CharField(required=False, help_text="SOURCE=TARGET pairs, one per line.")
+    on_conflict = forms.ChoiceField(choices=[(p, p) for p in importing.CONFLICT_POLICIES])
+
+
 @admin.register(BundleImport)
 class BundleImportAdmin(ReadOnlyModelAdmin):
     list_display = ("pk", "state", "bundle_id", "signer", "sequence", "progress", "applied_at")
     readonly_fields = ("stage", "state", "progress", "error", "bundle_id", "signer", "sequence",
-                       "manifest_sha256", "plan_summary", "approved_at", "applied_at",
-                       "written")  # fmt: skip
+                       "manifest_sha256", "remote_url", "bytes_fetched", "bytes_total",
+                       "plan_summary", "approved_at", "applied_at", "written")  # fmt: skip
     fields = readonly_fields
     actions = ["approve"]
 
@@ -336,7 +357,54 @@ class BundleImportAdmin(ReadOnlyModelAdmin):
                 return HttpResponseRedirect(
                     reverse("admin:migrations_app_bundleimport_change", args=[run.pk])
                 )
-        return _render(self, request, form, "Upload a bundle", "Upload and plan", error)
+        pull = (
+            reverse("admin:migrations_app_bundleimport_pull"),
+            "or pull one from another instance",
+        )
+        return _render(self, request, form, "Upload a bundle", "Upload and plan", error, pull)
+
+    def get_urls(self):
+        return [
+            url_path(
+                "pull/",
+                self.admin_site.admin_view(self.pull_view),
+                name="migrations_app_bundleimport_pull",
+            ),
+            *super().get_urls(),
+        ]
+
+    def pull_view(self, request):
+        """Pull from another instance: a worker fetches the bundle, then plans it; the plan
+        is approved here like an upload's."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = PullForm(request.POST or None)
+        error = ""
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                run = stream_pull.bundle_pull_create(
+                    actor=request.user,
+                    url=data["url"],
+                    token=data["token"],
+                    organizations=data["organizations"].replace(",", " ").split(),
+                    selection=data["selection"] or None,
+                    kinds=list(data["kinds"]),
+                    since=data["since"] or None,
+                    org_map=importing.org_map_parse(data["map_org"].split()),
+                    on_conflict=data["on_conflict"],
+                    enqueue=True,
+                )
+            except services.BundleRefused as refusal:
+                error = str(refusal)
+            else:
+                self.message_user(
+                    request, "Pull started: its plan is made once it is here.", messages.SUCCESS
+                )
+                return HttpResponseRedirect(
+                    reverse("admin:migrations_app_bundleimport_change", args=[run.pk])
+                )
+        return _render(self, request, form, "Pull from another instance", "Start the pull", error)
 
     @form_action(description="Approve the plan and apply it")
     def approve(self, request, queryset):

@@ -330,6 +330,12 @@ def _plan(source: BundleSource, target: Target, signer: str, policy: str) -> dic
             if len(items) < EXAMPLES:
                 items.append(key)
     need = _blobs_needed(source)
+    # A blob left out of the bundle (the destination of a pull said it holds it) must be
+    # here before anything is written, not found missing half-way through the apply.
+    in_bundle = {b["sha256"] for b in manifest.get("blobs", [])}
+    for sha256, _size in need.values():
+        if sha256 not in in_bundle and not any(kind.blob_local(sha256) for kind in KINDS):
+            raise BundleRefused(f"blob {sha256} is neither in the bundle nor on this instance.")
     free = _free_bytes()
     plan["blobs"] = {
         "in_bundle": len(manifest.get("blobs", [])),

@@ -96,6 +96,16 @@ class BundleImport(Run):
     approved_at = models.DateTimeField(null=True, blank=True)
     applied_at = models.DateTimeField(null=True, blank=True)
     written = models.PositiveBigIntegerField(default=0)
+    # A pull from another instance (blank for a file): the source's address, its staff API
+    # token sealed (fleet_app.sealing, cleared when the pull ends), the selection asked for,
+    # the source's export run whose chunks these are, and the bytes fetched and verified.
+    remote_url = models.CharField(max_length=1024, blank=True)
+    remote_token = models.TextField(blank=True)
+    remote_request = models.JSONField(default=dict, blank=True)
+    remote_export = models.PositiveBigIntegerField(null=True, blank=True)
+    bytes_total = models.PositiveBigIntegerField(default=0)
+    bytes_fetched = models.PositiveBigIntegerField(default=0)
+    fetched_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Max, Q, QuerySet
 
+from fleet_app import access
 from fleet_app.models import Organization
 
 from .models import BundleExport, BundleImport, BundleSelection
@@ -56,3 +57,12 @@ def imports_applied(signer: str) -> QuerySet[BundleImport]:
 
 def import_last_sequence(signer: str) -> int:
     return imports_applied(signer).aggregate(top=Max("sequence"))["top"] or 0
+
+
+def stream_exports_visible_to(user, *, any_format: bool = False) -> QuerySet[BundleExport]:
+    """The exports a staff API caller reaches (a tenant: those started in its subtree);
+    streamed ones only, unless ``any_format`` (a base of an incremental may be a file)."""
+    rows = (
+        BundleExport.objects.all() if any_format else BundleExport.objects.filter(format="stream")
+    )
+    return access.scope_queryset(user, rows)

@@ -41,6 +41,8 @@ from . import keys, selectors
 from .format import Background, BundleWriter
 from .kinds import BY_NAME, CREDENTIAL_KINDS, KINDS, Scope
 from .models import BundleExport, BundleSelection
+from .stream_source import FORMAT as STREAM_FORMAT
+from .stream_source import BlobPieces, StreamWriter
 
 # The table's row for carrying the platform's infrastructure (service backups, replication
 # jobs) in an export.
@@ -188,7 +190,7 @@ def bundle_export_create(
         )
     if not organizations and len(platform) < len(kinds):
         raise BundleRefused("Name the organizations to export (or a saved selection).")
-    if fmt not in ("dir", "tar"):
+    if fmt not in ("dir", "tar", STREAM_FORMAT):
         raise BundleRefused(f"Unknown format {fmt!r}: dir or tar.")
     organizations = organizations or []
     try:
@@ -307,14 +309,18 @@ def bundle_export_work(*, run: BundleExport, on_progress: Callable | None = None
     base_state = _state_load(run.base.state_path) if run.base else {}
     have = set(scope_data.get("have", []))
     out = Path(run.output) if run.output else _default_output(run)
-    writer = BundleWriter(out, fmt=run.format, chunk_size=run.chunk_size, compress=run.compress)
+    writer: BundleWriter | StreamWriter
+    if run.format == STREAM_FORMAT:
+        writer = StreamWriter(out, chunk_size=run.chunk_size, compress=run.compress)
+    else:
+        writer = BundleWriter(out, fmt=run.format, chunk_size=run.chunk_size, compress=run.compress)
     state: dict[str, dict[str, str]] = {}
     tombstones: list[dict[str, str]] = []
     blobs: dict[str, tuple[int, str]] = {}
+    held: dict[str, int] = {}
     counts: dict[str, int] = {}
     copier: Background | None = None
-    # Cluster backups first: their blobs are copied in while the other rows are read.
-    kinds = sorted(scope_data["kinds"], key=lambda name: name != "cluster_backups")
+    kinds = list(scope_data["kinds"])
     try:
         for name in kinds:
             kind = BY_NAME[name]
@@ -330,23 +336,30 @@ def bundle_export_work(*, run: BundleExport, on_progress: Callable | None = None
                     blob = kind.blob(row)
                     if blob is not None and blob[0] not in have:
                         blobs.setdefault(blob[0], (blob[1], blob[2]))
+                    elif blob is not None:
+                        held[blob[0]] = blob[1]
                     yield row
 
             counts[name] = writer.add_section(name, rows())
             run_progress(run, done=counts[name], phase=f"rows: {name}")
             if before and not kind.append_only:
                 tombstones.extend({"kind": name, "key": key} for key in before.keys() - seen.keys())
-            if name == "cluster_backups" and blobs:
-                store = _blob_store()
-                copier = Background(
-                    sorted(blobs.items()),
-                    lambda item, store=store: writer.add_blob(
-                        sha256=item[0], size=item[1][0], pieces=store.read(item[1][1])
-                    ),
-                )
-                copier.start()
         writer.add_section("tombstones", tombstones)
-        if copier is not None:
+        # Blobs of every kind, once all rows are read: a streamed export records where each
+        # one is (it is read again for each fetch); a file export copies them on a thread.
+        store = _blob_store() if blobs else None
+        if isinstance(writer, StreamWriter):
+            for sha256, (size, storage_key) in sorted(blobs.items()):
+                writer.add_blob(sha256=sha256, size=size, pieces=BlobPieces(store, storage_key))
+                run_progress(run, phase="blobs")
+        elif blobs:
+            copier = Background(
+                sorted(blobs.items()),
+                lambda item: writer.add_blob(
+                    sha256=item[0], size=item[1][0], pieces=store.read(item[1][1])
+                ),
+            )
+            copier.start()
             copier.finish(on_wait=lambda: run_progress(run, phase="blobs"))
         manifest = {
             "bundle_id": str(run.bundle_id),
@@ -363,6 +376,9 @@ def bundle_export_work(*, run: BundleExport, on_progress: Callable | None = None
             "credentials": scope_data["credentials"],
             "blobs": [{"sha256": s, "size": size} for s, (size, _k) in sorted(blobs.items())],
             "omitted_blobs": len(have),
+            # Blobs of the selection the destination said it holds: not in the bundle, and
+            # the import checks they are there before it writes anything.
+            "held_blobs": [{"sha256": s, "size": n} for s, n in sorted(held.items())],
         }
         _data, manifest_sha256 = writer.finish(manifest, keys.sign)
     except Exception:

@@ -4,7 +4,7 @@ from celery import shared_task
 
 from fleet_app.runs import RunTask, run_execute
 
-from . import importing, services
+from . import services, stream_pull
 from .models import BundleExport, BundleImport
 
 
@@ -25,4 +25,4 @@ def bundle_export_execute(run_id: int):
     run_model="migrations_app.BundleImport",
 )
 def bundle_import_execute(run_id: int):
-    return run_execute(BundleImport, run_id, importing.bundle_import_work)
+    return run_execute(BundleImport, run_id, stream_pull.bundle_pull_work)
