@@ -12,7 +12,6 @@ from collections.abc import Callable
 from functools import wraps
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -27,9 +26,6 @@ from ..errors import (
 from ..models import System
 
 logger = logging.getLogger(__name__)
-
-# What a client is told to wait when the database refused or dropped its request.
-DATABASE_RETRY_AFTER = 10
 
 
 def envelope(status: int, message: str, data=None, **headers: str) -> JsonResponse:
@@ -61,7 +57,7 @@ def method_not_allowed(*methods: str) -> JsonResponse:
 
 def collect_endpoint(*methods: str, lenient: bool = False) -> Callable:
     """Authenticate the system, allow only ``methods``, turn domain errors into envelopes
-    (and a database that refuses or drops the request into 503 with ``Retry-After``).
+    (a database that refuses or drops the request becomes a 503 in busy.py).
 
     ``lenient``: a suspended or unregistered system with valid credentials is let through
     (``/info`` tells it what it is)."""
@@ -80,15 +76,6 @@ def collect_endpoint(*methods: str, lenient: bool = False) -> Callable:
                 return view(request, system, *args, **kwargs)
             except FleetError as error:
                 return error_response(error)
-            except (OperationalError, InterfaceError):
-                # Too many clients, a restart, a failover: the services roll back what they
-                # began (an upload removes its object), so the client's retry starts clean.
-                logger.warning("database unavailable for %s", request.path, exc_info=True)
-                return envelope(
-                    503,
-                    "The database is unavailable; try again later.",
-                    Retry_After=str(DATABASE_RETRY_AFTER),
-                )
 
         return wrapper
 

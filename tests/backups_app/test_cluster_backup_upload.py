@@ -346,8 +346,8 @@ def test_a_database_dropped_mid_upload_answers_503_and_leaves_nothing(
     body = _DatabaseDropsMidUpload(payload(10_000))
     response = post_backup(client, system, b"x", CONTENT_LENGTH="10000", **{"wsgi.input": body})
     assert response.status_code == 503
-    assert response.json()["message"] == "The database is unavailable; try again later."
-    assert response["Retry-After"] == "10"
+    assert "cannot reach its database" in response.json()["message"]
+    assert 10 <= int(response["Retry-After"]) <= 20
     connection.close()  # the session the server ended; the next query opens a new one
     assert_nothing_stored(local_store)
     assert post_backup(client, system, payload(1000)).status_code == 201
