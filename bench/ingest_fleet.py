@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import ROOT, SERVER_ENV, run
-from server import BIN
+from server import BIN, worker_stop  # noqa: F401 (ingest_phases imports it from here)
 
 FLEET_LUA = ROOT / "bench" / "fleet.lua"
 # Seeded systems are numbered from here, far from anything the product generates.
@@ -306,15 +306,6 @@ def task_send(name: str) -> None:
     from controlplane.celery import app
 
     app.send_task(name)
-
-
-def worker_stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def broker_flush(redis_url: str) -> None:

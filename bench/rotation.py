@@ -14,7 +14,6 @@ drops the database and the queue.
 import argparse
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from common import ROOT, database_drop, database_recreate, django_setup, run, scratch_parser, step
+from server import worker_stop
 
 BIN = Path(sys.executable).parent
 TARGET_SECONDS = 120
@@ -175,15 +175,6 @@ def worker_start(options, queue: str, log: Path) -> subprocess.Popen:
             sys.exit(f"the Celery worker did not start:\n{said}")
         time.sleep(0.1)
     return process
-
-
-def worker_stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def queue_drop(url: str, queue: str) -> None:

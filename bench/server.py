@@ -76,6 +76,16 @@ def wait_ready(base: str, process: subprocess.Popen, log: Path) -> None:
     sys.exit(f"gunicorn did not answer {base}{BARE} within 30 s:\n{log.read_text()[-2000:]}")
 
 
+def worker_stop(process: subprocess.Popen) -> None:
+    """Stop a Celery worker as its supervisor would (SIGTERM: finish the task in hand)."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def gunicorn_stop(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGTERM)
     try:
