@@ -318,9 +318,15 @@ class InboxDrained:
 
 
 def inventory_inbox_drain(
-    *, batch: int | None = None, seconds: float | None = None
+    *, batch: int | None = None, seconds: float | None = None, linger: float = 0.0
 ) -> InboxDrained:
     """Process the inventory inbox in batches until it is empty or ``seconds`` have passed.
+
+    ``linger``: once the inbox is empty, keep looking for that long (every
+    ``_LINGER_POLL`` s) before returning. The collect API nudges the drain at most once per
+    ``INVENTORY_INBOX_NUDGE_SECONDS`` per process, so a row accepted just after a nudge
+    has none of its own: the task that nudge sent lingers that long, and sees the row.
+    Without it such a row waited for beat's sweep.
 
     Each batch is one transaction: it claims the oldest rows no other worker holds
     (``FOR UPDATE SKIP LOCKED``), records each (parse, diff, fingerprint, update the
@@ -332,16 +338,28 @@ def inventory_inbox_drain(
     batch = batch or settings.INVENTORY_INBOX_BATCH
     deadline = None if seconds is None else time.monotonic() + seconds
     drained = InboxDrained()
+    idle_since = None
     while deadline is None or time.monotonic() < deadline:
         step, claimed = _inbox_batch(batch)
         drained.processed += step.processed
         drained.failed += step.failed
         drained.deferred += step.deferred
-        if claimed < batch and not step.deferred:
-            break  # the inbox held no more than this batch
-        if not step.processed and not step.failed:
+        if claimed and not step.processed and not step.failed:
             break  # every row waits for another worker, which carries on
+        if claimed:
+            idle_since = None
+        if claimed == batch or step.deferred:
+            continue  # more rows may be waiting right behind these
+        # The inbox held no more than this batch: done, unless lingering.
+        now = time.monotonic()
+        idle_since = idle_since or now
+        if now - idle_since >= linger:
+            break
+        time.sleep(_LINGER_POLL)
     return drained
+
+
+_LINGER_POLL = 0.05
 
 
 def _inbox_batch(size: int) -> tuple[InboxDrained, int]:

@@ -18,6 +18,7 @@ import pytest
 from celery import Celery
 from django.conf import settings as django_settings
 from django.db import connection
+from django.utils import timezone
 
 from fleet_app import services
 from fleet_app.demo import ns8_inventory
@@ -279,3 +280,33 @@ def test_the_inbox_drains_once_the_broker_is_back(transactional_db, tmp_path):
 
     assert Inventory.objects.count() == 6
     _recorded_in_order(systems, 3)
+
+
+def test_a_row_accepted_after_the_nudge_is_drained_by_the_lingering_task(
+    transactional_db, tmp_path
+):
+    """The collect API nudges at most once per interval, so a row accepted right after a
+    nudge sends none: the task that nudge started stays for one interval once the inbox
+    is empty, and records the row without waiting for beat's sweep (no beat runs here)."""
+    _need_real_services()
+    system = make_system(None, name="linger")
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+    broker = django_settings.REDIS_URL
+    log = tmp_path / "worker.log"
+    worker = _worker(log, queue, broker, INVENTORY_INBOX_NUDGE_SECONDS="4")
+    try:
+        _sender(broker).send_task(DRAIN, queue=queue)  # the nudge, on an empty inbox
+        assert wait_for(lambda: "received" in log.read_text(), timeout=20)
+        time.sleep(1)  # the task has found the inbox empty and is lingering
+        assert "succeeded" not in log.read_text()  # it has not returned yet
+        body = orjson.dumps(ns8_inventory(seed=1, modules=2))
+        # The row of an accept whose nudge was held back: no task is sent for it.
+        InventoryInbox.objects.create(
+            system=system, received_at=timezone.now(), body=body, size=len(body), digest="0" * 64
+        )
+        assert wait_for(lambda: not InventoryInbox.objects.exists(), timeout=10), log.read_text()[
+            -3000:
+        ]
+        assert Inventory.objects.filter(system=system).count() == 1
+    finally:
+        _stop(worker)
