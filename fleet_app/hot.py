@@ -8,9 +8,16 @@ database, everything authentication checks: the same digest, registered, confirm
 not suspended, not deleted. If anything changed since (a secret re-issued, a system
 suspended), the UPDATE touches no row and the heartbeat takes the full path, which
 answers exactly as before. So the memory can be stale, never wrong.
+
+A system the process does not remember (in a fleet of a million, most of them) joins the
+group commit by its key: the leader looks all such keys up in one SELECT, compares each
+presented secret's digest with the stored one in constant time, here, and writes the
+heartbeats that match with the others. One that does not match, or whose system is not
+in a state to heartbeat, takes the full path, which gives the precise answer.
 """
 
 import datetime as dt
+import hmac
 import threading
 import time
 from dataclasses import dataclass
@@ -36,10 +43,14 @@ _known: dict[str, _Known] = {}
 
 def remember(system: System) -> None:
     """Remember a system that has just authenticated on the full path."""
+    last = system.last_heartbeat_at
+    _remember(system.system_key, _Known(system.pk, system.secret_digest, last and last.date()))
+
+
+def _remember(system_key: str, known: _Known) -> None:
     if len(_known) >= settings.COLLECT_HOT_SYSTEMS:
         _known.pop(next(iter(_known)))  # oldest entry first: dicts keep insertion order
-    last = system.last_heartbeat_at
-    _known[system.system_key] = _Known(system.pk, system.secret_digest, last and last.date())
+    _known[system_key] = known
 
 
 def forget_all() -> None:
@@ -56,10 +67,9 @@ _UPDATE = (
 def heartbeat(system_key: str, system_secret: str) -> dt.datetime | None:
     """Record a heartbeat on the fast path; None means "take the full path"."""
     known = _known.get(system_key)
-    # A key this process does not remember is digested too (against a dummy), so every
-    # heartbeat that fails here has done one digest before the full path does its own.
-    valid = credentials.verify(system_secret, known.digest if known else None)
-    if known is None or not valid:
+    if known is None:
+        return _heartbeat_unknown(system_key, system_secret)
+    if not credentials.verify(system_secret, known.digest):
         return None
     now = timezone.now()
     recorded = record(known.pk, now, digest=known.digest, new_day=known.day != now.date())
@@ -68,6 +78,24 @@ def heartbeat(system_key: str, system_secret: str) -> dt.datetime | None:
         return None
     known.day = now.date()
     return now
+
+
+def _heartbeat_unknown(system_key: str, system_secret: str) -> dt.datetime | None:
+    """A system this process does not remember, looked up by the group's leader (with the
+    other such systems of the group, in one SELECT) and written with the group. Where
+    there is no group (another database, inside a transaction) the full path does it."""
+    presented = credentials.digest(system_secret)
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        # Digested against a dummy too: every heartbeat that fails here has done one
+        # digest and one comparison before the full path does its own.
+        hmac.compare_digest(presented, credentials.DUMMY_DIGEST)
+        return None
+    entry = _Entry(None, timezone.now(), None, False, key=system_key, presented=presented)
+    if not _submit(entry):
+        return None
+    assert entry.pk is not None and entry.digest is not None
+    _remember(system_key, _Known(entry.pk, entry.digest, entry.at.date()))
+    return entry.at
 
 
 # --- Group commit ------------------------------------------------------------------------
@@ -82,10 +110,12 @@ def heartbeat(system_key: str, system_secret: str) -> dt.datetime | None:
 
 @dataclass(eq=False)
 class _Entry:
-    pk: int
+    pk: int | None  # None until the leader has looked ``key`` up
     at: dt.datetime
     digest: str | None  # None: the full path authenticated it just now, no guard needed
     new_day: bool
+    key: str | None = None  # a system this process does not remember, by its key …
+    presented: str | None = None  # … and the digest of the secret it presented
     done: bool = False
     recorded: bool = False
     error: BaseException | None = None
@@ -122,6 +152,11 @@ def record(pk: int, at: dt.datetime, *, digest: str | None, new_day: bool) -> bo
     if connection.vendor != "postgresql" or connection.in_atomic_block:
         _write([entry])
         return entry.recorded
+    return _submit(entry)
+
+
+def _submit(entry: _Entry) -> bool:
+    """Join the group commit: returns once the statement carrying ``entry`` committed."""
     global _flushing
     with _group:
         _pending.append(entry)
@@ -187,12 +222,16 @@ def _write(batch: list[_Entry]) -> None:
         for entry in batch:
             _write_portable(entry)
         return
+    unknown = [entry for entry in batch if entry.pk is None]
+    if unknown:
+        _look_up(unknown)
+        batch = [entry for entry in batch if entry.pk is not None]
     # A system twice in one batch (two heartbeats at once) is written by two statements:
     # an UPDATE … FROM updates a row once whatever number of values match it.
     while batch:
         now_batch: list[_Entry] = []
         later: list[_Entry] = []
-        seen: set[int] = set()
+        seen: set[int | None] = set()
         for entry in batch:
             (later if entry.pk in seen else now_batch).append(entry)
             seen.add(entry.pk)
@@ -212,6 +251,29 @@ def _write(batch: list[_Entry]) -> None:
             entry.recorded = entry.pk in written
 
 
+_LOOK_UP = (
+    f"SELECT system_key, id, secret_digest, last_heartbeat_at FROM {_table}"  # noqa: S608
+    " WHERE system_key = ANY(%s) AND registered_at IS NOT NULL"
+    " AND secret_confirmed_at IS NOT NULL AND suspended_at IS NULL AND deleted_at IS NULL"
+)
+
+
+def _look_up(entries: list[_Entry]) -> None:
+    """Resolve the entries of systems this process does not remember, in one SELECT:
+    those whose presented digest matches the stored one (compared in constant time) get
+    their id, and their stored digest as the UPDATE's guard; the others stay unresolved
+    and are not written (their heartbeats take the full path)."""
+    with bound_cursor() as cursor:
+        cursor.execute(_LOOK_UP, [list({entry.key for entry in entries})])
+        found = {key: (pk, digest, last) for key, pk, digest, last in cursor.fetchall()}
+    for entry in entries:
+        pk, digest, last = found.get(entry.key, (None, credentials.DUMMY_DIGEST, None))
+        assert entry.presented is not None
+        if hmac.compare_digest(entry.presented, digest) and pk is not None:
+            entry.pk, entry.digest = pk, digest
+            entry.new_day = last is None or last.date() != entry.at.date()
+
+
 def _write_portable(entry: _Entry) -> None:
     with bound_cursor() as cursor:
         if entry.digest is None:
@@ -226,6 +288,7 @@ def _write_portable(entry: _Entry) -> None:
             )
         entry.recorded = cursor.rowcount == 1
     if entry.recorded and entry.new_day:
+        assert entry.pk is not None  # portable entries always carry their id
         SystemActivityDay.objects.bulk_create(
             [SystemActivityDay(system_id=entry.pk, day=entry.at.date())], ignore_conflicts=True
         )

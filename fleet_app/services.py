@@ -413,12 +413,14 @@ class Heartbeat:
 def system_heartbeat(*, authorization: str | None) -> Heartbeat:
     """Authenticate a heartbeat by its Basic credentials and record it.
 
-    A system this process served recently is one guarded UPDATE (hot.py); any other, or
-    one whose state changed since, takes the full path: authenticate (one indexed
-    SELECT), then the UPDATE. The credentials are parsed once for both. Either way the
-    secret is digested once on the fast path, known key or not, so a miss costs the same.
-    Concurrent heartbeats of a process share one statement and one commit (hot.record),
-    and each returns once its row is committed.
+    A system this process served recently is one guarded UPDATE (hot.py); any other in
+    a state to heartbeat is looked up by the group's leader, with the other such systems
+    of the moment in one SELECT, and written with them. A heartbeat neither finds (a
+    wrong secret, a suspended system, a secret not yet confirmed) takes the full path:
+    authenticate (one indexed SELECT), then the UPDATE, with its precise answer. The
+    credentials are parsed once for all; the secret is digested once on the fast path,
+    known key or not, so a miss costs the same. Concurrent heartbeats of a process share
+    one statement and one commit (hot.record), and each returns once its row is committed.
     """
     hot.arriving()
     try:

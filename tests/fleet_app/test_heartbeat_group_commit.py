@@ -67,30 +67,50 @@ def test_concurrent_heartbeats_share_statements_and_answer_as_alone(
     headers = [basic_auth(s.system_key, s.issued_secret) for s in systems[:-1]]
     headers.append(basic_auth(wrong.system_key, "my_" + "x" * 40))
     batches: list[int] = []
-    real_write = hot._write
+    lookups: list[int] = []
+    real_write, real_look_up = hot._write, hot._look_up
 
     def counting_write(batch):
         batches.append(len(batch))
         return real_write(batch)
 
-    monkeypatch.setattr(hot, "_write", counting_write)
+    def counting_look_up(entries):
+        lookups.append(len(entries))
+        return real_look_up(entries)
 
-    first = _beat_all_at_once(headers)  # the full path: none is known to this process
+    monkeypatch.setattr(hot, "_write", counting_write)
+    monkeypatch.setattr(hot, "_look_up", counting_look_up)
+
+    # The full path: none is known to this process, and no secret is confirmed yet, so
+    # the leader's look-up by key finds none and each authenticates on its own.
+    first = _beat_all_at_once(headers)
+    assert sum(lookups) == 10
+    assert sum(batches) == 10 + 9  # ten looked up by key, nine written by id
+    lookups.clear(), batches.clear()
     System.objects.filter(pk=suspended.pk).update(suspended_at=timezone.now())
     second = _beat_all_at_once(headers)  # the fast path, but one was suspended since
+    # 9 known to the process (the suspended one's guarded UPDATE touches nothing), and
+    # the wrong secret looked up by key: each written once, several per statement.
+    assert sum(batches) == 9 + 1
+    assert max(batches) > 1
+    assert sum(lookups) == 1
+    lookups.clear(), batches.clear()
+    hot.forget_all()  # another process: its confirmed systems are looked up by key
+    third = _beat_all_at_once(headers)
+    assert sum(lookups) == 10 and max(lookups) > 1  # one SELECT for several keys
+    # Ten by key; the suspended one and the wrong secret are not found by the look-up
+    # and take the full path (which records nothing for them).
+    assert sum(batches) == 10
 
-    for answers in (first, second):
+    for answers in (first, second, third):
         assert [type(a).__name__ for a in answers[:8]] == ["Heartbeat"] * 8
         assert answers[9].message == "Invalid system credentials."
     assert type(first[8]).__name__ == "Heartbeat"
-    assert second[8].message == "This system is suspended."
-    # 9 heartbeats recorded in the first round, 8 in the second, and the suspended one's
-    # guarded UPDATE that touched nothing: every one written once, several per statement.
-    assert sum(batches) == 9 + 9
-    assert max(batches) > 1
-    for system, answer in zip(systems[:8], second[:8], strict=True):
+    assert second[8].message == third[8].message == "This system is suspended."
+    for system, answer in zip(systems[:8], third[:8], strict=True):
         assert System.objects.get(pk=system.pk).last_heartbeat_at == answer.at
     assert SystemActivityDay.objects.count() == 9
+    assert set(hot._known) == {s.system_key for s in systems[:8]}
 
 
 def _free_port() -> int:
