@@ -57,6 +57,21 @@ def forget_all() -> None:
     _known.clear()
 
 
+def forget(system_key: str) -> None:
+    _known.pop(system_key, None)
+
+
+def remembered(system_key: str, system_secret: str) -> tuple[int, str] | None:
+    """``(id, secret digest)`` of a system this process remembers whose secret matches
+    (compared in constant time); None otherwise, after the same digest against a dummy.
+    What other collect endpoints use as their guard (the inventory's guarded INSERT)."""
+    known = _known.get(system_key)
+    if not credentials.verify(system_secret, known.digest if known else None):
+        return None
+    assert known is not None
+    return known.pk, known.digest
+
+
 _UPDATE = (
     f"UPDATE {System._meta.db_table} SET last_heartbeat_at = %s"  # noqa: S608
     " WHERE id = %s AND secret_digest = %s AND registered_at IS NOT NULL"

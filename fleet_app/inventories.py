@@ -273,14 +273,7 @@ def inventory_accept(*, system: System, body: bytes) -> InventoryInbox:
     travels as binary, where Django's client-side binding would spell 50 KB out as a hex
     literal in the SQL text, which cost more CPU than everything else the request does.
     """
-    inventory_parse(body)
-    row = InventoryInbox(
-        system_id=system.pk,
-        received_at=timezone.now(),
-        body=body,
-        size=len(body),
-        digest=hashlib.sha256(body).hexdigest(),
-    )
+    row = _inbox_row(system.pk, body)
     if connection.vendor == "postgresql":
         with bound_cursor() as cursor:
             cursor.execute(
@@ -293,10 +286,49 @@ def inventory_accept(*, system: System, body: bytes) -> InventoryInbox:
     return row
 
 
+def inventory_accept_guarded(*, pk: int, digest: str, body: bytes) -> InventoryInbox | None:
+    """``inventory_accept`` for a system the process remembers (hot.remembered): the
+    INSERT itself re-checks, in the database, what authentication checks (the same secret
+    digest, registered, confirmed, not suspended, not deleted), so one statement does
+    the work of the lookup and the INSERT. None when it inserted nothing: the system
+    changed since, and the caller takes the full path. PostgreSQL only."""
+    row = _inbox_row(pk, body)
+    with bound_cursor() as cursor:
+        cursor.execute(
+            _INBOX_INSERT_GUARDED, [row.received_at, body, row.size, row.digest, pk, digest]
+        )
+        found = cursor.fetchone()
+    if found is None:
+        return None
+    (row.pk,) = found
+    runs.task_nudge(INBOX_DRAIN_TASK, every=settings.INVENTORY_INBOX_NUDGE_SECONDS)
+    return row
+
+
+def _inbox_row(system_id: int, body: bytes) -> InventoryInbox:
+    """The inbox row of a body that passed ``inventory_parse`` (raised otherwise)."""
+    inventory_parse(body)
+    return InventoryInbox(
+        system_id=system_id,
+        received_at=timezone.now(),
+        body=body,
+        size=len(body),
+        digest=hashlib.sha256(body).hexdigest(),
+    )
+
+
 _INBOX_INSERT = (
     f"INSERT INTO {InventoryInbox._meta.db_table}"  # noqa: S608
     " (system_id, received_at, body, size, digest, error) VALUES (%s, %s, %s, %s, %s, '')"
     " RETURNING id"
+)
+_INBOX_INSERT_GUARDED = (
+    f"INSERT INTO {InventoryInbox._meta.db_table}"  # noqa: S608
+    " (system_id, received_at, body, size, digest, error)"
+    " SELECT s.id, %s, %s, %s, %s, '' FROM " + System._meta.db_table + " s"
+    " WHERE s.id = %s AND s.secret_digest = %s AND s.registered_at IS NOT NULL"
+    " AND s.secret_confirmed_at IS NOT NULL AND s.suspended_at IS NULL"
+    " AND s.deleted_at IS NULL RETURNING id"
 )
 
 

@@ -247,11 +247,15 @@ def task_nudge(name: str, *, every: float) -> None:
     sweep of the same task picks it up once the broker is back.
     """
 
-    def send() -> None:
-        from celery import current_app
+    from celery import current_app
 
+    eager = current_app.conf.task_always_eager
+    if not eager and time.monotonic() - _nudged.get(name, -math.inf) < every:
+        return  # sent less than ``every`` ago: not even a commit hook (the collect path)
+
+    def send() -> None:
         task = _task(name)
-        if current_app.conf.task_always_eager:
+        if eager:
             try:
                 task.apply()
             except Exception:

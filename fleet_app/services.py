@@ -3,6 +3,7 @@
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,9 @@ from .inventories import (
     inventory_accept as inventory_accept,
 )
 from .inventories import (
+    inventory_accept_guarded,
+)
+from .inventories import (
     inventory_inbox_drain as inventory_inbox_drain,
 )
 from .inventories import (
@@ -39,6 +43,7 @@ from .inventories import (
 from .models import (
     AuditEntry,
     Inventory,
+    InventoryInbox,
     Organization,
     System,
     SystemActivityDay,
@@ -400,6 +405,31 @@ def system_authenticate(*, system_key: str, system_secret: str, lenient: bool = 
     elif system.secret_confirmed_at is None:
         pending_secrets.confirm(system)
     return system
+
+
+def inventory_accept_from(
+    *, system_key: str, system_secret: str, body: Callable[[], bytes]
+) -> InventoryInbox:
+    """Authenticate an inventory by its Basic credentials, then read (``body``) and accept
+    it (inventory_accept).
+
+    A system this process remembers (hot.py: it heartbeats through the same process every
+    few minutes) is checked against the remembered digest in constant time and accepted
+    by one guarded INSERT, which re-checks its state in the database; any other, or one
+    that changed since, takes the full path (authenticate, then the INSERT) and is
+    remembered. The body is read only once the credentials are known good."""
+    known = hot.remembered(system_key, system_secret)
+    if known is not None and connection.vendor == "postgresql":
+        data = body()
+        accepted = inventory_accept_guarded(pk=known[0], digest=known[1], body=data)
+        if accepted is not None:
+            return accepted
+        hot.forget(system_key)
+        system = system_authenticate(system_key=system_key, system_secret=system_secret)
+        return inventory_accept(system=system, body=data)
+    system = system_authenticate(system_key=system_key, system_secret=system_secret)
+    hot.remember(system)
+    return inventory_accept(system=system, body=body())
 
 
 @dataclass(frozen=True)

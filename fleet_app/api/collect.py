@@ -109,17 +109,27 @@ def _read_capped_body(request: HttpRequest, cap: int) -> bytes:
     return body
 
 
-@collect_endpoint("POST")
-def inventory(request: HttpRequest, system: System) -> JsonResponse:
+@csrf_exempt
+def inventory(request: HttpRequest) -> JsonResponse:
     """Accepted, not yet recorded: the body is checked and stored in the inbox (202); the
-    drain records it (services.inventory_inbox_drain)."""
-    body = _read_capped_body(request, settings.COLLECT_INVENTORY_MAX_BYTES)
-    accepted = services.inventory_accept(system=system, body=body)
+    drain records it (services.inventory_inbox_drain). Authenticated as every collect
+    endpoint is, with the heartbeat's memory of systems (services.inventory_accept_from)."""
+    if request.method != "POST":
+        return method_not_allowed("POST")
+    try:
+        key, secret = basic_credentials(request)
+        accepted = services.inventory_accept_from(
+            system_key=key,
+            system_secret=secret,
+            body=lambda: _read_capped_body(request, settings.COLLECT_INVENTORY_MAX_BYTES),
+        )
+    except FleetError as error:
+        return error_response(error)
     return envelope(
         202,
         "inventory received",
         {
-            "system_key": system.system_key,
+            "system_key": key,
             "inbox_id": accepted.pk,
             "digest": accepted.digest,
             "received_at": accepted.received_at,

@@ -5,6 +5,8 @@ import hashlib
 import json
 
 import pytest
+from django.db import connection
+from django.utils import timezone
 
 from fleet_app import services
 from fleet_app.models import Inventory, InventoryChange, InventoryInbox, System
@@ -102,12 +104,20 @@ def test_it_records_what_changed_and_ignores_counters(
 def test_it_costs_a_fixed_number_of_queries(
     client, system, auth_header, inventory_payload, django_assert_num_queries
 ):
-    send(client, auth_header, inventory_payload)
+    from fleet_app import hot
+
+    send(client, auth_header, inventory_payload)  # the first call confirms the secret
+    hot.forget_all()
+    # A system new to this process: 1. SELECT system by system_key, 2. INSERT the inbox row.
+    with django_assert_num_queries(2):
+        send(client, auth_header, inventory_payload, drain=False)
+    services.inventory_inbox_drain()
     changed = copy.deepcopy(inventory_payload)
     for node in changed["facts"]["nodes"].values():
         node["version"] = "9.9.9"
-    # The request: 1. SELECT system by system_key, 2. INSERT the inbox row.
-    with django_assert_num_queries(2):
+    # Remembered now: 1. INSERT the inbox row, guarded by the system's digest and state.
+    expected = 1 if connection.vendor == "postgresql" else 2
+    with django_assert_num_queries(expected):
         response = send(client, auth_header, changed, drain=False)
     assert response.status_code == 202
     # The drain, one batch (one transaction):
@@ -325,3 +335,33 @@ def test_an_inventory_changed_only_in_counters_skips_the_diff(
     assert not InventoryChange.objects.exists()
     first, second = Inventory.objects.order_by("received_at")
     assert first.facts_digest == second.facts_digest != ""
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ("suspended_at", "This system is suspended."),
+        ("deleted_at", "This system has been deleted."),
+    ],
+)
+def test_a_remembered_system_suspended_since_is_refused(
+    client, system, auth_header, inventory_payload, field, message
+):
+    """The guarded INSERT of a remembered system inserts nothing once its state changed:
+    the full path answers, and no inbox row is left."""
+    assert send(client, auth_header, inventory_payload).status_code == 202
+    System.objects.filter(pk=system.pk).update(**{field: timezone.now()})
+    response = send(client, auth_header, inventory_payload, drain=False)
+    assert response.status_code == 403
+    assert response.json()["message"] == message
+    assert not InventoryInbox.objects.exists()
+
+
+def test_a_remembered_system_with_a_reissued_secret_is_refused(
+    client, system, auth_header, inventory_payload
+):
+    assert send(client, auth_header, inventory_payload).status_code == 202
+    System.objects.filter(pk=system.pk).update(secret_digest="0" * 64)
+    response = send(client, auth_header, inventory_payload, drain=False)
+    assert response.status_code == 401
+    assert not InventoryInbox.objects.exists()
