@@ -235,10 +235,6 @@ class Instance(Processes):
             self.wait_up()
 
     def wait_up(self) -> None:
-        import datetime
-
-        with open("/tmp/hA/stop.log", "a") as f:  # noqa
-            f.write(f"waitup {datetime.datetime.now()}\n")
         self.wait(f"{self.name}'s server", self._answers)
         self.wait(f"{self.name}'s worker", lambda: " ready." in self.log("worker"))
 
