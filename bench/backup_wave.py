@@ -30,7 +30,6 @@ are deleted so the disk holds one wave at a time (9 GB at 150/s for 60 s).
 """
 
 import asyncio
-import base64
 import hashlib
 import json
 import math
@@ -44,7 +43,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from common import ROOT, SERVER_ENV, database_drop, database_recreate, run, scratch_parser, step
+from common import (
+    ROOT,
+    SERVER_ENV,
+    database_drop,
+    database_recreate,
+    run,
+    scratch_parser,
+    step,
+    systems_seed,
+)
 from server import (
     BIN,
     CpuProbe,
@@ -92,40 +100,10 @@ def seed(count: int) -> list[str]:
     """Registered systems in steady state with real credentials; their Basic headers."""
     from django.db import connections
 
-    from fleet_app import credentials, services
-    from fleet_app.models import System
-
-    owner = services.organization_create(actor=None, name="bench-owner", kind="owner")
-    customer = services.organization_create(
-        actor=None, name="bench-customer", kind="customer", parent=owner
-    )
     earlier = datetime.now(UTC) - timedelta(minutes=10)
-    names = {f.name for f in System._meta.concrete_fields}
-    steady = {
-        name: earlier
-        for name in ("registered_at", "secret_confirmed_at", "last_heartbeat_at")
-        if name in names
-    }
-    systems, auths, secrets = [], [], {}
-    for number in range(count):
-        public, secret = credentials.system_secret_generate()
-        key = credentials.system_key_generate()
-        systems.append(
-            System(
-                organization=customer,
-                name=f"bench-{number:05d}",
-                type="nethserver",
-                system_key=key,
-                secret_public=public,
-                secret_digest=credentials.digest(secret),
-                **steady,
-            )
-        )
-        secrets[key] = secret
-        auths.append("Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode())
-    System.objects.bulk_create(systems, batch_size=500)
-    sample = systems[0].system_key
-    services.system_authenticate(system_key=sample, system_secret=secrets[sample])
+    _, auths, _ = systems_seed(
+        count, at=earlier, steady=("registered_at", "secret_confirmed_at", "last_heartbeat_at")
+    )
     connections.close_all()
     return auths
 

@@ -97,3 +97,43 @@ def django_setup() -> None:
     import django
 
     django.setup()
+
+
+def systems_seed(count: int, *, at, steady: tuple[str, ...]) -> tuple[list, list[str], dict]:
+    """``count`` registered systems of one bench customer with real credentials, bulk
+    inserted, each of the ``steady`` timestamp fields set to ``at`` (only those the model
+    has, so the benchmarks keep working while the model evolves). One is checked through
+    ``services.system_authenticate``. Returns the systems, their Basic headers and the
+    secret of each key."""
+    import base64
+
+    from fleet_app import credentials, services
+    from fleet_app.models import System
+
+    owner = services.organization_create(actor=None, name="bench-owner", kind="owner")
+    customer = services.organization_create(
+        actor=None, name="bench-customer", kind="customer", parent=owner
+    )
+    names = {f.name for f in System._meta.concrete_fields}
+    fields = {name: at for name in steady if name in names}
+    systems, auths, secrets = [], [], {}
+    for number in range(count):
+        public, secret = credentials.system_secret_generate()
+        key = credentials.system_key_generate()
+        systems.append(
+            System(
+                organization=customer,
+                name=f"bench-{number:05d}",
+                type="nethserver",
+                system_key=key,
+                secret_public=public,
+                secret_digest=credentials.digest(secret),
+                **fields,
+            )
+        )
+        secrets[key] = secret
+        auths.append("Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode())
+    System.objects.bulk_create(systems, batch_size=500)
+    sample = systems[0].system_key
+    services.system_authenticate(system_key=sample, system_secret=secrets[sample])
+    return systems, auths, secrets

@@ -21,7 +21,6 @@ Then it stops gunicorn and drops the database.
 """
 
 import argparse
-import base64
 import csv
 import io
 import json
@@ -46,6 +45,7 @@ from common import (
     run,
     scratch_parser,
     step,
+    systems_seed,
 )
 from ingest_fleet import FIRST_NUMBER, auth_file, broker_flush, fleet_grow
 from ingest_phases import (
@@ -260,47 +260,18 @@ def seed(count: int, workdir: Path) -> tuple[Path, Path, str]:
     django.setup()
     from django.db import connections
 
-    from fleet_app import credentials, inventory_diff, services
+    from fleet_app import inventory_diff
     from fleet_app.demo import ns8_inventory
-    from fleet_app.models import Inventory, System, SystemActivityDay
+    from fleet_app.models import Inventory, SystemActivityDay
 
-    owner = services.organization_create(actor=None, name="bench-owner", kind="owner")
-    customer = services.organization_create(
-        actor=None, name="bench-customer", kind="customer", parent=owner
-    )
     earlier = datetime.now(UTC) - timedelta(minutes=10)
     # Steady state: registered, secret in use, heartbeat and inventory already seen today,
-    # so the benchmark measures the common path, not first-time work. Only the fields the
-    # model has are set, so the benchmark keeps working while the model evolves.
-    names = {f.name for f in System._meta.concrete_fields}
-    steady = {
-        name: earlier
-        for name in (
-            "registered_at",
-            "secret_confirmed_at",
-            "last_heartbeat_at",
-            "last_inventory_at",
-        )
-        if name in names
-    }
-    systems, auths, secrets = [], [], {}
-    for number in range(count):
-        public, secret = credentials.system_secret_generate()
-        key = credentials.system_key_generate()
-        systems.append(
-            System(
-                organization=customer,
-                name=f"bench-{number:05d}",
-                type="nethserver",
-                system_key=key,
-                secret_public=public,
-                secret_digest=credentials.digest(secret),
-                **steady,
-            )
-        )
-        secrets[key] = secret
-        auths.append("Basic " + base64.b64encode(f"{key}:{secret}".encode()).decode())
-    System.objects.bulk_create(systems, batch_size=500)
+    # so the benchmark measures the common path, not first-time work.
+    systems, auths, _ = systems_seed(
+        count,
+        at=earlier,
+        steady=("registered_at", "secret_confirmed_at", "last_heartbeat_at", "last_inventory_at"),
+    )
     SystemActivityDay.objects.bulk_create(
         [SystemActivityDay(system=s, day=earlier.date()) for s in systems], batch_size=1000
     )
@@ -328,8 +299,6 @@ def seed(count: int, workdir: Path) -> tuple[Path, Path, str]:
             f"CREATE TABLE {FLOOR_TABLE} (id bigserial PRIMARY KEY,"
             " received_at timestamptz NOT NULL, body bytea NOT NULL)"
         )
-    sample_key = systems[0].system_key
-    services.system_authenticate(system_key=sample_key, system_secret=secrets[sample_key])
     connections.close_all()
 
     auth_file = workdir / "auth.txt"

@@ -419,17 +419,16 @@ def inventory_accept_from(
     that changed since, takes the full path (authenticate, then the INSERT) and is
     remembered. The body is read only once the credentials are known good."""
     known = hot.remembered(system_key, system_secret)
+    data = None
     if known is not None and connection.vendor == "postgresql":
         data = body()
         accepted = inventory_accept_guarded(pk=known[0], digest=known[1], body=data)
         if accepted is not None:
             return accepted
-        hot.forget(system_key)
-        system = system_authenticate(system_key=system_key, system_secret=system_secret)
-        return inventory_accept(system=system, body=data)
+        hot.forget(system_key)  # changed since: the full path answers, and remembers anew
     system = system_authenticate(system_key=system_key, system_secret=system_secret)
     hot.remember(system)
-    return inventory_accept(system=system, body=body())
+    return inventory_accept(system=system, body=body() if data is None else data)
 
 
 @dataclass(frozen=True)
